@@ -1,0 +1,1 @@
+"""The orchestrator core: artifacts, visibility, agents, scheduling and stores."""

@@ -1,0 +1,294 @@
+"""Agents and the fluent builder that declares them."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from pydantic import BaseModel
+
+from flock.core.artifacts import Artifact
+from flock.core.visibility import PUBLIC, AnyVisibility, Identity
+from flock.registry import type_registry
+
+if TYPE_CHECKING:
+    from flock.core.orchestrator import Flock
+
+Predicate = Callable[[Any], bool]
+
+
+class AgentConfigError(ValueError):
+    """An agent is declared wrongly (no engine, duplicate name, bad argument)."""
+
+
+class AgentOutputError(TypeError):
+    """An agent's engine returned something it did not declare in `publishes`."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunContext:
+    """What an engine is told about the run it serves."""
+
+    agent: str
+    correlation_id: str
+    artifacts: tuple[Artifact, ...]
+    flock: Flock
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """An object engine: `await engine.evaluate(ctx, inputs)` returns model(s) or None."""
+
+    async def evaluate(self, ctx: RunContext, inputs: list[BaseModel]) -> Any: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    """One `consumes(...)` clause."""
+
+    type_names: frozenset[str]
+    where: tuple[Predicate, ...] = ()
+    from_agents: frozenset[str] | None = None
+    channels: frozenset[str] | None = None
+
+    def accepts(self, artifact: Artifact) -> bool:
+        if artifact.type not in self.type_names:
+            return False
+        if self.from_agents is not None and artifact.produced_by not in self.from_agents:
+            return False
+        if self.channels is not None and not (self.channels & artifact.tags):
+            return False
+        if self.where:
+            model = artifact.model()
+            return all(predicate(model) for predicate in self.where)
+        return True
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """One `publishes(...)` clause: a model and the visibility its artifacts get."""
+
+    model: type[BaseModel]
+    type_name: str
+    visibility: AnyVisibility = PUBLIC
+
+
+class _CallableEngine:
+    """Adapts a plain (sync or async) function to the engine protocol."""
+
+    __slots__ = ("_fn", "_is_async")
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self._fn = fn
+        self._is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+            getattr(fn, "__call__", None)  # noqa: B004 - async callable objects
+        )
+
+    async def evaluate(self, ctx: RunContext, inputs: list[BaseModel]) -> Any:
+        arg: Any = inputs[0] if len(inputs) == 1 else inputs
+        if self._is_async:
+            return await self._fn(arg)
+        result = self._fn(arg)
+        if inspect.isawaitable(result):
+            return await result
+        return result
+
+
+@dataclass(eq=False)
+class Agent:
+    """A declared agent. Build one with `flock.agent(name)`."""
+
+    name: str
+    description: str = ""
+    subscriptions: list[Subscription] = field(default_factory=list)
+    outputs: list[Output] = field(default_factory=list)
+    engines: list[Engine] = field(default_factory=list)
+    max_concurrency: int = 1
+    prevent_self_trigger: bool = True
+    labels: frozenset[str] = frozenset()
+    tenant: str | None = None
+    _semaphore: asyncio.Semaphore | None = field(default=None, repr=False)
+
+    @property
+    def identity(self) -> Identity:
+        return Identity(self.name, self.labels, self.tenant)
+
+    @property
+    def semaphore(self) -> asyncio.Semaphore:
+        if self._semaphore is None:
+            self._semaphore = asyncio.Semaphore(self.max_concurrency)
+        return self._semaphore
+
+    def subscribes_to(self, artifact: Artifact) -> bool:
+        if self.prevent_self_trigger and artifact.produced_by == self.name:
+            return False
+        if not artifact.visibility.allows(self.identity):
+            return False
+        return any(sub.accepts(artifact) for sub in self.subscriptions)
+
+    def output_for(self, value: BaseModel) -> Output:
+        for output in self.outputs:
+            if type(value) is output.model:
+                return output
+        for output in self.outputs:
+            if isinstance(value, output.model):
+                return output
+        declared = ", ".join(o.type_name for o in self.outputs) or "nothing"
+        raise AgentOutputError(
+            f"agent {self.name!r} returned {type(value).__name__}, which it does not publish "
+            f"(declared: {declared})"
+        )
+
+    def validate(self) -> None:
+        if not self.engines:
+            raise AgentConfigError(
+                f"agent {self.name!r} has no engine; call .with_engines(fn) before using the flock"
+            )
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "description": self.description,
+            "subscriptions": [
+                {
+                    "types": sorted(s.type_names),
+                    "from_agents": sorted(s.from_agents) if s.from_agents is not None else None,
+                    "channels": sorted(s.channels) if s.channels is not None else None,
+                    "has_where": bool(s.where),
+                }
+                for s in self.subscriptions
+            ],
+            "outputs": [
+                {"type": o.type_name, "visibility": o.visibility.kind} for o in self.outputs
+            ],
+            "max_concurrency": self.max_concurrency,
+            "labels": sorted(self.labels),
+            "tenant": self.tenant,
+        }
+
+
+def _type_names(types: Sequence[type[BaseModel] | str]) -> frozenset[str]:
+    names = []
+    for t in types:
+        if isinstance(t, str):
+            type_registry.resolve(t)
+            names.append(t)
+        else:
+            names.append(type_registry.name_for(t))
+    return frozenset(names)
+
+
+def _names(value: str | Iterable[str] | None) -> frozenset[str] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return frozenset((value,))
+    return frozenset(value)
+
+
+class AgentBuilder:
+    """The fluent declaration API returned by `Flock.agent(name)`; every method returns self."""
+
+    def __init__(self, flock: Flock, agent: Agent) -> None:
+        self._flock = flock
+        self.agent = agent
+
+    @property
+    def name(self) -> str:
+        return self.agent.name
+
+    def description(self, text: str) -> AgentBuilder:
+        self.agent.description = text
+        return self
+
+    def consumes(
+        self,
+        *types: type[BaseModel] | str,
+        where: Predicate | Sequence[Predicate] | None = None,
+        from_agents: str | Iterable[str] | None = None,
+        channels: str | Iterable[str] | None = None,
+    ) -> AgentBuilder:
+        if not types:
+            raise AgentConfigError(f"agent {self.agent.name!r}: consumes() needs at least one type")
+        if where is None:
+            predicates: tuple[Predicate, ...] = ()
+        elif callable(where):
+            predicates = (where,)
+        else:
+            predicates = tuple(where)
+        for predicate in predicates:
+            if not callable(predicate):
+                raise AgentConfigError(
+                    f"agent {self.agent.name!r}: where= takes callables, got {predicate!r}"
+                )
+        self.agent.subscriptions.append(
+            Subscription(_type_names(types), predicates, _names(from_agents), _names(channels))
+        )
+        self._flock._agents_changed()
+        return self
+
+    def publishes(
+        self, *types: type[BaseModel], visibility: AnyVisibility | None = None
+    ) -> AgentBuilder:
+        if not types:
+            raise AgentConfigError(
+                f"agent {self.agent.name!r}: publishes() needs at least one type"
+            )
+        for model in types:
+            self.agent.outputs.append(
+                Output(model, type_registry.name_for(model), visibility or PUBLIC)
+            )
+        return self
+
+    def with_engines(
+        self, *engines: Engine | Callable[..., Any] | Callable[..., Awaitable[Any]]
+    ) -> AgentBuilder:
+        if not engines:
+            raise AgentConfigError(f"agent {self.agent.name!r}: with_engines() needs an engine")
+        for engine in engines:
+            if isinstance(engine, Engine) and not inspect.isfunction(engine):
+                self.agent.engines.append(engine)
+            elif callable(engine):
+                self.agent.engines.append(_CallableEngine(engine))
+            else:
+                raise AgentConfigError(
+                    f"agent {self.agent.name!r}: an engine is a callable or has evaluate(), "
+                    f"got {engine!r}"
+                )
+        return self
+
+    def max_concurrency(self, n: int) -> AgentBuilder:
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise AgentConfigError(
+                f"agent {self.agent.name!r}: max_concurrency must be an int >= 1, got {n!r}"
+            )
+        self.agent.max_concurrency = n
+        self.agent._semaphore = None
+        return self
+
+    def prevent_self_trigger(self, enabled: bool = True) -> AgentBuilder:
+        self.agent.prevent_self_trigger = enabled
+        return self
+
+    def labels(self, *labels: str) -> AgentBuilder:
+        self.agent.labels = self.agent.labels | frozenset(labels)
+        return self
+
+    def tenant(self, tenant_id: str | None) -> AgentBuilder:
+        self.agent.tenant = tenant_id
+        return self
+
+
+__all__ = [
+    "Agent",
+    "AgentBuilder",
+    "AgentConfigError",
+    "AgentOutputError",
+    "Engine",
+    "Output",
+    "RunContext",
+    "Subscription",
+]
