@@ -30,7 +30,7 @@ class TypeRegistry:
         existing = self._by_name.get(type_name)
         if existing is not None and existing is not model:
             if _same_definition(existing, model):
-                # The defining module was loaded again (e.g. `flock serve app.py`): the new class wins.
+                # The defining module was loaded again (`flock serve app.py`): the new class wins.
                 del self._by_model[existing]
             else:
                 raise RegistryError(

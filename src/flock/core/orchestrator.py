@@ -47,6 +47,7 @@ class Flock:
             raise ValueError("max_runs_per_correlation must be >= 1")
         self.name = name
         self._store: BlackboardStore = store if store is not None else InMemoryBlackboardStore()
+        self.store_is_default = store is None
         self.max_runs_per_correlation = max_runs_per_correlation
         self.stats = FlockStats()
         self._declared: list[Agent] = []
@@ -67,6 +68,7 @@ class Flock:
         if self.stats.artifacts_published or self._tracker.total_pending:
             raise RuntimeError("the store can only be replaced before anything is published")
         self._store = store
+        self.store_is_default = False
 
     def agent(self, name: str) -> AgentBuilder:
         """Declare an agent; configure it through the returned fluent builder."""
@@ -151,9 +153,11 @@ class Flock:
         else:
             raise TypeError(f"cannot publish {type(obj).__name__}; pass a model, dict or Artifact")
         return Artifact(
-            type=type_name, payload=model.model_dump(mode="json"), produced_by=produced_by,
+            type=type_name,
+            payload=model.model_dump(mode="json"),
+            produced_by=produced_by,
             _model=model,
-        )  # fmt: skip
+        )
 
     async def _schedule(self, artifact: Artifact) -> None:
         tracker = self._tracker
@@ -173,12 +177,13 @@ class Flock:
                 await self._record_error(
                     corr,
                     AgentError(
-                        "flock", artifact.id,
+                        "flock",
+                        artifact.id,
                         f"correlation reached the limit of {self.max_runs_per_correlation} "
                         "agent runs; further runs were not scheduled (a loop of agents?)",
                         artifact.correlation_id,
                     ),
-                )  # fmt: skip
+                )
             if not agents:
                 return
         if tracker.started(corr, len(agents)):
@@ -200,10 +205,14 @@ class Flock:
                     self.stats.agent_failures += 1
                     logger.warning(
                         "agent %s failed on %s (correlation %s): %s",
-                        agent.name, artifact.id, artifact.correlation_id, exc,
-                    )  # fmt: skip
+                        agent.name,
+                        artifact.id,
+                        artifact.correlation_id,
+                        exc,
+                    )
                     await self._record_error(
-                        corr, AgentError(agent.name, artifact.id, _describe(exc), corr.correlation_id)
+                        corr,
+                        AgentError(agent.name, artifact.id, _describe(exc), corr.correlation_id),
                     )
                 self.stats.agent_runs += 1
                 consumed = ConsumptionRecord(artifact.id, agent.name, artifact.correlation_id)
@@ -214,9 +223,13 @@ class Flock:
         except Exception:  # the store failed: record it and keep the scheduler consistent
             logger.exception("run of agent %s on %s could not be recorded", agent.name, artifact.id)
             corr.errors.append(
-                AgentError(agent.name, artifact.id, "the run's outputs could not be stored",
-                           corr.correlation_id)
-            )  # fmt: skip
+                AgentError(
+                    agent.name,
+                    artifact.id,
+                    "the run's outputs could not be stored",
+                    corr.correlation_id,
+                )
+            )
         finally:
             if self._tracker.finished(corr):
                 await self._mark_idle(corr)
@@ -248,11 +261,15 @@ class Flock:
                 output = agent.output_for(value)
                 outputs.append(
                     Artifact(
-                        type=output.type_name, payload=value.model_dump(mode="json"),
-                        produced_by=agent.name, correlation_id=correlation_id,
-                        partition_key=partition_key, visibility=output.visibility, _model=value,
+                        type=output.type_name,
+                        payload=value.model_dump(mode="json"),
+                        produced_by=agent.name,
+                        correlation_id=correlation_id,
+                        partition_key=partition_key,
+                        visibility=output.visibility,
+                        _model=value,
                     )
-                )  # fmt: skip
+                )
         return outputs
 
     async def _record_error(self, corr: Correlation, error: AgentError) -> None:
@@ -298,9 +315,14 @@ class Flock:
         if record is None:
             return None
         return CorrelationStatus(
-            correlation_id, record.state, 0, record.artifact_count, record.errors,
-            record.started_at, record.updated_at,
-        )  # fmt: skip
+            correlation_id,
+            record.state,
+            0,
+            record.artifact_count,
+            record.errors,
+            record.started_at,
+            record.updated_at,
+        )
 
     async def resume(self, correlation_id: str) -> int:
         """Schedule the runs a crashed process left undone in a correlation; return how many.
@@ -310,9 +332,18 @@ class Flock:
         self._ensure_ready()
         if self.is_running(correlation_id):
             return 0
-        items, _ = await self._store.query_artifacts(
+        items, total = await self._store.query_artifacts(
             FilterConfig(correlation_id=correlation_id), limit=-1, embed_meta=True
         )
+        if items and self._tracker.get(correlation_id) is None:
+            # New to this process: seed the live record from the store, so the status after
+            # the resumed runs counts the earlier artifacts and keeps the earlier errors.
+            first = items[0].artifact  # type: ignore[union-attr]
+            corr = self._tracker.touch(correlation_id, first.created_at)
+            corr.artifact_count = total
+            record = await self._store.get_correlation(correlation_id)
+            if record is not None:
+                corr.errors.extend(record.errors)
         scheduled = 0
         for envelope in items:
             artifact = envelope.artifact  # type: ignore[union-attr]

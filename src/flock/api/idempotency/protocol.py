@@ -19,6 +19,10 @@ class IdempotencyStoreUnavailableError(RuntimeError):
     """The idempotency backend could not be reached; the request may be retried."""
 
 
+class IdempotencyStoreFullError(IdempotencyStoreUnavailableError):
+    """The store holds its maximum of records and every one is a live in-progress claim."""
+
+
 @dataclass(frozen=True, slots=True)
 class CachedResponse:
     """A finished response, replayed byte for byte."""
@@ -74,7 +78,13 @@ class IdempotencyStore(Protocol):
         lease_seconds: float,
         ttl_seconds: float,
     ) -> ClaimResult:
-        """Atomically take `key` if it is free, expired, or its holder's lease ran out."""
+        """Atomically take `key` if it is free, expired, or its holder's lease ran out.
+
+        A lapsed lease claimed with the same `fingerprint` is taken over (see `ClaimResult`);
+        claimed with a different one, the record is replaced as if it were free, so a request
+        with another body never re-attaches to what the crashed holder published.
+        The owner-checked calls below also fail once the record's TTL has run out.
+        """
 
     async def record_publish(
         self, key: str, owner: str, correlation_id: str, artifact_id: str | None = None
@@ -109,6 +119,7 @@ __all__ = [
     "ClaimResult",
     "IdempotencyRecord",
     "IdempotencyStore",
+    "IdempotencyStoreFullError",
     "IdempotencyStoreUnavailableError",
     "RecordState",
 ]

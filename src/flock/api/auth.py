@@ -1,0 +1,114 @@
+"""Callers: API keys (`FLOCK_API_KEYS`) and the principal each one acts as."""
+
+from __future__ import annotations
+
+import hmac
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fastapi import Request
+
+from flock.api.errors import APIError, ErrorCode
+from flock.core.visibility import Identity
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling. Decides what the caller sees and scopes its idempotency keys."""
+
+    name: str
+    tenant: str | None = None
+    labels: frozenset[str] = frozenset()
+    allowed_types: frozenset[str] | None = None
+    anonymous: bool = False
+    identity: Identity = field(init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        name = None if self.anonymous else self.name
+        object.__setattr__(self, "identity", Identity(name, self.labels, self.tenant))
+
+    @property
+    def scope(self) -> str:
+        """The idempotency scope part for this caller (tenant included)."""
+        return f"{self.tenant or ''}/{self.name}"
+
+    def check_may_publish(self, type_name: str) -> None:
+        if self.allowed_types is not None and type_name not in self.allowed_types:
+            raise APIError(
+                ErrorCode.FORBIDDEN,
+                f"this API key may not publish artifacts of type {type_name!r}",
+            )
+
+
+ANONYMOUS_PRINCIPAL = Principal(name="anonymous", anonymous=True)
+
+
+class APIKeyring:
+    """The configured API keys. Lookup compares every key in constant time."""
+
+    def __init__(self, keys: dict[str, Principal]) -> None:
+        if not keys:
+            raise ValueError("an API keyring needs at least one key")
+        self._keys = [(k.encode(), p) for k, p in keys.items()]
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> APIKeyring:
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"cannot read API keys file {path}: {exc}") from exc
+        return cls.from_dict(data, source=str(path))
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "API keys") -> APIKeyring:
+        if not isinstance(data, dict) or not isinstance(data.get("keys"), list):
+            raise ValueError(f'{source}: expected {{"keys": [...]}}')
+        keys: dict[str, Principal] = {}
+        for i, entry in enumerate(data["keys"]):
+            if not isinstance(entry, dict) or not entry.get("key") or not entry.get("principal"):
+                raise ValueError(f'{source}: keys[{i}] needs non-empty "key" and "principal"')
+            allowed = entry.get("allowed_types")
+            keys[str(entry["key"])] = Principal(
+                name=str(entry["principal"]),
+                tenant=entry.get("tenant"),
+                labels=frozenset(entry.get("labels") or ()),
+                allowed_types=frozenset(allowed) if allowed is not None else None,
+            )
+        return cls(keys)
+
+    def lookup(self, presented: str) -> Principal | None:
+        candidate = presented.encode()
+        found: Principal | None = None
+        for key, principal in self._keys:
+            if hmac.compare_digest(key, candidate):
+                found = principal
+        return found
+
+
+def presented_key(request: Request) -> str | None:
+    auth = request.headers.get("authorization")
+    if auth:
+        scheme, _, value = auth.partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+    return request.headers.get("x-api-key") or None
+
+
+def authenticate(keyring: APIKeyring | None, request: Request) -> Principal:
+    """The caller's principal; 401 when keys are configured and none valid was sent."""
+    if keyring is None:
+        return ANONYMOUS_PRINCIPAL
+    key = presented_key(request)
+    principal = keyring.lookup(key) if key else None
+    if principal is None:
+        raise APIError(
+            ErrorCode.UNAUTHORIZED,
+            "a valid API key is required (Authorization: Bearer KEY or X-API-Key: KEY)",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    return principal
+
+
+__all__ = ["ANONYMOUS_PRINCIPAL", "APIKeyring", "Principal", "authenticate", "presented_key"]

@@ -1,0 +1,329 @@
+"""Error codes, the one problem-document builder, and every exception handler.
+
+Every error on every route is an RFC 9457 problem document carrying the seed's fields
+(`code`, `message`, `correlation_id`, `retryable`, `details`) and the RFC's own.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from enum import StrEnum
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from pydantic import ValidationError
+from pydantic_core import to_json
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from flock.api.idempotency.protocol import IdempotencyStoreUnavailableError
+from flock.core.agent import AgentOutputError
+from flock.core.store.protocol import StoreUnavailableError
+from flock.registry import RegistryError
+
+logger = logging.getLogger("flock.api")
+
+PROBLEM_JSON = "application/problem+json"
+ERROR_TYPE_BASE = "https://flock.dev/errors/"
+RETRY_AFTER_SECONDS = 1
+
+
+class ErrorCode(StrEnum):
+    VALIDATION_ERROR = "VALIDATION_ERROR"
+    UNAUTHORIZED = "UNAUTHORIZED"
+    FORBIDDEN = "FORBIDDEN"
+    NOT_FOUND = "NOT_FOUND"
+    METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"
+    IDEMPOTENCY_CONFLICT = "IDEMPOTENCY_CONFLICT"
+    IDEMPOTENCY_IN_PROGRESS = "IDEMPOTENCY_IN_PROGRESS"
+    PAYLOAD_TOO_LARGE = "PAYLOAD_TOO_LARGE"
+    UNSUPPORTED_MEDIA_TYPE = "UNSUPPORTED_MEDIA_TYPE"
+    RATE_LIMITED = "RATE_LIMITED"
+    INTERNAL_ERROR = "INTERNAL_ERROR"
+    SERVICE_UNAVAILABLE = "SERVICE_UNAVAILABLE"
+    TIMEOUT = "TIMEOUT"
+
+
+# code -> (default HTTP status, title, retryable)
+ERROR_CATALOG: dict[ErrorCode, tuple[int, str, bool]] = {
+    ErrorCode.VALIDATION_ERROR: (422, "Validation error", False),
+    ErrorCode.UNAUTHORIZED: (401, "Unauthorized", False),
+    ErrorCode.FORBIDDEN: (403, "Forbidden", False),
+    ErrorCode.NOT_FOUND: (404, "Not found", False),
+    ErrorCode.METHOD_NOT_ALLOWED: (405, "Method not allowed", False),
+    ErrorCode.IDEMPOTENCY_CONFLICT: (409, "Idempotency key reused with a different body", False),
+    ErrorCode.IDEMPOTENCY_IN_PROGRESS: (409, "Idempotent request still in progress", True),
+    ErrorCode.PAYLOAD_TOO_LARGE: (413, "Payload too large", False),
+    ErrorCode.UNSUPPORTED_MEDIA_TYPE: (415, "Unsupported media type", False),
+    ErrorCode.RATE_LIMITED: (429, "Too many requests", True),
+    ErrorCode.INTERNAL_ERROR: (500, "Internal server error", True),
+    ErrorCode.SERVICE_UNAVAILABLE: (503, "Service unavailable", True),
+    ErrorCode.TIMEOUT: (504, "Timeout", True),
+}
+_STATUS_TO_CODE = {
+    400: ErrorCode.VALIDATION_ERROR,
+    401: ErrorCode.UNAUTHORIZED,
+    403: ErrorCode.FORBIDDEN,
+    404: ErrorCode.NOT_FOUND,
+    405: ErrorCode.METHOD_NOT_ALLOWED,
+    413: ErrorCode.PAYLOAD_TOO_LARGE,
+    415: ErrorCode.UNSUPPORTED_MEDIA_TYPE,
+    422: ErrorCode.VALIDATION_ERROR,
+    429: ErrorCode.RATE_LIMITED,
+    503: ErrorCode.SERVICE_UNAVAILABLE,
+    504: ErrorCode.TIMEOUT,
+}
+
+
+class APIError(Exception):
+    """Raise anywhere in the request path to answer with a problem document."""
+
+    def __init__(
+        self,
+        code: ErrorCode,
+        message: str,
+        *,
+        status: int | None = None,
+        details: Sequence[Mapping[str, str]] | None = None,
+        headers: Mapping[str, str] | None = None,
+        correlation_id: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.status = status or ERROR_CATALOG[code][0]
+        self.details = details
+        self.headers = dict(headers or {})
+        self.correlation_id = correlation_id
+
+
+def problem_body(
+    code: ErrorCode,
+    message: str,
+    *,
+    status: int | None = None,
+    correlation_id: str | None = None,
+    details: Sequence[Mapping[str, str]] | None = None,
+) -> dict[str, Any]:
+    """The problem document as a dict (also used for batch item errors)."""
+    default_status, title, retryable = ERROR_CATALOG[code]
+    return {
+        "type": ERROR_TYPE_BASE + code.value.lower().replace("_", "-"),
+        "title": title,
+        "status": status or default_status,
+        "code": code.value,
+        "message": message,
+        "correlation_id": correlation_id,
+        "retryable": retryable,
+        "details": [dict(d) for d in details] if details else None,
+    }
+
+
+def create_error_response(
+    code: ErrorCode,
+    message: str,
+    *,
+    status: int | None = None,
+    correlation_id: str | None = None,
+    details: Sequence[Mapping[str, str]] | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> Response:
+    """The single place an error response is built."""
+    body = problem_body(
+        code, message, status=status, correlation_id=correlation_id, details=details
+    )
+    out_headers = dict(headers or {})
+    if body["retryable"]:
+        out_headers.setdefault("Retry-After", str(RETRY_AFTER_SECONDS))
+    if correlation_id:
+        out_headers["X-Correlation-ID"] = correlation_id
+    return Response(
+        to_json(body), status_code=body["status"], headers=out_headers, media_type=PROBLEM_JSON
+    )
+
+
+def request_correlation_id(request: Request) -> str | None:
+    value = request.scope.get("state", {}).get("correlation_id")
+    return value if isinstance(value, str) else None
+
+
+def validation_details(
+    errors: Sequence[Mapping[str, Any]], prefix: str = ""
+) -> list[dict[str, str]]:
+    """Pydantic errors -> `[{field, message, code}]`; `field` dotted, like `payload.qty`."""
+    details = []
+    for error in errors:
+        loc = [p for p in error.get("loc", ()) if p != "body"]
+        field = prefix
+        for part in loc:
+            if isinstance(part, int):
+                field += f"[{part}]"
+            else:
+                field += f".{part}" if field else str(part)
+        details.append(
+            {
+                "field": field or "body",
+                "message": str(error.get("msg", "invalid")),
+                "code": str(error.get("type", "invalid")),
+            }
+        )
+    return details
+
+
+async def _flock_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, APIError)
+    return create_error_response(
+        exc.code,
+        exc.message,
+        status=exc.status,
+        details=exc.details,
+        headers=exc.headers,
+        correlation_id=exc.correlation_id or request_correlation_id(request),
+    )
+
+
+async def _request_validation(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    errors = list(exc.errors())
+    cid = request_correlation_id(request)
+    if any(e.get("type") == "json_invalid" for e in errors):
+        return create_error_response(
+            ErrorCode.VALIDATION_ERROR,
+            "the request body is not valid JSON",
+            status=400,
+            correlation_id=cid,
+            details=[{"field": "body", "message": "malformed JSON", "code": "json_invalid"}],
+        )
+    return create_error_response(
+        ErrorCode.VALIDATION_ERROR,
+        "the request is invalid",
+        correlation_id=cid,
+        details=validation_details(errors),
+    )
+
+
+async def _payload_validation(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ValidationError)
+    return create_error_response(
+        ErrorCode.VALIDATION_ERROR,
+        f"the payload does not validate as {exc.title}",
+        correlation_id=request_correlation_id(request),
+        details=validation_details(exc.errors(), prefix="payload"),
+    )
+
+
+async def _registry_error(request: Request, exc: Exception) -> Response:
+    return create_error_response(
+        ErrorCode.NOT_FOUND, str(exc), correlation_id=request_correlation_id(request)
+    )
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    code = _STATUS_TO_CODE.get(exc.status_code)
+    if code is None:
+        code = ErrorCode.INTERNAL_ERROR if exc.status_code >= 500 else ErrorCode.VALIDATION_ERROR
+    message = exc.detail if isinstance(exc.detail, str) else ERROR_CATALOG[code][1]
+    if exc.status_code == 404 and message == "Not Found":
+        message = f"no route matches {request.method} {request.url.path}"
+    elif exc.status_code == 405:
+        message = f"{request.method} is not allowed on {request.url.path}"
+    return create_error_response(
+        code,
+        message,
+        status=exc.status_code,
+        headers=exc.headers,
+        correlation_id=request_correlation_id(request),
+    )
+
+
+async def _store_unavailable(request: Request, exc: Exception) -> Response:
+    logger.warning("store unavailable during %s %s: %s", request.method, request.url.path, exc)
+    return create_error_response(
+        ErrorCode.SERVICE_UNAVAILABLE,
+        "a backing store is unavailable; retry shortly",
+        correlation_id=request_correlation_id(request),
+    )
+
+
+async def _timeout(request: Request, exc: Exception) -> Response:
+    return create_error_response(
+        ErrorCode.TIMEOUT, "the operation timed out", correlation_id=request_correlation_id(request)
+    )
+
+
+async def _agent_output(request: Request, exc: Exception) -> Response:
+    return create_error_response(
+        ErrorCode.VALIDATION_ERROR, str(exc), correlation_id=request_correlation_id(request)
+    )
+
+
+def internal_error_response(correlation_id: str | None) -> Response:
+    """The 500 answer: no exception text or trace leaves the server."""
+    return create_error_response(
+        ErrorCode.INTERNAL_ERROR,
+        "an internal error occurred; it has been logged with this correlation id",
+        correlation_id=correlation_id,
+    )
+
+
+_HANDLERS: dict[type[Exception], Any] = {}
+
+
+def error_response_for(exc: Exception, correlation_id: str | None) -> Response | None:
+    """The problem response a known exception maps to, or None for an unexpected one.
+
+    Used outside FastAPI's handler chain, where an outcome must be captured as a response
+    (an idempotent call stores its 4xx outcome).
+    """
+    if isinstance(exc, APIError):
+        return create_error_response(
+            exc.code,
+            exc.message,
+            status=exc.status,
+            details=exc.details,
+            headers=exc.headers,
+            correlation_id=exc.correlation_id or correlation_id,
+        )
+    if isinstance(exc, RegistryError):
+        return create_error_response(
+            ErrorCode.NOT_FOUND, str(exc), correlation_id=correlation_id
+        )
+    if isinstance(exc, StoreUnavailableError | IdempotencyStoreUnavailableError):
+        return create_error_response(
+            ErrorCode.SERVICE_UNAVAILABLE,
+            "a backing store is unavailable; retry shortly",
+            correlation_id=correlation_id,
+        )
+    if isinstance(exc, AgentOutputError):
+        return create_error_response(
+            ErrorCode.VALIDATION_ERROR, str(exc), correlation_id=correlation_id
+        )
+    return None
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Map every exception the request path raises to a problem document."""
+    app.add_exception_handler(APIError, _flock_error)
+    app.add_exception_handler(RequestValidationError, _request_validation)
+    app.add_exception_handler(ValidationError, _payload_validation)
+    app.add_exception_handler(RegistryError, _registry_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(StoreUnavailableError, _store_unavailable)
+    app.add_exception_handler(IdempotencyStoreUnavailableError, _store_unavailable)
+    app.add_exception_handler(TimeoutError, _timeout)
+    app.add_exception_handler(AgentOutputError, _agent_output)
+
+
+__all__ = [
+    "ERROR_CATALOG",
+    "APIError",
+    "ErrorCode",
+    "create_error_response",
+    "install_error_handlers",
+    "internal_error_response",
+    "problem_body",
+    "validation_details",
+]

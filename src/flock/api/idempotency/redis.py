@@ -1,0 +1,247 @@
+"""Idempotency records in Redis: one hash per key, changed only by Lua scripts.
+
+Each script reads and writes a single key, so it runs atomically (and on Redis Cluster).
+Times are computed by the caller with `time.time()`, like the other backends, and stored as
+the strings Python formats; the scripts only compare them. Keys carry a native expiry at or
+after their logical one, so Redis itself purges expired records.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from flock.api.idempotency.protocol import (
+    CachedResponse,
+    ClaimResult,
+    IdempotencyRecord,
+    IdempotencyStoreUnavailableError,
+    RecordState,
+)
+
+CONNECT_TIMEOUT_SECONDS = 10.0
+
+# KEYS[1] record; ARGV: now, fingerprint, owner, expires_at, lease_expires_at, expire_ms.
+# Returns {0, fields} when the key is held, {1, fields} fresh, {2, fields} taken over (a
+# lapsed lease with the same fingerprint; with another one the record is replaced).
+_CLAIM = """
+local now = tonumber(ARGV[1])
+local cur = redis.call('HMGET', KEYS[1], 'expires_at', 'state', 'lease_expires_at', 'fingerprint')
+local outcome = 1
+if cur[1] and tonumber(cur[1]) > now then
+  if cur[2] ~= 'in_progress' or tonumber(cur[3]) > now then
+    return {0, redis.call('HGETALL', KEYS[1])}
+  end
+  if cur[4] == ARGV[2] then
+    outcome = 2
+  end
+end
+if outcome == 1 then
+  redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[1], 'fingerprint', ARGV[2], 'state', 'in_progress',
+    'created_at', ARGV[1])
+end
+redis.call('HSET', KEYS[1], 'owner', ARGV[3], 'expires_at', ARGV[4],
+  'lease_expires_at', ARGV[5])
+redis.call('PEXPIRE', KEYS[1], ARGV[6])
+return {outcome, redis.call('HGETALL', KEYS[1])}
+"""
+
+# Shared guard: the record exists, is unexpired, in progress and held by ARGV[1] (owner);
+# ARGV[2] is now.
+_HELD = """
+local cur = redis.call('HMGET', KEYS[1], 'owner', 'state', 'expires_at')
+if cur[1] ~= ARGV[1] or cur[2] ~= 'in_progress' or tonumber(cur[3]) <= tonumber(ARGV[2]) then
+  return 0
+end
+"""
+
+# ARGV[3] correlation_id, ARGV[4] artifact_id ('' for none).
+_RECORD_PUBLISH = (
+    _HELD
+    + """
+redis.call('HSET', KEYS[1], 'correlation_id', ARGV[3])
+if ARGV[4] == '' then
+  redis.call('HDEL', KEYS[1], 'artifact_id')
+else
+  redis.call('HSET', KEYS[1], 'artifact_id', ARGV[4])
+end
+return 1
+"""
+)
+
+# ARGV[3] new lease_expires_at. Native expiry follows the later of lease and TTL.
+_RENEW = (
+    _HELD
+    + """
+redis.call('HSET', KEYS[1], 'lease_expires_at', ARGV[3])
+local last = math.max(tonumber(ARGV[3]), tonumber(cur[3]))
+redis.call('PEXPIRE', KEYS[1], math.ceil((last - tonumber(ARGV[2])) * 1000))
+return 1
+"""
+)
+
+# ARGV[3] status, ARGV[4] body, ARGV[5] headers (JSON), ARGV[6] expires_at, ARGV[7] ttl ms.
+_COMPLETE = (
+    _HELD
+    + """
+redis.call('HSET', KEYS[1], 'state', 'completed', 'status_code', ARGV[3], 'body', ARGV[4],
+  'headers', ARGV[5], 'expires_at', ARGV[6])
+redis.call('PEXPIRE', KEYS[1], ARGV[7])
+return 1
+"""
+)
+
+_RELEASE = (
+    _HELD
+    + """
+redis.call('DEL', KEYS[1])
+return 1
+"""
+)
+
+
+@contextmanager
+def _unavailable_on_error() -> Iterator[None]:
+    try:
+        yield
+    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        raise IdempotencyStoreUnavailableError(f"idempotency store unavailable: {exc}") from exc
+
+
+def _ms(seconds: float) -> int:
+    return max(0, math.ceil(seconds * 1000))
+
+
+def _fields(flat: Sequence[bytes]) -> dict[str, bytes]:
+    return {flat[i].decode(): flat[i + 1] for i in range(0, len(flat), 2)}
+
+
+def _record(key: str, fields: dict[str, bytes]) -> IdempotencyRecord:
+    def text(name: str) -> str | None:
+        value = fields.get(name)
+        return None if value is None else value.decode()
+
+    state: RecordState = "completed" if fields["state"] == b"completed" else "in_progress"
+    response = None
+    if state == "completed":
+        headers = json.loads(fields.get("headers", b"{}"))
+        response = CachedResponse(
+            status_code=int(fields["status_code"]),
+            body=fields.get("body", b""),
+            headers={str(k): str(v) for k, v in headers.items()},
+        )
+    return IdempotencyRecord(
+        key=key,
+        fingerprint=fields["fingerprint"].decode(),
+        state=state,
+        owner=fields["owner"].decode(),
+        created_at=float(fields["created_at"]),
+        expires_at=float(fields["expires_at"]),
+        lease_expires_at=float(fields["lease_expires_at"]),
+        correlation_id=text("correlation_id"),
+        artifact_id=text("artifact_id"),
+        response=response,
+    )
+
+
+class RedisIdempotencyStore:
+    """Records in Redis under `prefix + key`, shared by every replica using the server."""
+
+    def __init__(self, url: str, *, prefix: str = "flock:idem:") -> None:
+        self.prefix = prefix
+        self._redis: Redis = Redis.from_url(
+            url, socket_connect_timeout=CONNECT_TIMEOUT_SECONDS, decode_responses=False
+        )
+        self._claim = self._redis.register_script(_CLAIM)
+        self._record_publish = self._redis.register_script(_RECORD_PUBLISH)
+        self._renew = self._redis.register_script(_RENEW)
+        self._complete = self._redis.register_script(_COMPLETE)
+        self._release = self._redis.register_script(_RELEASE)
+
+    async def _run(self, script: Any, key: str, *args: str | bytes | int) -> Any:
+        with _unavailable_on_error():
+            return await script(keys=[self.prefix + key], args=list(args))
+
+    async def claim(
+        self,
+        key: str,
+        fingerprint: str,
+        *,
+        owner: str,
+        lease_seconds: float,
+        ttl_seconds: float,
+    ) -> ClaimResult:
+        now = time.time()
+        outcome, flat = await self._run(
+            self._claim,
+            key,
+            repr(now),
+            fingerprint,
+            owner,
+            repr(now + ttl_seconds),
+            repr(now + lease_seconds),
+            _ms(max(lease_seconds, ttl_seconds)),
+        )
+        record = _record(key, _fields(flat))
+        return ClaimResult(acquired=outcome != 0, record=record, taken_over=outcome == 2)
+
+    async def record_publish(
+        self, key: str, owner: str, correlation_id: str, artifact_id: str | None = None
+    ) -> bool:
+        done = await self._run(
+            self._record_publish, key, owner, repr(time.time()), correlation_id, artifact_id or ""
+        )
+        return bool(done)
+
+    async def renew(self, key: str, owner: str, lease_seconds: float) -> bool:
+        now = time.time()
+        done = await self._run(self._renew, key, owner, repr(now), repr(now + lease_seconds))
+        return bool(done)
+
+    async def complete(
+        self, key: str, owner: str, response: CachedResponse, ttl_seconds: float
+    ) -> bool:
+        now = time.time()
+        done = await self._run(
+            self._complete,
+            key,
+            owner,
+            repr(now),
+            str(response.status_code),
+            response.body,
+            json.dumps(response.headers, separators=(",", ":")),
+            repr(now + ttl_seconds),
+            _ms(ttl_seconds),
+        )
+        return bool(done)
+
+    async def release(self, key: str, owner: str) -> bool:
+        return bool(await self._run(self._release, key, owner, repr(time.time())))
+
+    async def get(self, key: str) -> IdempotencyRecord | None:
+        with _unavailable_on_error():
+            flat: dict[bytes, bytes] = await self._redis.hgetall(self.prefix + key)  # type: ignore[misc]
+        if not flat:
+            return None
+        record = _record(key, {k.decode(): v for k, v in flat.items()})
+        return record if record.expires_at > time.time() else None
+
+    async def purge_expired(self) -> int:
+        # Keys expire natively; nothing is left for a sweep to delete.
+        return 0
+
+    async def ping(self) -> None:
+        with _unavailable_on_error():
+            await self._redis.ping()
+
+    async def close(self) -> None:
+        await self._redis.aclose()

@@ -1,0 +1,86 @@
+"""Prometheus metrics, one registry per service (two apps in a process never share one)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from flock.core.orchestrator import FlockStats
+
+_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+
+
+class _StatsCollector(Collector):
+    """Reads the orchestrator's counters at scrape time: nothing is paid per event."""
+
+    def __init__(self, stats: FlockStats) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        for name, doc, value in (
+            ("flock_artifacts_published", "Artifacts published", self._stats.artifacts_published),
+            ("flock_agent_runs", "Agent runs finished", self._stats.agent_runs),
+            ("flock_agent_failures", "Agent runs that raised", self._stats.agent_failures),
+        ):
+            yield CounterMetricFamily(name, doc, value=value)
+
+
+class _OutcomesCollector(Collector):
+    def __init__(self, outcomes: dict[str, int]) -> None:
+        self._outcomes = outcomes
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            "flock_idempotency_requests", "Keyed requests by outcome", labels=("outcome",)
+        )
+        for outcome, value in sorted(self._outcomes.items()):
+            family.add_metric((outcome,), value)
+        yield family
+
+
+class ServiceMetrics:
+    """HTTP, sync-publish and idempotency metrics of one service."""
+
+    def __init__(self, stats: FlockStats) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "flock_http_requests",
+            "HTTP requests by route and status",
+            ("method", "route", "status"),
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "flock_http_request_duration_seconds",
+            "HTTP request latency by route and status",
+            ("method", "route", "status"),
+            buckets=_BUCKETS,
+            registry=self.registry,
+        )
+        self.sync_outcomes = Counter(
+            "flock_sync_requests",
+            "Sync publish outcomes (completed or timeout)",
+            ("outcome",),
+            registry=self.registry,
+        )
+        self.registry.register(_StatsCollector(stats))
+        self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+
+    def watch_idempotency(self, outcomes: dict[str, int]) -> None:
+        """Export the guard's outcome counts (executed, replayed, conflict, ...)."""
+        self.registry.register(_OutcomesCollector(outcomes))
+
+    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        key = (method, route, status)
+        children = self._children.get(key)
+        if children is None:
+            labels = (method, route, str(status))
+            children = (self.requests.labels(*labels), self.latency.labels(*labels))
+            self._children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
+
+__all__ = ["ServiceMetrics"]

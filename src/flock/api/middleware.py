@@ -1,0 +1,151 @@
+"""The outermost ASGI layer: correlation ids, body limits, metrics, 500s and shutdown."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from flock.api.errors import ErrorCode, create_error_response, internal_error_response
+
+if TYPE_CHECKING:
+    from flock.api.service import BlackboardHTTPService
+
+logger = logging.getLogger("flock.api")
+
+_VALID_CORRELATION_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+
+class BodyTooLargeError(HTTPException):
+    """Raised from `receive` once a streamed body passes the limit (answered 413)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"the request body exceeds the limit of {limit} bytes")
+
+
+def _is_json(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (
+        media.startswith("application/") and media.endswith("+json")
+    )
+
+
+class RequestContextMiddleware:
+    """Wraps every request: sets `X-Correlation-ID`, guards bodies, records metrics.
+
+    It catches what nothing else handled and answers a 500 problem document with no
+    exception text, logging the trace with the correlation id instead.
+    """
+
+    def __init__(self, app: ASGIApp, service: BlackboardHTTPService) -> None:
+        self.app = app
+        self.service = service
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        state = scope.setdefault("state", {})
+        sent = _header(scope, b"x-correlation-id")
+        state["correlation_id"] = (
+            sent if sent and _VALID_CORRELATION_ID.match(sent) else str(uuid.uuid4())
+        )
+        status = 500
+        response_started = False
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status, response_started
+            if message["type"] == "http.response.start":
+                response_started = True
+                status = message["status"]
+                headers = message.setdefault("headers", [])
+                if not any(k.lower() == b"x-correlation-id" for k, _ in headers):
+                    headers.append((b"x-correlation-id", state["correlation_id"].encode()))
+            await send(message)
+
+        try:
+            early = self._reject_early(scope)
+            if early is not None:
+                await early(scope, receive, send_wrapper)
+            else:
+                await self.app(scope, self._limited(scope, receive), send_wrapper)
+        except Exception:
+            logger.exception(
+                "unhandled error in %s %s (correlation %s)",
+                scope.get("method"),
+                scope.get("path"),
+                state["correlation_id"],
+            )
+            if not response_started:
+                await internal_error_response(state["correlation_id"])(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            path = getattr(route, "path", None) or "unmatched"
+            self.service.metrics.observe_request(
+                scope.get("method", ""), path, status, time.perf_counter() - started
+            )
+
+    def _reject_early(self, scope: Scope) -> Any:
+        """A response for requests refused before any body is read, else None."""
+        cid = scope["state"]["correlation_id"]
+        path: str = scope.get("path", "")
+        if self.service.shutting_down and path not in ("/health", "/metrics"):
+            return create_error_response(
+                ErrorCode.SERVICE_UNAVAILABLE, "the server is shutting down", correlation_id=cid
+            )
+        if scope.get("method") not in _BODY_METHODS:
+            return None
+        length = _header(scope, b"content-length")
+        limit = self.service.settings.max_body_bytes
+        if length is not None and length.isdigit() and int(length) > limit:
+            return create_error_response(
+                ErrorCode.PAYLOAD_TOO_LARGE,
+                f"the request body exceeds the limit of {limit} bytes",
+                correlation_id=cid,
+            )
+        if path.startswith("/api/"):
+            has_body = (length is not None and length != "0") or _header(
+                scope, b"transfer-encoding"
+            ) is not None
+            content_type = _header(scope, b"content-type")
+            if has_body and (content_type is None or not _is_json(content_type)):
+                return create_error_response(
+                    ErrorCode.UNSUPPORTED_MEDIA_TYPE,
+                    "request bodies must be JSON (Content-Type: application/json)",
+                    correlation_id=cid,
+                )
+        return None
+
+    def _limited(self, scope: Scope, receive: Receive) -> Receive:
+        if scope.get("method") not in _BODY_METHODS:
+            return receive
+        limit = self.service.settings.max_body_bytes
+        seen = 0
+
+        async def receive_limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise BodyTooLargeError(limit)
+            return message
+
+        return receive_limited
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+__all__ = ["BodyTooLargeError", "RequestContextMiddleware"]

@@ -1,0 +1,185 @@
+"""Request and response models of the REST API (they also shape /openapi.json)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from flock.core.visibility import Visibility
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PublishRequest(_Strict):
+    """One artifact to publish. `payload` must validate against the registered `type`."""
+
+    type: str = Field(min_length=1, max_length=255, description="a registered artifact type")
+    payload: dict[str, Any] = Field(default_factory=dict)
+    tags: list[str] = Field(default_factory=list, max_length=64)
+    partition_key: str | None = Field(default=None, max_length=255)
+    visibility: Visibility | None = None
+
+
+class PublishResponse(BaseModel):
+    status: Literal["accepted"] = "accepted"
+    artifact_id: str
+    correlation_id: str
+
+
+class SyncPublishFilters(_Strict):
+    """Which of the correlation's artifacts the sync response returns (empty: all)."""
+
+    type_names: list[str] = Field(default_factory=list)
+    produced_by: list[str] = Field(default_factory=list)
+
+
+class SyncPublishRequest(PublishRequest):
+    timeout: float = Field(default=30.0, ge=1, le=300, description="seconds to wait (1-300)")
+    filters: SyncPublishFilters | None = None
+    on_timeout: Literal["partial", "error"] = "partial"
+
+
+class ArtifactModel(BaseModel):
+    """A serialized artifact."""
+
+    id: str
+    type: str
+    payload: dict[str, Any]
+    produced_by: str
+    correlation_id: str
+    partition_key: str | None
+    tags: list[str]
+    visibility: dict[str, Any]
+    visibility_kind: str
+    created_at: str = Field(description="ISO 8601, UTC")
+    version: int
+    consumptions: list[dict[str, Any]] | None = Field(
+        default=None, description="present when embed_meta=true"
+    )
+
+
+class AgentErrorModel(BaseModel):
+    agent: str
+    artifact_id: str | None
+    message: str
+    at: str
+
+
+class SyncPublishResponse(BaseModel):
+    correlation_id: str
+    artifacts: list[ArtifactModel]
+    completed: bool
+    duration_ms: float
+    errors: list[AgentErrorModel]
+    truncated: bool
+
+
+class Pagination(BaseModel):
+    limit: int
+    offset: int
+    total: int
+
+
+class ArtifactListResponse(BaseModel):
+    items: list[ArtifactModel]
+    pagination: Pagination
+
+
+class ArtifactSummary(BaseModel):
+    total: int
+    by_type: dict[str, int]
+    by_producer: dict[str, int]
+    by_visibility: dict[str, int]
+
+
+class CorrelationStatusResponse(BaseModel):
+    correlation_id: str
+    state: Literal["running", "idle"]
+    pending_runs: int
+    artifact_count: int
+    errors: list[AgentErrorModel]
+    started_at: str
+    updated_at: str
+
+
+class AgentInput(_Strict):
+    type: str = Field(min_length=1)
+    payload: dict[str, Any] = Field(default_factory=dict)
+
+
+class AgentRunRequest(_Strict):
+    """Inputs for a direct run of one agent (no cascade follows)."""
+
+    inputs: list[AgentInput] = Field(min_length=1, max_length=100)
+
+
+class AgentRunResponse(BaseModel):
+    agent: str
+    artifacts: list[ArtifactModel]
+
+
+class AgentDescription(BaseModel):
+    name: str
+    description: str
+    subscriptions: list[dict[str, Any]]
+    outputs: list[dict[str, Any]]
+    max_concurrency: int
+    labels: list[str]
+    tenant: str | None
+
+
+class AgentListResponse(BaseModel):
+    agents: list[AgentDescription]
+
+
+class ErrorDetail(BaseModel):
+    """One problem with the request, e.g. `{"field": "payload.qty", ...}`."""
+
+    field: str
+    message: str
+    code: str
+
+
+class ErrorResponse(BaseModel):
+    """An RFC 9457 problem document with Flock's fields."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: str
+    title: str
+    status: int
+    code: str
+    message: str
+    correlation_id: str | None
+    retryable: bool
+    details: list[ErrorDetail] | None = None
+
+
+class HealthResponse(BaseModel):
+    status: str
+
+
+__all__ = [
+    "AgentDescription",
+    "AgentErrorModel",
+    "AgentInput",
+    "AgentListResponse",
+    "AgentRunRequest",
+    "AgentRunResponse",
+    "ArtifactListResponse",
+    "ArtifactModel",
+    "ArtifactSummary",
+    "CorrelationStatusResponse",
+    "ErrorDetail",
+    "ErrorResponse",
+    "HealthResponse",
+    "Pagination",
+    "PublishRequest",
+    "PublishResponse",
+    "SyncPublishFilters",
+    "SyncPublishRequest",
+    "SyncPublishResponse",
+]

@@ -1,0 +1,45 @@
+"""Agent routes: list agents, run one directly."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import Response
+
+from flock.api.deps import PrincipalDep, ServiceDep
+from flock.api.errors import APIError, ErrorCode
+from flock.api.models import AgentListResponse, AgentRunRequest, AgentRunResponse, PublishRequest
+from flock.api.publishing import build_artifact
+from flock.api.routes.artifacts import json_response
+
+router = APIRouter(prefix="/api/v1", tags=["agents"])
+
+
+@router.get("/agents", response_model=AgentListResponse, summary="List agents")
+async def list_agents(
+    principal: PrincipalDep,
+    service: ServiceDep,
+) -> Response:
+    return json_response({"agents": [a.describe() for a in service.flock.agents]})
+
+
+@router.post("/agents/{name}/run", response_model=AgentRunResponse, summary="Run one agent")
+async def run_agent(
+    name: str,
+    body: AgentRunRequest,
+    principal: PrincipalDep,
+    service: ServiceDep,
+) -> Response:
+    """Run the agent once on the inputs; its outputs are stored, no other agent is triggered."""
+    try:
+        agent = service.flock.get_agent(name)
+    except KeyError:
+        raise APIError(ErrorCode.NOT_FOUND, f"no agent named {name!r}") from None
+    inputs = [
+        build_artifact(
+            PublishRequest(type=i.type, payload=i.payload), principal, field_prefix=f"inputs[{n}]."
+        )
+        for n, i in enumerate(body.inputs)
+    ]
+    outputs = await service.flock.direct_invoke(agent, inputs)
+    visible = [a.to_dict() for a in outputs if a.visibility.allows(principal.identity)]
+    return json_response({"agent": name, "artifacts": visible})

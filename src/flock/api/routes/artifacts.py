@@ -1,0 +1,301 @@
+"""Artifact routes: publish (async and sync), query, summary, get."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import Response
+from pydantic_core import to_json
+
+from flock.api.auth import Principal
+from flock.api.deps import PrincipalDep, ServiceDep, route_template
+from flock.api.errors import APIError, ErrorCode, create_error_response
+from flock.api.idempotency.guard import KeyedCall, fingerprint_of, parse_idempotency_key, scoped_key
+from flock.api.idempotency.protocol import IdempotencyRecord
+from flock.api.models import (
+    ArtifactListResponse,
+    ArtifactModel,
+    ArtifactSummary,
+    PublishRequest,
+    PublishResponse,
+    SyncPublishRequest,
+    SyncPublishResponse,
+)
+from flock.api.publishing import build_artifact
+from flock.core.artifacts import Artifact
+from flock.core.store.protocol import FilterConfig
+
+router = APIRouter(prefix="/api/v1", tags=["artifacts"])
+
+JSON = "application/json"
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(to_json(body), status_code=status, headers=headers, media_type=JSON)
+
+
+async def publish_once(
+    service: ServiceDep,
+    body: PublishRequest,
+    principal: Principal,
+    call: KeyedCall | None,
+    *,
+    field_prefix: str = "",
+) -> Artifact:
+    """Publish a request's artifact exactly once, whatever crashed before.
+
+    A caller that took over an abandoned claim reuses the recorded ids: if that artifact is
+    stored, the cascade is resumed instead; otherwise it is published under the same ids.
+    """
+    prior = call.prior if call is not None else None
+    if prior is not None and prior.correlation_id and prior.artifact_id:
+        artifact = build_artifact(
+            body,
+            principal,
+            correlation_id=prior.correlation_id,
+            artifact_id=prior.artifact_id,
+            field_prefix=field_prefix,
+        )
+        assert call is not None
+        await call.record_publish(artifact.correlation_id, artifact.id)
+        existing = await service.flock.store.get(artifact.id)
+        if existing is not None:
+            await service.flock.resume(existing.correlation_id)
+            call.mark_published()
+            return existing
+    else:
+        artifact = build_artifact(body, principal, field_prefix=field_prefix)
+        if call is not None:
+            await call.record_publish(artifact.correlation_id, artifact.id)
+    await service.flock.publish(artifact)
+    if call is not None:
+        call.mark_published()
+    return artifact
+
+
+class AsyncPublish:
+    """`POST /artifacts`: publish and answer at once."""
+
+    def __init__(
+        self,
+        service: ServiceDep,
+        body: PublishRequest,
+        principal: Principal,
+        request: Request,
+    ) -> None:
+        self.service, self.body, self.principal, self.request = service, body, principal, request
+
+    async def execute(self, call: KeyedCall | None) -> Response:
+        artifact = await publish_once(self.service, self.body, self.principal, call)
+        self.request.scope["state"]["correlation_id"] = artifact.correlation_id
+        return self._accepted(artifact.id, artifact.correlation_id)
+
+    async def refresh(self, record: IdempotencyRecord) -> Response | None:
+        response = record.response
+        if response is None or response.status_code < 500 or not record.artifact_id:
+            return None
+        if await self.service.flock.store.get(record.artifact_id) is None:
+            return None
+        assert record.correlation_id is not None
+        return self._accepted(record.artifact_id, record.correlation_id)
+
+    @staticmethod
+    def _accepted(artifact_id: str, correlation_id: str) -> Response:
+        return json_response(
+            {"status": "accepted", "artifact_id": artifact_id, "correlation_id": correlation_id},
+            headers={"X-Correlation-ID": correlation_id},
+        )
+
+
+class SyncPublish:
+    """`POST /artifacts/sync`: publish, wait for that correlation, answer its results."""
+
+    def __init__(
+        self,
+        service: ServiceDep,
+        body: SyncPublishRequest,
+        principal: Principal,
+        request: Request,
+    ) -> None:
+        self.service, self.body, self.principal, self.request = service, body, principal, request
+        self.started = time.perf_counter()
+
+    def remaining(self) -> float:
+        return max(self.body.timeout - (time.perf_counter() - self.started), 0.0)
+
+    async def execute(self, call: KeyedCall | None) -> Response:
+        artifact = await publish_once(self.service, self.body, self.principal, call)
+        return await self._answer(artifact.correlation_id, artifact.id)
+
+    async def refresh(self, record: IdempotencyRecord) -> Response | None:
+        """Re-attach to a stored outcome that did not complete (never re-publish)."""
+        response = record.response
+        if response is None or record.correlation_id is None:
+            return None
+        if response.status_code == 200 and json.loads(response.body).get("completed", True):
+            return None
+        if response.status_code not in (200, 504) and response.status_code < 500:
+            return None
+        return await self._answer(record.correlation_id, record.artifact_id)
+
+    async def _answer(self, correlation_id: str, input_id: str | None) -> Response:
+        service = self.service
+        self.request.scope["state"]["correlation_id"] = correlation_id
+        completed = await service.waiter.wait(correlation_id, self.remaining())
+        service.metrics.sync_outcomes.labels("completed" if completed else "timeout").inc()
+        headers = {
+            "Content-Location": f"/api/v1/correlations/{correlation_id}",
+            "X-Correlation-ID": correlation_id,
+        }
+        if not completed and self.body.on_timeout == "error":
+            return create_error_response(
+                ErrorCode.TIMEOUT,
+                f"the cascade did not finish within {self.body.timeout:g} s; it goes on, "
+                "follow it at the Content-Location URL",
+                correlation_id=correlation_id,
+                headers=headers,
+            )
+        result = await service.waiter.collect(
+            correlation_id,
+            self.principal,
+            completed=completed,
+            started=self.started,
+            input_id=input_id,
+            filters=self.body.filters,
+        )
+        return json_response(result.to_dict(), headers=headers)
+
+
+async def run_keyed(
+    service: ServiceDep,
+    request: Request,
+    principal: Principal,
+    body: PublishRequest,
+    operation: AsyncPublish | SyncPublish,
+    wait_seconds: float | None = None,
+) -> Response:
+    """Run a publish operation, through the idempotency guard when the request has a key."""
+    key = parse_idempotency_key(request.headers)
+    if key is None:
+        return await operation.execute(None)
+    scoped = scoped_key(principal.scope, request.method, route_template(request), key)
+    fingerprint = fingerprint_of(body.model_dump(mode="json"))
+    return await service.guard.run(
+        scoped,
+        fingerprint,
+        operation,
+        wait_seconds=wait_seconds,
+        correlation_id=request.scope["state"].get("correlation_id"),
+    )
+
+
+@router.post("/artifacts", response_model=PublishResponse, summary="Publish an artifact")
+async def publish_artifact(
+    body: PublishRequest,
+    request: Request,
+    principal: PrincipalDep,
+    service: ServiceDep,
+) -> Response:
+    """Validate and publish; the cascade runs in the background. Idempotency keys honoured."""
+    return await run_keyed(
+        service, request, principal, body, AsyncPublish(service, body, principal, request)
+    )
+
+
+@router.post(
+    "/artifacts/sync",
+    response_model=SyncPublishResponse,
+    summary="Publish an artifact and wait for its cascade",
+)
+async def publish_sync(
+    body: SyncPublishRequest,
+    request: Request,
+    principal: PrincipalDep,
+    service: ServiceDep,
+) -> Response:
+    """Publish under a fresh correlation id and wait (up to `timeout`) for that cascade only."""
+    async with service.sync_slot(principal):
+        operation = SyncPublish(service, body, principal, request)
+        return await run_keyed(
+            service, request, principal, body, operation, wait_seconds=body.timeout
+        )
+
+
+@router.get("/artifacts", response_model=ArtifactListResponse, summary="Query artifacts")
+async def list_artifacts(
+    principal: PrincipalDep,
+    service: ServiceDep,
+    type: Annotated[list[str] | None, Query()] = None,
+    produced_by: Annotated[list[str] | None, Query()] = None,
+    correlation_id: str | None = None,
+    tag: Annotated[list[str] | None, Query()] = None,
+    start: Annotated[datetime | None, Query(alias="from")] = None,
+    end: Annotated[datetime | None, Query(alias="to")] = None,
+    visibility: Annotated[list[str] | None, Query()] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    embed_meta: bool = False,
+) -> Response:
+    filters = FilterConfig(
+        type_names=frozenset(type) if type else None,
+        produced_by=frozenset(produced_by) if produced_by else None,
+        correlation_id=correlation_id,
+        tags=frozenset(tag) if tag else None,
+        visibility=frozenset(visibility) if visibility else None,
+        start=_aware(start),
+        end=_aware(end),
+        visible_to=principal.identity,
+    )
+    items, total = await service.flock.store.query_artifacts(
+        filters, limit=limit, offset=offset, embed_meta=embed_meta
+    )
+    return json_response(
+        {
+            "items": [item.to_dict() for item in items],
+            "pagination": {"limit": limit, "offset": offset, "total": total},
+        }
+    )
+
+
+@router.get("/artifacts/summary", response_model=ArtifactSummary, summary="Count artifacts")
+async def summarize_artifacts(
+    principal: PrincipalDep,
+    service: ServiceDep,
+    type: Annotated[list[str] | None, Query()] = None,
+    produced_by: Annotated[list[str] | None, Query()] = None,
+    correlation_id: str | None = None,
+) -> Response:
+    filters = FilterConfig(
+        type_names=frozenset(type) if type else None,
+        produced_by=frozenset(produced_by) if produced_by else None,
+        correlation_id=correlation_id,
+        visible_to=principal.identity,
+    )
+    return json_response(await service.flock.store.summarize_artifacts(filters))
+
+
+@router.get("/artifacts/{artifact_id}", response_model=ArtifactModel, summary="Get an artifact")
+async def get_artifact(
+    artifact_id: str,
+    principal: PrincipalDep,
+    service: ServiceDep,
+) -> Response:
+    artifact = await service.flock.store.get(artifact_id)
+    if artifact is None or not artifact.visibility.allows(principal.identity):
+        raise APIError(ErrorCode.NOT_FOUND, f"no artifact {artifact_id!r}")
+    return json_response(artifact.to_dict())
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    from datetime import UTC
+
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+__all__ = ["AsyncPublish", "SyncPublish", "json_response", "publish_once", "router", "run_keyed"]

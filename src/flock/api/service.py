@@ -1,0 +1,126 @@
+"""BlackboardHTTPService: builds the FastAPI app around a Flock and wires its parts."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI
+
+from flock.api.auth import APIKeyring, Principal
+from flock.api.docs import install_docs
+from flock.api.errors import APIError, ErrorCode, install_error_handlers
+from flock.api.idempotency.guard import IdempotencyGuard
+from flock.api.idempotency.memory import InMemoryIdempotencyStore
+from flock.api.idempotency.protocol import IdempotencyStore
+from flock.api.idempotency.purge import purge_periodically
+from flock.api.metrics import ServiceMetrics
+from flock.api.middleware import RequestContextMiddleware
+from flock.api.models import ErrorResponse
+from flock.api.publishing import CascadeWaiter
+from flock.api.routes import agents, artifacts, correlations, health
+from flock.api.settings import ServiceSettings
+from flock.core.orchestrator import Flock
+
+logger = logging.getLogger("flock.api")
+
+_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "content": {"application/problem+json": {}}}
+    for status in (400, 401, 403, 404, 409, 413, 415, 422, 429, 500, 503, 504)
+}
+
+
+class BlackboardHTTPService:
+    """The REST API of one Flock. `.app` is the ASGI app; extra routes can be added to it."""
+
+    def __init__(
+        self,
+        flock: Flock,
+        *,
+        idempotency: IdempotencyStore | None = None,
+        api_keys: APIKeyring | None = None,
+        settings: ServiceSettings | None = None,
+        title: str = "Flock",
+        drain_seconds: float = 10.0,
+    ) -> None:
+        self.flock = flock
+        self.settings = settings or ServiceSettings.from_env()
+        self.idempotency: IdempotencyStore = idempotency or InMemoryIdempotencyStore()
+        self.keyring = api_keys
+        self.metrics = ServiceMetrics(flock.stats)
+        self.guard = IdempotencyGuard(
+            self.idempotency,
+            ttl_seconds=self.settings.idempotency_ttl,
+            lease_seconds=self.settings.idempotency_lease,
+            wait_seconds=self.settings.idempotency_wait,
+        )
+        self.metrics.watch_idempotency(self.guard.outcomes)
+        self.waiter = CascadeWaiter(flock, self.settings.max_sync_artifacts)
+        self.shutting_down = False
+        self.drain_seconds = drain_seconds
+        self._inflight_sync: dict[str, int] = {}
+        self.app = self._build_app(title)
+
+    def _build_app(self, title: str) -> FastAPI:
+        app = FastAPI(
+            title=title,
+            version="1",
+            docs_url=None,
+            redoc_url=None,
+            lifespan=self._lifespan,
+            responses=_ERROR_RESPONSES,
+            description="Publish typed artifacts, wait for agent cascades, retry safely.",
+        )
+        app.state.flock_service = self
+        install_error_handlers(app)
+        for module in (artifacts, agents, correlations, health):
+            app.include_router(module.router)
+        install_docs(app, title)
+        app.add_middleware(RequestContextMiddleware, service=self)
+        return app
+
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, app: FastAPI) -> AsyncIterator[None]:
+        self.flock.agents  # noqa: B018 - validates the declared agents before serving
+        purger = asyncio.get_running_loop().create_task(
+            purge_periodically(self.idempotency, self.settings.purge_interval)
+        )
+        try:
+            yield
+        finally:
+            self.begin_shutdown()
+            purger.cancel()
+            with contextlib.suppress(TimeoutError):
+                await self.flock.run_until_idle(timeout=self.drain_seconds)
+            await self.idempotency.close()
+            await self.flock.close()
+
+    def begin_shutdown(self) -> None:
+        """From now on new requests get 503; requests in flight go on."""
+        self.shutting_down = True
+
+    @contextlib.asynccontextmanager
+    async def sync_slot(self, principal: Principal) -> AsyncIterator[None]:
+        """Bound concurrent sync calls per caller (429 RATE_LIMITED past the limit)."""
+        name = principal.scope
+        count = self._inflight_sync.get(name, 0)
+        if count >= self.settings.max_inflight_sync:
+            raise APIError(
+                ErrorCode.RATE_LIMITED,
+                f"too many concurrent sync requests (limit {self.settings.max_inflight_sync})",
+            )
+        self._inflight_sync[name] = count + 1
+        try:
+            yield
+        finally:
+            left = self._inflight_sync[name] - 1
+            if left:
+                self._inflight_sync[name] = left
+            else:
+                del self._inflight_sync[name]
+
+
+__all__ = ["BlackboardHTTPService"]

@@ -1,0 +1,219 @@
+"""Persistence: a SQLite blackboard outlives its Flock, and `resume` finishes a dead run."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel
+
+from flock import (
+    Artifact,
+    ArtifactEnvelope,
+    FilterConfig,
+    Flock,
+    LabelledVisibility,
+    TenantVisibility,
+    flock_type,
+)
+from flock.core.store import SQLiteBlackboardStore
+
+pytestmark = pytest.mark.timeout(60)
+
+_SUFFIX = uuid.uuid4().hex[:8]
+
+
+@flock_type(name=f"PersistJob_{_SUFFIX}")
+class Job(BaseModel):
+    name: str
+
+
+@flock_type(name=f"PersistResult_{_SUFFIX}")
+class Result(BaseModel):
+    name: str
+
+
+@flock_type(name=f"PersistFinal_{_SUFFIX}")
+class Final(BaseModel):
+    name: str
+
+
+@pytest.fixture
+async def open_flock(tmp_path: Path) -> AsyncIterator[Callable[[], Flock]]:
+    """Make Flocks on one SQLite file; every one is closed at the end of the test."""
+    path = str(tmp_path / "blackboard.db")
+    flocks: list[Flock] = []
+
+    def make() -> Flock:
+        flock = Flock(store=SQLiteBlackboardStore(path))
+        flocks.append(flock)
+        return flock
+
+    yield make
+    for flock in reversed(flocks):
+        await flock.close()
+
+
+async def by_correlation(flock: Flock, correlation_id: str) -> list[Artifact]:
+    items, total = await flock.store.query_artifacts(
+        FilterConfig(correlation_id=correlation_id), limit=100
+    )
+    assert total == len(items)
+    return items  # type: ignore[return-value]
+
+
+def declare(flock: Flock, worker: Callable[..., object]) -> list[str]:
+    """worker: Job -> Result, finisher: Result -> Final, grumpy fails on every Result."""
+    finished: list[str] = []
+
+    def finish(result: Result) -> Final:
+        finished.append(result.name)
+        return Final(name=result.name)
+
+    def grumpy(result: Result) -> None:
+        raise RuntimeError(f"grumpy about {result.name}")
+
+    flock.agent("worker").tenant("acme").consumes(Job).publishes(
+        Result, visibility=LabelledVisibility(required_labels=frozenset({"ops"}))
+    ).with_engines(worker)
+    flock.agent("finisher").labels("ops").consumes(Result).publishes(Final).with_engines(finish)
+    flock.agent("grumpy").labels("ops").consumes(Result).with_engines(grumpy)
+    return finished
+
+
+async def test_sqlite_data_is_visible_from_a_new_flock(open_flock: Callable[[], Flock]) -> None:
+    first = open_flock()
+    declare(first, lambda job: Result(name=job.name))
+    job = await first.publish(
+        Job(name="persist"),
+        tags=["blue", "green"],
+        partition_key="p1",
+        visibility=TenantVisibility(tenant_id="acme"),
+    )
+    other = await first.publish(Job(name="other"))
+    await first.run_until_idle(timeout=20)
+    written = await by_correlation(first, job.correlation_id)
+    assert [a.type for a in written] == [
+        f"PersistJob_{_SUFFIX}",
+        f"PersistResult_{_SUFFIX}",
+        f"PersistFinal_{_SUFFIX}",
+    ]
+    await first.close()
+
+    second = open_flock()  # no agents, nothing in memory: everything comes from the file
+    read = await by_correlation(second, job.correlation_id)
+    assert [a.to_dict() for a in read] == [a.to_dict() for a in written]
+    assert read[0].tags == frozenset({"blue", "green"})
+    assert read[0].visibility == TenantVisibility(tenant_id="acme")
+    assert read[1].visibility == LabelledVisibility(required_labels=frozenset({"ops"}))
+    assert read[1].produced_by == "worker" and read[2].produced_by == "finisher"
+    assert all(a.partition_key == "p1" for a in read)
+
+    fetched = await second.store.get(job.id)
+    assert fetched is not None and fetched.to_dict() == job.to_dict()
+    assert fetched.model() == Job(name="persist")
+
+    _, total = await second.store.query_artifacts()
+    assert total == 6  # two cascades of three
+    assert len(await by_correlation(second, other.correlation_id)) == 3
+
+    consumers = {c.consumer for c in await second.store.get_consumptions(written[1].id)}
+    assert consumers == {"finisher", "grumpy"}
+
+    status = await second.correlation_status(job.correlation_id)
+    assert status is not None
+    assert status.state == "idle"
+    assert status.pending_runs == 0
+    assert status.artifact_count == 3
+    (error,) = status.errors
+    assert error.agent == "grumpy"
+    assert error.artifact_id == written[1].id
+    assert "grumpy about persist" in error.message
+    assert status.started_at <= status.updated_at
+
+    summary = await second.store.summarize_artifacts(
+        FilterConfig(correlation_id=job.correlation_id)
+    )
+    assert summary["total"] == 3
+    assert summary["by_producer"] == {"external": 1, "worker": 1, "finisher": 1}
+
+
+async def test_resume_finishes_the_runs_a_dead_flock_left_undone(
+    open_flock: Callable[[], Flock],
+) -> None:
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    async def stuck(job: Job) -> None:
+        # Stands in for a process that dies mid-run: it never finishes while the test looks.
+        entered.set()
+        await release.wait()
+
+    first = open_flock()
+    declare(first, stuck)
+    job = await first.publish(Job(name="resumed"))
+    async with asyncio.timeout(10):
+        await entered.wait()
+
+    second = open_flock()
+    finished = declare(second, lambda job: Result(name=job.name))
+    before = await second.correlation_status(job.correlation_id)
+    assert before is not None and before.state == "running"  # what the dead flock left behind
+
+    assert await second.resume(job.correlation_id) == 1
+    await second.run_until_idle(job.correlation_id, timeout=20)
+
+    items = await by_correlation(second, job.correlation_id)
+    assert [(a.type, a.produced_by) for a in items] == [
+        (f"PersistJob_{_SUFFIX}", "external"),
+        (f"PersistResult_{_SUFFIX}", "worker"),
+        (f"PersistFinal_{_SUFFIX}", "finisher"),
+    ]
+    assert items[0].id == job.id  # the input was not published again
+    assert finished == ["resumed"]
+
+    status = await second.correlation_status(job.correlation_id)
+    assert status is not None
+    assert status.state == "idle" and status.pending_runs == 0
+    assert status.artifact_count == 3
+    assert [e.agent for e in status.errors] == ["grumpy"]
+    record = await second.store.get_correlation(job.correlation_id)
+    assert record is not None and record.state == "idle"
+
+    # everything is consumed now: resuming again runs nothing and publishes nothing
+    assert await second.resume(job.correlation_id) == 0
+    third = open_flock()
+    declare(third, lambda job: Result(name=job.name))
+    assert await third.resume(job.correlation_id) == 0
+    await third.run_until_idle(timeout=5)
+    assert len(await by_correlation(third, job.correlation_id)) == 3
+
+    # let the stuck run end (publishing nothing) so its task does not outlive the test
+    release.set()
+    await first.run_until_idle(job.correlation_id, timeout=10)
+    assert len(await by_correlation(second, job.correlation_id)) == 3
+
+
+async def test_resume_of_an_unknown_correlation_runs_nothing(
+    open_flock: Callable[[], Flock],
+) -> None:
+    flock = open_flock()
+    declare(flock, lambda job: Result(name=job.name))
+    assert await flock.resume(str(uuid.uuid4())) == 0
+
+
+async def test_embed_meta_returns_envelopes(open_flock: Callable[[], Flock]) -> None:
+    flock = open_flock()
+    declare(flock, lambda job: Result(name=job.name))
+    job = await flock.publish(Job(name="meta"))
+    await flock.run_until_idle(job.correlation_id, timeout=20)
+    items, total = await flock.store.query_artifacts(
+        FilterConfig(correlation_id=job.correlation_id), embed_meta=True
+    )
+    assert total == 3
+    first = items[0]
+    assert isinstance(first, ArtifactEnvelope)
+    assert first.artifact.id == job.id
+    assert [c.consumer for c in first.consumptions] == ["worker"]

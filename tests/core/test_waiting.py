@@ -1,0 +1,317 @@
+"""Waiting and status: per-correlation waits, cancelled waiters, global idle, counters.
+
+Agents are held on asyncio.Event gates so every "still running" claim is made while the
+work is provably in flight; timeouts only guard against hangs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+from pydantic import BaseModel
+
+from flock import FilterConfig, Flock, flock_type
+
+pytestmark = pytest.mark.timeout(30)
+
+_SUFFIX = uuid.uuid4().hex[:8]
+
+
+@flock_type(name=f"WaitJob_{_SUFFIX}")
+class Job(BaseModel):
+    name: str
+    slow: bool = False
+
+
+@flock_type(name=f"WaitResult_{_SUFFIX}")
+class Result(BaseModel):
+    name: str
+
+
+@flock_type(name=f"WaitFinal_{_SUFFIX}")
+class Final(BaseModel):
+    name: str
+
+
+class Gate:
+    """Slow runs signal `entered` and wait for `release`; fast runs pass straight through."""
+
+    def __init__(self) -> None:
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
+        self.finished: list[str] = []
+
+    async def __call__(self, job: Job) -> Result:
+        if job.slow:
+            self.entered.set()
+            await self.release.wait()
+        self.finished.append(job.name)
+        return Result(name=job.name)
+
+    async def wait_entered(self) -> None:
+        async with asyncio.timeout(5):
+            await self.entered.wait()
+
+
+def gated_flock(gate: Gate) -> Flock:
+    flock = Flock()
+    # two slots, so the slow run does not hold up the fast one on the semaphore
+    flock.agent("worker").consumes(Job).publishes(Result).with_engines(gate).max_concurrency(2)
+    return flock
+
+
+async def test_waiting_for_one_correlation_ignores_others_in_flight() -> None:
+    gate = Gate()
+    flock = gated_flock(gate)
+    x = await flock.publish(Job(name="x", slow=True))
+    await gate.wait_entered()
+    y = await flock.publish(Job(name="y"))
+
+    await flock.run_until_idle(correlation_id=y.correlation_id, timeout=5)
+
+    assert gate.finished == ["y"]
+    y_status = await flock.correlation_status(y.correlation_id)
+    assert y_status is not None and y_status.state == "idle" and y_status.pending_runs == 0
+    x_status = await flock.correlation_status(x.correlation_id)
+    assert x_status is not None
+    assert x_status.state == "running"
+    assert x_status.pending_runs >= 1
+    assert flock.is_running(x.correlation_id)
+    assert not flock.is_running(y.correlation_id)
+
+    gate.release.set()
+    await flock.run_until_idle(correlation_id=x.correlation_id, timeout=5)
+    assert sorted(gate.finished) == ["x", "y"]
+    x_status = await flock.correlation_status(x.correlation_id)
+    assert x_status is not None and x_status.state == "idle" and x_status.pending_runs == 0
+
+
+async def test_wait_for_correlation_times_out_then_succeeds() -> None:
+    gate = Gate()
+    flock = gated_flock(gate)
+    x = await flock.publish(Job(name="x", slow=True))
+    await gate.wait_entered()
+
+    assert await flock.wait_for_correlation(x.correlation_id, timeout=0.05) is False
+    assert flock.is_running(x.correlation_id)  # the timeout cancelled nothing
+
+    gate.release.set()
+    assert await flock.wait_for_correlation(x.correlation_id, timeout=5) is True
+    assert gate.finished == ["x"]
+    assert await flock.wait_for_correlation(x.correlation_id, timeout=0.05) is True
+
+
+async def test_run_until_idle_timeout_raises_but_leaves_the_work_running() -> None:
+    gate = Gate()
+    flock = gated_flock(gate)
+    x = await flock.publish(Job(name="x", slow=True))
+    await gate.wait_entered()
+
+    with pytest.raises(TimeoutError):
+        await flock.run_until_idle(x.correlation_id, timeout=0.05)
+    with pytest.raises(TimeoutError):
+        await flock.run_until_idle(timeout=0.05)
+    assert flock.is_running(x.correlation_id)
+
+    gate.release.set()
+    await flock.run_until_idle(x.correlation_id, timeout=5)
+    assert gate.finished == ["x"]
+
+
+async def test_a_cancelled_waiter_leaves_the_work_running() -> None:
+    gate = Gate()
+    flock = gated_flock(gate)
+    x = await flock.publish(Job(name="x", slow=True))
+    await gate.wait_entered()
+
+    waiter = asyncio.create_task(flock.run_until_idle(correlation_id=x.correlation_id))
+    await asyncio.sleep(0)  # a yield, not a delay: the waiter starts waiting before the cancel
+    assert not waiter.done()
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert flock.is_running(x.correlation_id)
+
+    gate.release.set()
+    # a fresh waiter still sees the end of the cascade
+    await flock.run_until_idle(correlation_id=x.correlation_id, timeout=5)
+    items, _ = await flock.store.query_artifacts(FilterConfig(correlation_id=x.correlation_id))
+    assert [(a.produced_by, a.payload) for a in items] == [
+        ("external", {"name": "x", "slow": True}),
+        ("worker", {"name": "x"}),
+    ]
+
+
+async def test_a_cancelled_global_waiter_leaves_the_work_running() -> None:
+    gate = Gate()
+    flock = gated_flock(gate)
+    x = await flock.publish(Job(name="x", slow=True))
+    await gate.wait_entered()
+
+    waiter = asyncio.create_task(flock.run_until_idle())
+    await asyncio.sleep(0)  # a yield, not a delay
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+
+    gate.release.set()
+    await flock.run_until_idle(timeout=5)
+    assert gate.finished == ["x"]
+    status = await flock.correlation_status(x.correlation_id)
+    assert status is not None and status.state == "idle"
+
+
+async def test_several_waiters_on_one_correlation_all_wake() -> None:
+    gate = Gate()
+    flock = gated_flock(gate)
+    x = await flock.publish(Job(name="x", slow=True))
+    await gate.wait_entered()
+
+    waiters = [
+        asyncio.create_task(flock.run_until_idle(correlation_id=x.correlation_id)) for _ in range(3)
+    ]
+    waiters.append(asyncio.create_task(flock.run_until_idle()))
+    waiters.append(asyncio.create_task(flock.wait_for_correlation(x.correlation_id, 5)))
+    gate.release.set()
+    async with asyncio.timeout(5):
+        results = await asyncio.gather(*waiters)
+    assert results == [None, None, None, None, True]
+
+
+async def test_global_run_until_idle_waits_for_everything() -> None:
+    gate = Gate()
+    flock = gated_flock(gate)
+    x = await flock.publish(Job(name="x", slow=True))
+    await gate.wait_entered()
+    y = await flock.publish(Job(name="y"))
+    await flock.run_until_idle(y.correlation_id, timeout=5)
+
+    everything = asyncio.create_task(flock.run_until_idle())
+    done, _ = await asyncio.wait({everything}, timeout=0.05)
+    assert not done, "the global wait returned while correlation x still runs"
+
+    gate.release.set()
+    async with asyncio.timeout(5):
+        await everything
+    assert not flock.is_running(x.correlation_id)
+    assert sorted(gate.finished) == ["x", "y"]
+
+
+async def test_wait_covers_every_step_of_a_cascade() -> None:
+    """Between one agent's end and the next one's start the correlation never looks idle."""
+    flock = Flock()
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    async def finish(result: Result) -> Final:
+        entered.set()
+        await release.wait()
+        return Final(name=result.name)
+
+    flock.agent("worker").consumes(Job).publishes(Result).with_engines(
+        lambda job: Result(name=job.name)
+    )
+    flock.agent("finisher").consumes(Result).publishes(Final).with_engines(finish)
+
+    job = await flock.publish(Job(name="j"))
+    waiter = asyncio.create_task(flock.run_until_idle(job.correlation_id))
+    async with asyncio.timeout(5):
+        await entered.wait()
+    assert not waiter.done()
+
+    status = await flock.correlation_status(job.correlation_id)
+    assert status is not None
+    assert status.state == "running" and status.pending_runs == 1
+    assert status.artifact_count == 2
+
+    release.set()
+    async with asyncio.timeout(5):
+        await waiter
+    status = await flock.correlation_status(job.correlation_id)
+    assert status is not None and status.state == "idle" and status.artifact_count == 3
+
+
+async def test_correlation_status_fields() -> None:
+    gate = Gate()
+    flock = gated_flock(gate)
+    x = await flock.publish(Job(name="x", slow=True))
+    await gate.wait_entered()
+
+    running = await flock.correlation_status(x.correlation_id)
+    assert running is not None
+    assert running.correlation_id == x.correlation_id
+    assert running.state == "running"
+    assert running.pending_runs == 1
+    assert running.artifact_count == 1
+    assert running.errors == []
+    assert running.started_at <= running.updated_at
+    assert running.started_at.tzinfo is not None
+
+    gate.release.set()
+    await flock.run_until_idle(x.correlation_id, timeout=5)
+    idle = await flock.correlation_status(x.correlation_id)
+    assert idle is not None
+    assert idle.state == "idle"
+    assert idle.pending_runs == 0
+    assert idle.artifact_count == 2
+    assert idle.errors == []
+    assert idle.started_at == running.started_at
+    assert idle.started_at <= idle.updated_at
+    assert idle.updated_at >= running.updated_at
+
+    as_dict = idle.to_dict()
+    assert set(as_dict) == {
+        "correlation_id",
+        "state",
+        "pending_runs",
+        "artifact_count",
+        "errors",
+        "started_at",
+        "updated_at",
+    }
+    assert as_dict["state"] == "idle" and as_dict["started_at"].endswith("Z")
+
+    record = await flock.store.get_correlation(x.correlation_id)
+    assert record is not None and record.state == "idle" and record.artifact_count == 2
+
+
+async def test_status_of_a_correlation_nobody_consumes() -> None:
+    flock = Flock()
+    artifact = await flock.publish(Result(name="orphan"))
+    status = await flock.correlation_status(artifact.correlation_id)
+    assert status is not None
+    assert status.state == "idle" and status.pending_runs == 0 and status.artifact_count == 1
+    await flock.run_until_idle(artifact.correlation_id, timeout=5)
+
+
+async def test_unknown_correlation() -> None:
+    flock = Flock()
+    unknown = str(uuid.uuid4())
+    assert await flock.correlation_status(unknown) is None
+    assert not flock.is_running(unknown)
+    assert await flock.wait_for_correlation(unknown, timeout=1) is True
+    await flock.run_until_idle(unknown, timeout=1)
+    await flock.run_until_idle(timeout=1)
+
+
+async def test_stats_counters() -> None:
+    flock = Flock()
+    flock.agent("worker").consumes(Job).publishes(Result).with_engines(
+        lambda job: Result(name=job.name)
+    )
+    flock.agent("finisher").consumes(Result).publishes(Final).with_engines(
+        lambda result: Final(name=result.name)
+    )
+    flock.agent("grumpy").consumes(Result).with_engines(lambda result: 1 / 0)
+    assert (flock.stats.artifacts_published, flock.stats.agent_runs) == (0, 0)
+
+    for n in range(3):
+        await flock.publish(Job(name=str(n)))
+    await flock.run_until_idle(timeout=10)
+
+    assert flock.stats.artifacts_published == 9  # 3 jobs, 3 results, 3 finals
+    assert flock.stats.agent_runs == 9  # worker, finisher and grumpy on each
+    assert flock.stats.agent_failures == 3
+    _, total = await flock.store.query_artifacts()
+    assert total == flock.stats.artifacts_published
