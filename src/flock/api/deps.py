@@ -12,17 +12,17 @@ if TYPE_CHECKING:
     from flock.api.service import BlackboardHTTPService
 
 
-def get_service(request: Request) -> BlackboardHTTPService:
+async def get_service(request: Request) -> BlackboardHTTPService:
     service: BlackboardHTTPService = request.app.state.flock_service
     return service
 
 
-def get_principal(request: Request) -> Principal:
+async def get_principal(request: Request) -> Principal:
     """The caller (anonymous without API keys); 401 when keys are required and missing."""
     cached = request.scope["state"].get("principal")
     if isinstance(cached, Principal):
         return cached
-    principal = authenticate(get_service(request).keyring, request)
+    principal = authenticate(request.app.state.flock_service.keyring, request)
     request.scope["state"]["principal"] = principal
     return principal
 
