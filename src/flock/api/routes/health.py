@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from flock.api.deps import ServiceDep
-from flock.api.errors import ErrorCode, create_error_response
+from flock.api.errors import ErrorCode, create_error_response, request_correlation_id
 from flock.api.models import ErrorResponse, HealthResponse
 from flock.api.routes.artifacts import json_response
 
@@ -30,9 +30,12 @@ async def health() -> Response:
     summary="Readiness: every store reachable",
     responses={503: {"model": ErrorResponse}},
 )
-async def ready(service: ServiceDep) -> Response:
+async def ready(service: ServiceDep, request: Request) -> Response:
+    cid = request_correlation_id(request)
     if service.shutting_down:
-        return create_error_response(ErrorCode.SERVICE_UNAVAILABLE, "the server is shutting down")
+        return create_error_response(
+            ErrorCode.SERVICE_UNAVAILABLE, "the server is shutting down", correlation_id=cid
+        )
     checks = {"blackboard store": service.flock.store.ping()}
     if service.idempotency is not None:
         checks["idempotency store"] = service.idempotency.ping()
@@ -45,7 +48,7 @@ async def ready(service: ServiceDep) -> Response:
                 pending.close()
             logger.warning("readiness: %s unavailable: %s", name, exc)
             return create_error_response(
-                ErrorCode.SERVICE_UNAVAILABLE, f"the {name} is unavailable"
+                ErrorCode.SERVICE_UNAVAILABLE, f"the {name} is unavailable", correlation_id=cid
             )
     return json_response({"status": "ready"})
 
