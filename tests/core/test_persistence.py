@@ -1,4 +1,8 @@
-"""Persistence: a SQLite blackboard outlives its Flock, and `resume` finishes a dead run."""
+"""Persistence: a blackboard outlives its Flock, and `resume` finishes a dead run.
+
+Every test runs on a SQLite file and on one in-memory store shared by the Flocks (the
+store a "new process" reopens).
+"""
 
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ from flock import (
     TenantVisibility,
     flock_type,
 )
-from flock.core.store import SQLiteBlackboardStore
+from flock.core.store import InMemoryBlackboardStore, SQLiteBlackboardStore
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -41,14 +45,18 @@ class Final(BaseModel):
     name: str
 
 
-@pytest.fixture
-async def open_flock(tmp_path: Path) -> AsyncIterator[Callable[[], Flock]]:
-    """Make Flocks on one SQLite file; every one is closed at the end of the test."""
+@pytest.fixture(params=["sqlite", "memory"])
+async def open_flock(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[Callable[[], Flock]]:
+    """Make Flocks on one blackboard; every one is closed at the end of the test."""
     path = str(tmp_path / "blackboard.db")
+    shared = InMemoryBlackboardStore()
     flocks: list[Flock] = []
 
     def make() -> Flock:
-        flock = Flock(store=SQLiteBlackboardStore(path))
+        store = SQLiteBlackboardStore(path) if request.param == "sqlite" else shared
+        flock = Flock(store=store)
         flocks.append(flock)
         return flock
 
@@ -141,6 +149,28 @@ async def test_sqlite_data_is_visible_from_a_new_flock(open_flock: Callable[[], 
     assert summary["by_producer"] == {"external": 1, "worker": 1, "finisher": 1}
 
 
+async def test_the_store_says_idle_once_the_wait_returns(
+    open_flock: Callable[[], Flock],
+) -> None:
+    """run_until_idle returns only after the idle state is recorded, so closing right away
+    (the usual shutdown) does not leave a finished correlation "running" in the store."""
+    first = open_flock()
+    declare(first, lambda job: Result(name=job.name))
+    job = await first.publish(Job(name="one"))
+    await first.run_until_idle(job.correlation_id, timeout=20)
+    record = await first.store.get_correlation(job.correlation_id)
+    assert record is not None and record.state == "idle"
+
+    other = await first.publish(Job(name="two"))
+    await first.run_until_idle(timeout=20)
+    await first.close()
+
+    second = open_flock()
+    for cid in (job.correlation_id, other.correlation_id):
+        status = await second.correlation_status(cid)
+        assert status is not None and status.state == "idle", cid
+
+
 async def test_resume_finishes_the_runs_a_dead_flock_left_undone(
     open_flock: Callable[[], Flock],
 ) -> None:
@@ -194,6 +224,35 @@ async def test_resume_finishes_the_runs_a_dead_flock_left_undone(
     release.set()
     await first.run_until_idle(job.correlation_id, timeout=10)
     assert len(await by_correlation(second, job.correlation_id)) == 3
+
+
+async def test_resume_runs_an_agent_added_since_and_keeps_the_history(
+    open_flock: Callable[[], Flock],
+) -> None:
+    """A new deployment adds `finisher`; resume runs it on what is already on the board."""
+    first = open_flock()
+    first.agent("worker").consumes(Job).publishes(Result).with_engines(
+        lambda job: Result(name=job.name)
+    )
+    first.agent("grumpy").consumes(Result).with_engines(lambda result: 1 / 0)
+    job = await first.publish(Job(name="later"))
+    await first.run_until_idle(timeout=20)
+    await first.close()
+
+    second = open_flock()
+    finished = declare(second, lambda job: Result(name=job.name))
+    assert await second.resume(job.correlation_id) == 1  # only finisher; worker/grumpy are done
+    await second.run_until_idle(job.correlation_id, timeout=20)
+
+    assert finished == ["later"]
+    items = await by_correlation(second, job.correlation_id)
+    assert [a.produced_by for a in items] == ["external", "worker", "finisher"]
+    status = await second.correlation_status(job.correlation_id)
+    assert status is not None
+    assert status.state == "idle" and status.pending_runs == 0
+    assert status.artifact_count == 3  # the earlier artifacts count too
+    (error,) = status.errors  # the first flock's failure is still reported
+    assert error.agent == "grumpy" and "ZeroDivisionError" in error.message
 
 
 async def test_resume_of_an_unknown_correlation_runs_nothing(

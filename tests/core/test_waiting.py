@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import timedelta
 
 import pytest
 from pydantic import BaseModel
 
-from flock import FilterConfig, Flock, flock_type
+from flock import Artifact, FilterConfig, Flock, flock_type
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -274,6 +275,24 @@ async def test_correlation_status_fields() -> None:
 
     record = await flock.store.get_correlation(x.correlation_id)
     assert record is not None and record.state == "idle" and record.artifact_count == 2
+
+
+async def test_status_times_stay_ordered_when_artifacts_carry_older_timestamps() -> None:
+    flock = Flock()
+    cid = str(uuid.uuid4())
+    fresh = Artifact(type=f"WaitResult_{_SUFFIX}", payload={"name": "new"}, correlation_id=cid)
+    older = Artifact(
+        type=f"WaitResult_{_SUFFIX}",
+        payload={"name": "old"},
+        correlation_id=cid,
+        created_at=fresh.created_at - timedelta(hours=1),
+    )
+    await flock.publish(fresh)
+    await flock.publish(older)
+    status = await flock.correlation_status(cid)
+    assert status is not None
+    assert status.artifact_count == 2
+    assert status.started_at <= status.updated_at
 
 
 async def test_status_of_a_correlation_nobody_consumes() -> None:

@@ -187,9 +187,7 @@ class Flock:
             if not agents:
                 return
         if tracker.started(corr, len(agents)):
-            await self._store.set_correlation_state(
-                corr.correlation_id, "running", tracker.next_seq(), corr.updated_at
-            )
+            await self._mark_running(corr)
         for agent in agents:
             task = asyncio.get_running_loop().create_task(self._run(agent, artifact, corr))
             self._tasks.add(task)
@@ -231,8 +229,21 @@ class Flock:
                 )
             )
         finally:
-            if self._tracker.finished(corr):
-                await self._mark_idle(corr)
+            try:
+                if self._tracker.finished(corr):
+                    await self._mark_idle(corr)
+            finally:
+                self._tracker.settled(corr)
+
+    async def _mark_running(self, corr: Correlation) -> None:
+        # A store failure here must not escape: the runs are already counted as pending, and
+        # without their tasks the correlation would never become idle.
+        try:
+            await self._store.set_correlation_state(
+                corr.correlation_id, "running", self._tracker.next_seq(), corr.updated_at
+            )
+        except Exception:
+            logger.exception("could not record correlation %s as running", corr.correlation_id)
 
     async def _mark_idle(self, corr: Correlation) -> None:
         try:
@@ -294,7 +305,7 @@ class Flock:
     async def wait_for_correlation(self, correlation_id: str, timeout: float) -> bool:
         """True once the correlation is idle, False if `timeout` seconds passed first."""
         corr = self._tracker.get(correlation_id)
-        if corr is None or corr.pending == 0:
+        if corr is None or not corr.busy:
             return True
         try:
             await self.run_until_idle(correlation_id, timeout=timeout)
@@ -353,9 +364,7 @@ class Flock:
                 if agent.name in done or not agent.subscribes_to(artifact):
                     continue
                 if self._tracker.started(corr, 1):
-                    await self._store.set_correlation_state(
-                        correlation_id, "running", self._tracker.next_seq(), corr.updated_at
-                    )
+                    await self._mark_running(corr)
                 task = asyncio.get_running_loop().create_task(self._run(agent, artifact, corr))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)

@@ -38,17 +38,25 @@ class CorrelationStatus:
 
 @dataclass(slots=True, eq=False)
 class Correlation:
-    """Live counters for one correlation. `pending` counts queued + running agent runs."""
+    """Live counters for one correlation. `pending` counts queued + running agent runs;
+    `settling` counts ended runs whose bookkeeping (the idle state write) is not done yet.
+    """
 
     correlation_id: str
     started_at: datetime
     updated_at: datetime
     pending: int = 0
+    settling: int = 0
     runs: int = 0
     artifact_count: int = 0
     limit_reported: bool = False
     errors: list[AgentError] = field(default_factory=list)
     idle_event: asyncio.Event | None = None
+
+    @property
+    def busy(self) -> bool:
+        """Waiters still wait: a run is queued, running, or being recorded."""
+        return bool(self.pending or self.settling)
 
     def status(self) -> CorrelationStatus:
         return CorrelationStatus(
@@ -71,8 +79,10 @@ class CorrelationTracker:
 
     def __init__(self, keep_idle: int = 10_000) -> None:
         self._keep_idle = keep_idle
+        self._slack = max(keep_idle // 10, 1)  # evict in batches: amortised O(1) per touch
         self._items: OrderedDict[str, Correlation] = OrderedDict()
         self.total_pending = 0
+        self._total_settling = 0
         self._idle_event: asyncio.Event | None = None
         self._last_seq = 0
 
@@ -84,21 +94,25 @@ class CorrelationTracker:
         if corr is None:
             corr = Correlation(correlation_id, at, at)
             self._items[correlation_id] = corr
-            if len(self._items) > self._keep_idle:
+            if len(self._items) > self._keep_idle + self._slack:
                 self._evict()
         else:
             self._items.move_to_end(correlation_id)
-            corr.updated_at = at
+            corr.updated_at = max(corr.updated_at, at)  # artifacts may carry older timestamps
         return corr
 
     def _evict(self) -> None:
+        """Drop the least recently touched idle correlations down to `keep_idle`."""
         excess = len(self._items) - self._keep_idle
-        for cid in list(self._items):
+        doomed = []
+        for cid, corr in self._items.items():
             if excess <= 0:
                 break
-            if self._items[cid].pending == 0:
-                del self._items[cid]
+            if not corr.busy:
+                doomed.append(cid)
                 excess -= 1
+        for cid in doomed:
+            del self._items[cid]
 
     def next_seq(self) -> int:
         """A sequence for state writes that grows across calls and (by the clock) processes."""
@@ -114,30 +128,39 @@ class CorrelationTracker:
         return was_idle
 
     def finished(self, corr: Correlation) -> bool:
-        """One run ended; True if the correlation is now idle (its waiters are woken)."""
+        """One run ended; True if the correlation is now idle.
+
+        Its waiters are not woken yet: the caller records the idle state first, then calls
+        `settled`, so a waiter never returns before the store says idle.
+        """
         corr.pending -= 1
         self.total_pending -= 1
+        corr.settling += 1
+        self._total_settling += 1
         corr.updated_at = datetime.now(UTC)
-        if self.total_pending == 0 and self._idle_event is not None:
+        return corr.pending == 0
+
+    def settled(self, corr: Correlation) -> None:
+        """The ended run is fully recorded: wake whoever waits for it or for everything."""
+        corr.settling -= 1
+        self._total_settling -= 1
+        if not (self.total_pending or self._total_settling) and self._idle_event is not None:
             self._idle_event.set()
             self._idle_event = None
-        if corr.pending:
-            return False
-        if corr.idle_event is not None:
+        if not corr.busy and corr.idle_event is not None:
             corr.idle_event.set()
             corr.idle_event = None
-        return True
 
     async def wait(self, correlation_id: str | None) -> None:
         """Return once the correlation (or, with None, everything) has no queued or running runs."""
         if correlation_id is None:
-            while self.total_pending:
+            while self.total_pending or self._total_settling:
                 if self._idle_event is None:
                     self._idle_event = asyncio.Event()
                 await self._idle_event.wait()
             return
         corr = self._items.get(correlation_id)
-        while corr is not None and corr.pending:
+        while corr is not None and corr.busy:
             if corr.idle_event is None:
                 corr.idle_event = asyncio.Event()
             await corr.idle_event.wait()
