@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, GetJsonSchemaHandler
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 
 from flock.core.visibility import Visibility
 
@@ -182,4 +184,64 @@ __all__ = [
     "SyncPublishFilters",
     "SyncPublishRequest",
     "SyncPublishResponse",
+]
+
+
+# -- batch publish (POST /artifacts/batch) -------------------------------------------------
+
+
+class BatchPublishItem(PublishRequest):
+    """One batch item: a publish request, with its own optional idempotency key."""
+
+    idempotency_key: str | None = Field(
+        default=None, description="1-255 printable ASCII characters; scoped to batch items"
+    )
+
+
+class _DocumentedAs:
+    """Documents a leniently parsed value with a model's schema (it is validated later)."""
+
+    def __init__(self, model: type[BaseModel]) -> None:
+        self.model = model
+
+    def __get_pydantic_json_schema__(
+        self, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        return handler(self.model.__pydantic_core_schema__)
+
+
+class BatchPublishRequest(_Strict):
+    """Up to 100 items, each validated on its own: one bad item fails alone."""
+
+    items: list[Annotated[Any, _DocumentedAs(BatchPublishItem)]] = Field(
+        min_length=1, max_length=100, description="1-100 publish requests"
+    )
+    wait: bool = Field(default=False, description="wait for every item's cascade")
+    timeout: float = Field(default=30.0, ge=1, le=300, description="seconds to wait (1-300)")
+    filters: SyncPublishFilters | None = None
+
+
+class BatchItemResult(BaseModel):
+    """What happened to one item. `artifacts`/`completed`/`errors`/`truncated` come with wait."""
+
+    index: int
+    status: Literal["accepted", "duplicate", "failed"]
+    artifact_id: str | None
+    correlation_id: str | None
+    error: ErrorResponse | None = None
+    artifacts: list[ArtifactModel] | None = None
+    completed: bool | None = None
+    errors: list[AgentErrorModel] | None = None
+    truncated: bool | None = None
+
+
+class BatchPublishResponse(BaseModel):
+    items: list[BatchItemResult]
+
+
+__all__ += [
+    "BatchItemResult",
+    "BatchPublishItem",
+    "BatchPublishRequest",
+    "BatchPublishResponse",
 ]

@@ -21,7 +21,7 @@ from flock.api.metrics import ServiceMetrics
 from flock.api.middleware import RequestContextMiddleware
 from flock.api.models import ErrorResponse
 from flock.api.publishing import CascadeWaiter
-from flock.api.routes import agents, artifacts, correlations, health
+from flock.api.routes import agents, artifacts, batch, correlations, health
 from flock.api.settings import ServiceSettings
 from flock.core.orchestrator import Flock
 
@@ -76,7 +76,7 @@ class BlackboardHTTPService:
         )
         app.state.flock_service = self
         install_error_handlers(app)
-        for module in (artifacts, agents, correlations, health):
+        for module in (artifacts, batch, agents, correlations, health):
             app.include_router(module.router)
         install_docs(app, title)
         app.add_middleware(RequestContextMiddleware, service=self)
