@@ -1,0 +1,289 @@
+"""`flock serve` end to end: a real server process, called over real HTTP."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.timeout(120)
+
+MEMORY_STORES = ("--store", "memory://", "--idempotency", "memory://")
+STARTUP_SECONDS = 60.0
+DOCUMENT = {
+    "type": "Document",
+    "payload": {
+        "title": "Tea",
+        "text": "Tea is a drink. Tea grows on bushes. People drink tea with milk or lemon.",
+    },
+}
+
+APP_SOURCE = textwrap.dedent(
+    """
+    from pydantic import BaseModel
+
+    from flock import Flock, flock_type
+
+
+    @flock_type(name="E2EGreeting")
+    class Greeting(BaseModel):
+        name: str
+
+
+    @flock_type(name="E2EReply")
+    class Reply(BaseModel):
+        text: str
+
+
+    def reply(greeting: Greeting) -> Reply:
+        return Reply(text=f"hello {greeting.name}")
+
+
+    def build() -> Flock:
+        flock = Flock()
+        flock.agent("replier").consumes(Greeting).publishes(Reply).with_engines(reply)
+        return flock
+
+
+    flock = build()
+    """
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _env() -> dict[str, str]:
+    """This environment without FLOCK_* settings (they would override the CLI defaults)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("FLOCK_")}
+
+
+@dataclass
+class Server:
+    base_url: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+
+@contextlib.contextmanager
+def serving(*args: str, cwd: Path) -> Iterator[Server]:
+    """Run `flock serve ARGS --port <free>` in `cwd`; yield it once /health answers.
+
+    The process is stopped with SIGTERM (killed if it lingers) when the block ends.
+    """
+    port = _free_port()
+    log_path = cwd / f"serve-{port}.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "flock.cli", "serve", *args, "--port", str(port)],
+            cwd=cwd,
+            env=_env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + STARTUP_SECONDS
+        while True:
+            if process.poll() is not None:
+                raise AssertionError(
+                    f"flock serve exited with {process.returncode}:\n{log_path.read_text()}"
+                )
+            try:
+                if httpx.get(f"{base_url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"flock serve did not start:\n{log_path.read_text()}")
+            time.sleep(0.1)
+        yield Server(base_url, process, log_path)
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
+
+
+@contextlib.asynccontextmanager
+async def http(base_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
+        yield client
+
+
+async def test_demo_answers_sync_publish_over_http(tmp_path: Path) -> None:
+    with serving("--demo", *MEMORY_STORES, cwd=tmp_path) as server:
+        async with http(server.base_url) as client:
+            response = await client.post("/api/v1/artifacts/sync", json=DOCUMENT)
+
+            assert response.status_code == 200, response.text
+            body = response.json()
+            assert body["completed"] is True and body["errors"] == []
+            types = [a["type"] for a in body["artifacts"]]
+            assert types[0] == "Document"
+            assert sorted(types) == ["Document", "Keywords", "Report", "Summary"]
+            (report,) = [a for a in body["artifacts"] if a["type"] == "Report"]
+            assert report["produced_by"] == "reporter"
+            assert report["payload"]["title"] == "Tea" and "tea" in report["payload"]["keywords"]
+            assert report["correlation_id"] == body["correlation_id"]
+            assert response.headers["x-correlation-id"] == body["correlation_id"]
+
+            status = await client.get(response.headers["content-location"])
+            assert status.json()["state"] == "idle" and status.json()["artifact_count"] == 4
+
+            invalid = await client.post(
+                "/api/v1/artifacts/sync", json={"type": "Document", "payload": {"title": ""}}
+            )
+            assert invalid.status_code == 422
+            assert invalid.headers["content-type"] == "application/problem+json"
+            assert {d["field"] for d in invalid.json()["details"]} == {
+                "payload.title",
+                "payload.text",
+            }
+
+            async def chunks() -> AsyncIterator[bytes]:
+                yield b'{"type": "Document", "payload": {"title": "big", "text": "'
+                for _ in range(40):
+                    yield b"x" * 65_536
+                yield b'"}}'
+
+            too_big = await client.post(
+                "/api/v1/artifacts/sync",
+                content=chunks(),
+                headers={"Content-Type": "application/json"},
+            )
+            assert too_big.status_code == 413
+            assert too_big.json()["code"] == "PAYLOAD_TOO_LARGE"
+
+            docs = await client.get("/docs")
+            assert docs.status_code == 200 and "/docs-assets/" in docs.text
+        assert not (tmp_path / ".flock").exists()  # memory stores: no files written
+    # uvicorn re-raises SIGTERM once its graceful shutdown is done
+    assert server.process.returncode in (0, -signal.SIGTERM)
+    assert "Application shutdown complete" in server.log_path.read_text()
+
+
+async def test_app_file_on_default_stores_survives_a_restart(tmp_path: Path) -> None:
+    (tmp_path / "app.py").write_text(APP_SOURCE)
+    key = {"Idempotency-Key": "greet-ada"}
+    greeting = {"type": "E2EGreeting", "payload": {"name": "ada"}}
+
+    with serving("app.py", cwd=tmp_path) as server:
+        async with http(server.base_url) as client:
+            agents = (await client.get("/api/v1/agents")).json()["agents"]
+            assert [a["name"] for a in agents] == ["replier"]
+            first = await client.post("/api/v1/artifacts/sync", json=greeting, headers=key)
+            assert first.status_code == 200, first.text
+            assert first.json()["completed"] is True
+            assert [a["payload"] for a in first.json()["artifacts"]] == [
+                {"name": "ada"},
+                {"text": "hello ada"},
+            ]
+    assert (tmp_path / ".flock" / "blackboard.db").is_file()
+    assert (tmp_path / ".flock" / "idempotency.db").is_file()
+    cid = first.json()["correlation_id"]
+
+    with serving("app.py", cwd=tmp_path) as server:
+        async with http(server.base_url) as client:
+            listed = (await client.get("/api/v1/artifacts")).json()
+            assert [a["id"] for a in listed["items"]] == [
+                a["id"] for a in first.json()["artifacts"]
+            ]
+            status = (await client.get(f"/api/v1/correlations/{cid}")).json()
+            assert status["state"] == "idle" and status["artifact_count"] == 2
+
+            replay = await client.post("/api/v1/artifacts/sync", json=greeting, headers=key)
+            assert replay.headers.get("idempotent-replayed") == "true"
+            assert replay.content == first.content
+
+            again = await client.post(
+                "/api/v1/artifacts/sync", json={"type": "E2EGreeting", "payload": {"name": "bo"}}
+            )
+            assert again.json()["completed"] is True
+            assert (await client.get("/api/v1/artifacts")).json()["pagination"]["total"] == 4
+
+
+async def test_module_attr_reference_to_a_factory(tmp_path: Path) -> None:
+    (tmp_path / "greeter.py").write_text(APP_SOURCE)
+    with serving("greeter:build", *MEMORY_STORES, cwd=tmp_path) as server:
+        async with http(server.base_url) as client:
+            response = await client.post(
+                "/api/v1/artifacts/sync", json={"type": "E2EGreeting", "payload": {"name": "cy"}}
+            )
+            assert response.json()["artifacts"][-1]["payload"] == {"text": "hello cy"}
+
+
+def test_serve_without_app_or_with_sqlite_workers_exits_with_a_reason(tmp_path: Path) -> None:
+    """A real process: non-zero exit, a one-line reason, no traceback, no files written."""
+    cases = [((), "give either an APP"), (("--demo", "--workers", "2"), "needs shared stores")]
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "flock.cli", "serve", *args, "--port", str(_free_port())],
+            cwd=tmp_path,
+            env=_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for args, _ in cases
+    ]
+    try:
+        for process, (args, message) in zip(processes, cases, strict=True):
+            _, stderr = process.communicate(timeout=60)
+            assert process.returncode == 2, args
+            assert message in stderr, (args, stderr)
+            assert "Traceback" not in stderr, (args, stderr)
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+    assert not (tmp_path / ".flock").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("app.py", "--demo"), "give either an APP"),
+        (("missing.py",), "no such file"),
+        (("--demo", "--workers", "2", *MEMORY_STORES), "--workers > 1 needs shared stores"),
+        (
+            ("--demo", "--workers", "2", "--store", "sqlite:///x.db", "--idempotency", "redis://h"),
+            "--workers > 1 needs shared stores",
+        ),
+    ],
+)
+def test_serve_refuses_bad_configurations(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: tuple[str, ...], message: str
+) -> None:
+    """The same checks in-process (the CLI itself, through click's runner; no server starts)."""
+    from typer.testing import CliRunner
+
+    from flock.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    for name in [k for k in os.environ if k.startswith("FLOCK_")]:
+        monkeypatch.delenv(name)
+    (tmp_path / "app.py").write_text(APP_SOURCE)
+    result = CliRunner().invoke(app, ["serve", *args])
+    assert result.exit_code == 2
+    assert message in result.stderr
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert not (tmp_path / ".flock").exists()
