@@ -6,6 +6,7 @@ body, status, X-Correlation-ID); these tests check which error each failure maps
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -277,6 +278,42 @@ async def test_store_unavailable_is_503_with_retry_after(api_client: Any) -> Non
         assert int(response.headers["retry-after"]) >= 1
         assert "127.0.0.1" not in problem["message"]
     assert health.status_code == 200 and health.json() == {"status": "ok"}
+
+
+async def test_shutting_down_answers_503_except_health(client: Any) -> None:
+    client.service.begin_shutdown()
+
+    for path in ("/api/v1/artifacts", "/ready", "/api/v1/agents"):
+        response = await client.get(path)
+        assert response.status_code == 503, path
+        assert response.json()["code"] == "SERVICE_UNAVAILABLE"
+    refused = await client.post(SYNC, json=order_body())
+    assert refused.status_code == 503
+    assert (await client.get("/health")).status_code == 200
+
+
+async def test_too_many_concurrent_sync_calls_are_429(api_client: Any) -> None:
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def hold(order: Order) -> None:
+        started.set()
+        await release.wait()
+
+    flock = Flock()
+    flock.agent("holder").consumes(Order).with_engines(hold)
+    client = await api_client(flock, settings=ServiceSettings(max_inflight_sync=1))
+    first = asyncio.create_task(client.post(SYNC, json=order_body()))
+    try:
+        async with asyncio.timeout(15):
+            await started.wait()
+        second = await client.post(SYNC, json=order_body())
+        assert second.status_code == 429
+        problem = second.json()
+        assert problem["code"] == "RATE_LIMITED" and problem["retryable"] is True
+    finally:
+        release.set()
+    assert (await first).json()["completed"] is True
+    assert (await client.post(SYNC, json=order_body())).status_code == 200
 
 
 async def test_ready_is_200_when_stores_answer(client: Any) -> None:

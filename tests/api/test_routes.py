@@ -57,6 +57,7 @@ async def publish(client: Any, type_name: str, n: int, tags: list[str] | None = 
     )
     assert response.status_code == 200, response.text
     assert response.json()["status"] == "accepted"
+    assert response.headers["X-Correlation-ID"] == response.json()["correlation_id"]
     return str(response.json()["artifact_id"])
 
 

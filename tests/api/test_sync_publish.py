@@ -344,6 +344,26 @@ async def test_on_timeout_error_answers_504_and_the_cascade_goes_on(api_client: 
     assert metrics == {"timeout": 1.0}
 
 
+async def test_a_client_that_goes_away_does_not_cancel_the_cascade(api_client: Any) -> None:
+    gate = Gate(Review(verdict="finished anyway"))
+    client = await api_client(gated_flock(gate))
+    call = asyncio.create_task(client.post(SYNC, json=sync_body(timeout=60)))
+    try:
+        await wait_for(gate.started)
+        call.cancel()  # in-process, this cancels the request handler itself
+        with pytest.raises(asyncio.CancelledError):
+            await call
+    finally:
+        gate.release.set()
+    (cid,) = gate.correlation_ids
+
+    await poll_until(
+        lambda: client.get(f"/api/v1/correlations/{cid}"), lambda r: r.json()["state"] == "idle"
+    )
+    listed = await client.get("/api/v1/artifacts", params={"correlation_id": cid})
+    assert [a["type"] for a in listed.json()["items"]] == [IDEA, DRAFT, REVIEW]
+
+
 async def test_a_slow_correlation_does_not_delay_another(api_client: Any) -> None:
     gate = Gate(Secret(text="slow done"))
     flock = Flock()
