@@ -288,9 +288,7 @@ def error_response_for(exc: Exception, correlation_id: str | None) -> Response |
             correlation_id=exc.correlation_id or correlation_id,
         )
     if isinstance(exc, RegistryError):
-        return create_error_response(
-            ErrorCode.NOT_FOUND, str(exc), correlation_id=correlation_id
-        )
+        return create_error_response(ErrorCode.NOT_FOUND, str(exc), correlation_id=correlation_id)
     if isinstance(exc, StoreUnavailableError | IdempotencyStoreUnavailableError):
         return create_error_response(
             ErrorCode.SERVICE_UNAVAILABLE,
