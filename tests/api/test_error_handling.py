@@ -16,6 +16,7 @@ import pytest
 from pydantic import BaseModel, Field
 
 from flock import FilterConfig, Flock, flock_type
+from flock.api.idempotency import RedisIdempotencyStore
 from flock.api.settings import ServiceSettings
 from flock.core.store.sql import PostgresBlackboardStore
 
@@ -24,6 +25,7 @@ pytestmark = pytest.mark.timeout(60)
 SYNC = "/api/v1/artifacts/sync"
 PUBLISH = "/api/v1/artifacts"
 UNREACHABLE_POSTGRES = "postgresql://postgres@127.0.0.1:1/test"
+UNREACHABLE_REDIS = "redis://127.0.0.1:1/0"
 _SUFFIX = uuid.uuid4().hex[:8]
 ORDER = f"ErrOrder_{_SUFFIX}"
 
@@ -61,9 +63,10 @@ def details_of(response: Any) -> dict[str, dict[str, str]]:
 
 
 @pytest.mark.parametrize("path", [SYNC, PUBLISH])
-async def test_unparseable_json_is_400(client: Any, path: str) -> None:
+@pytest.mark.parametrize("content", [b'{"type": "x", ', b'{"type": "x"} trailing', b"\xff\xfe"])
+async def test_unparseable_json_is_400(client: Any, path: str, content: bytes) -> None:
     response = await client.post(
-        path, content=b'{"type": "x", ', headers={"Content-Type": "application/json"}
+        path, content=content, headers={"Content-Type": "application/json"}
     )
     assert response.status_code == 400
     problem = response.json()
@@ -278,6 +281,18 @@ async def test_store_unavailable_is_503_with_retry_after(api_client: Any) -> Non
         assert int(response.headers["retry-after"]) >= 1
         assert "127.0.0.1" not in problem["message"]
     assert health.status_code == 200 and health.json() == {"status": "ok"}
+
+
+async def test_idempotency_store_unavailable_is_503_for_keyed_requests(api_client: Any) -> None:
+    client = await api_client(Flock(), idempotency=RedisIdempotencyStore(UNREACHABLE_REDIS))
+
+    keyed = await client.post(SYNC, json=order_body(), headers={"Idempotency-Key": "k1"})
+    unkeyed = await client.post(SYNC, json=order_body())
+    ready = await client.get("/ready")
+
+    assert keyed.status_code == 503 and keyed.json()["code"] == "SERVICE_UNAVAILABLE"
+    assert unkeyed.status_code == 200 and unkeyed.json()["completed"] is True
+    assert ready.status_code == 503 and "idempotency" in ready.json()["message"]
 
 
 async def test_shutting_down_answers_503_except_health(client: Any) -> None:
