@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -167,7 +168,7 @@ class RedisIdempotencyStore:
         self._complete = self._redis.register_script(_COMPLETE)
         self._release = self._redis.register_script(_RELEASE)
 
-    async def _run(self, script: Any, key: str, *args: str | bytes | int) -> Any:
+    async def _run(self, script: AsyncScript, key: str, *args: str | bytes | int) -> Any:
         with _unavailable_on_error():
             return await script(keys=[self.prefix + key], args=list(args))
 

@@ -1,9 +1,9 @@
 """Idempotency records in SQLite or PostgreSQL, through one SQLAlchemy Core implementation.
 
 `claim` is a single `INSERT ... ON CONFLICT (key) DO UPDATE ... WHERE <free> RETURNING`
-statement, so two processes racing for a key are settled by the database: at most one
-statement inserts or updates the row, and the loser reads the winner's row in the same
-transaction (PostgreSQL locks a conflicting row even when the WHERE leaves it unchanged).
+statement, so processes racing for a key are settled by the database: one statement
+inserts or takes the row, the others get no row back and read the holder's record. Every
+other operation is a single conditional UPDATE/DELETE/SELECT, run in autocommit.
 """
 
 from __future__ import annotations
@@ -18,12 +18,10 @@ from typing import Any, Final
 
 import sqlalchemy as sa
 from sqlalchemy import event
-from sqlalchemy.dialects import postgresql
-from sqlalchemy.dialects import sqlite as sqlite_dialect
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 from sqlalchemy.schema import CreateIndex, CreateSchema, CreateTable
 
 from flock.api.idempotency.protocol import (
@@ -40,8 +38,42 @@ CONNECT_TIMEOUT_SECONDS = 10.0
 # `CREATE TABLE IF NOT EXISTS` can still fail there on the catalog's unique index.
 _DDL_LOCK_ID = 0x466C6F636B4944  # "FlockID"
 
+# A claim that keeps finding its key freed between its two statements gives up eventually.
+_CLAIM_ATTEMPTS = 10
+
 _IN_PROGRESS: Final = "in_progress"
 _COMPLETED: Final = "completed"
+
+
+# The atomic claim, the same on SQLite (>= 3.35) and PostgreSQL: insert, or update a row whose
+# TTL ran out (fresh record) or whose holder's lease lapsed (take-over, keeping what it
+# recorded, unless the fingerprint differs: then it is fresh too). RETURNING yields no row
+# when the key is held. Plain SQL because SQLAlchemy 2.0 cannot cache a compiled
+# dialect-specific upsert, and recompiling it took about as long as running it.
+_CLAIM_SQL = """
+INSERT INTO {table} AS t ("key", fingerprint, state, owner, created_at, expires_at,
+                          lease_expires_at, takeovers)
+VALUES (:p_key, :p_fingerprint, 'in_progress', :p_owner, :p_now, :p_expires_at,
+        :p_lease_expires_at, 0)
+ON CONFLICT ("key") DO UPDATE SET
+    fingerprint = excluded.fingerprint,
+    state = excluded.state,
+    owner = excluded.owner,
+    created_at = CASE WHEN {fresh} THEN excluded.created_at ELSE t.created_at END,
+    expires_at = excluded.expires_at,
+    lease_expires_at = excluded.lease_expires_at,
+    correlation_id = CASE WHEN {fresh} THEN NULL ELSE t.correlation_id END,
+    artifact_id = CASE WHEN {fresh} THEN NULL ELSE t.artifact_id END,
+    status_code = NULL,
+    body = NULL,
+    headers = NULL,
+    takeovers = CASE WHEN {fresh} THEN 0 ELSE t.takeovers + 1 END
+WHERE t.expires_at <= :p_now
+   OR (t.state = 'in_progress' AND t.lease_expires_at <= :p_now)
+RETURNING "key", fingerprint, state, owner, created_at, expires_at, lease_expires_at,
+          correlation_id, artifact_id, status_code, body, headers, takeovers
+"""
+_FRESH = "(t.expires_at <= :p_now OR t.fingerprint <> excluded.fingerprint)"
 
 
 def _make_table(schema: str | None) -> sa.Table:
@@ -109,8 +141,14 @@ class SQLIdempotencyStore:
     """The shared implementation; build one through `SQLiteIdempotencyStore` or
     `PostgresIdempotencyStore`. The table is created on first use."""
 
-    def __init__(self, engine: AsyncEngine, *, schema: str | None = None) -> None:
-        self._engine = engine
+    def __init__(
+        self, url: str | URL, *, schema: str | None = None, connect_args: dict[str, Any]
+    ) -> None:
+        # Every operation is a single atomic statement, so connections stay in autocommit:
+        # no BEGIN/COMMIT round trips, and nothing for the pool to roll back on check-in.
+        self._engine = create_async_engine(
+            url, isolation_level="AUTOCOMMIT", pool_reset_on_return=None, connect_args=connect_args
+        )
         self._schema = schema
         self._table = _make_table(schema)
         self._ready = False
@@ -119,36 +157,21 @@ class SQLIdempotencyStore:
     def _statements(self) -> None:
         t = self._table
         p = sa.bindparam
-        now = p("now", type_=sa.Double)
-        values = {
-            "key": p("key", type_=sa.Text),
-            "fingerprint": p("fingerprint", type_=sa.Text),
-            "state": _IN_PROGRESS,
-            "owner": p("owner", type_=sa.Text),
-            "created_at": now,
-            "expires_at": p("new_expires_at", type_=sa.Double),
-            "lease_expires_at": p("new_lease_expires_at", type_=sa.Double),
-            "takeovers": 0,
-        }
-        upsert: sa.Insert
-        if self._engine.dialect.name == "postgresql":
-            pg_insert = postgresql.insert(t).values(values)
-            set_, where = self._takeover(pg_insert.excluded, now)
-            upsert = pg_insert.on_conflict_do_update(
-                index_elements=[t.c.key], set_=set_, where=where
-            )
-        else:
-            sqlite_insert = sqlite_dialect.insert(t).values(values)
-            set_, where = self._takeover(sqlite_insert.excluded, now)
-            upsert = sqlite_insert.on_conflict_do_update(
-                index_elements=[t.c.key], set_=set_, where=where
-            )
-        self._claim_stmt = upsert.returning(*t.c)
+        now = p("p_now", type_=sa.Double)
+        table = self._engine.dialect.identifier_preparer.format_table(t)
+        self._claim_stmt = sa.text(_CLAIM_SQL.format(table=table, fresh=_FRESH)).bindparams(
+            now,
+            p("p_key", type_=sa.Text),
+            p("p_fingerprint", type_=sa.Text),
+            p("p_owner", type_=sa.Text),
+            p("p_expires_at", type_=sa.Double),
+            p("p_lease_expires_at", type_=sa.Double),
+        )
 
-        key = p("key", type_=sa.Text)
+        key = p("p_key", type_=sa.Text)
         held = sa.and_(
             t.c.key == key,
-            t.c.owner == p("owner", type_=sa.Text),
+            t.c.owner == p("p_owner", type_=sa.Text),
             t.c.state == _IN_PROGRESS,
             t.c.expires_at > now,
         )
@@ -158,79 +181,65 @@ class SQLIdempotencyStore:
             sa.update(t)
             .where(held)
             .values(
-                correlation_id=p("new_correlation_id", type_=sa.Text),
-                artifact_id=p("new_artifact_id", type_=sa.Text),
+                correlation_id=p("p_correlation_id", type_=sa.Text),
+                artifact_id=p("p_artifact_id", type_=sa.Text),
             )
         )
         self._renew_stmt = (
             sa.update(t)
             .where(held)
-            .values(lease_expires_at=p("new_lease_expires_at", type_=sa.Double))
+            .values(lease_expires_at=p("p_lease_expires_at", type_=sa.Double))
         )
         self._complete_stmt = (
             sa.update(t)
             .where(held)
             .values(
                 state=_COMPLETED,
-                status_code=p("new_status_code", type_=sa.Integer),
-                body=p("new_body", type_=sa.LargeBinary),
-                headers=p("new_headers", type_=sa.Text),
-                expires_at=p("new_expires_at", type_=sa.Double),
+                status_code=p("p_status_code", type_=sa.Integer),
+                body=p("p_body", type_=sa.LargeBinary),
+                headers=p("p_headers", type_=sa.Text),
+                expires_at=p("p_expires_at", type_=sa.Double),
             )
         )
         self._release_stmt = sa.delete(t).where(held)
         self._purge_stmt = sa.delete(t).where(t.c.expires_at <= now)
 
-    def _takeover(
-        self, excluded: Any, now: sa.BindParameter[float]
-    ) -> tuple[dict[str, Any], sa.ColumnElement[bool]]:
-        """The ON CONFLICT update: replace an expired row, or take over a lapsed lease.
-
-        A lapsed lease claimed with another fingerprint is replaced like an expired row.
-        """
-        t = self._table
-        expired = t.c.expires_at <= now
-        lapsed = sa.and_(t.c.state == _IN_PROGRESS, t.c.lease_expires_at <= now)
-        fresh = sa.or_(expired, t.c.fingerprint != excluded.fingerprint)
-        set_ = {
-            "fingerprint": excluded.fingerprint,
-            "state": excluded.state,
-            "owner": excluded.owner,
-            "created_at": sa.case((fresh, excluded.created_at), else_=t.c.created_at),
-            "expires_at": excluded.expires_at,
-            "lease_expires_at": excluded.lease_expires_at,
-            "correlation_id": sa.case((fresh, sa.null()), else_=t.c.correlation_id),
-            "artifact_id": sa.case((fresh, sa.null()), else_=t.c.artifact_id),
-            "status_code": sa.null(),
-            "body": sa.null(),
-            "headers": sa.null(),
-            "takeovers": sa.case((fresh, 0), else_=t.c.takeovers + 1),
-        }
-        return set_, sa.or_(expired, lapsed)
-
     async def _ensure_table(self) -> None:
         if self._ready:
             return
         with _unavailable_on_error():
-            async with self._engine.begin() as conn:
-                await self._create_table(conn)
+            async with self._engine.connect() as conn:
+                # Look before creating: IF NOT EXISTS still needs the CREATE privilege.
+                if not await conn.run_sync(self._table_exists):
+                    await self._create_table(conn)
         self._ready = True
 
+    def _table_exists(self, conn: sa.Connection) -> bool:
+        return sa.inspect(conn).has_table(TABLE_NAME, schema=self._schema)
+
+    def _schema_exists(self, conn: sa.Connection) -> bool:
+        return self._schema is None or sa.inspect(conn).has_schema(self._schema)
+
     async def _create_table(self, conn: AsyncConnection) -> None:
-        if self._engine.dialect.name == "postgresql":
-            await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_DDL_LOCK_ID)))
-            if self._schema is not None:
+        postgres = self._engine.dialect.name == "postgresql"
+        if postgres:
+            await conn.execute(sa.select(sa.func.pg_advisory_lock(_DDL_LOCK_ID)))
+        try:
+            if self._schema is not None and not await conn.run_sync(self._schema_exists):
                 await conn.execute(CreateSchema(self._schema, if_not_exists=True))
-        await conn.execute(CreateTable(self._table, if_not_exists=True))
-        for index in self._table.indexes:
-            await conn.execute(CreateIndex(index, if_not_exists=True))
+            await conn.execute(CreateTable(self._table, if_not_exists=True))
+            for index in self._table.indexes:
+                await conn.execute(CreateIndex(index, if_not_exists=True))
+        finally:
+            if postgres:
+                await conn.execute(sa.select(sa.func.pg_advisory_unlock(_DDL_LOCK_ID)))
 
     async def _execute(
         self, statement: sa.Executable, params: Mapping[str, Any]
     ) -> sa.CursorResult[Any]:
         await self._ensure_table()
         with _unavailable_on_error():
-            async with self._engine.begin() as conn:
+            async with self._engine.connect() as conn:
                 return await conn.execute(statement, params)
 
     async def claim(
@@ -243,44 +252,52 @@ class SQLIdempotencyStore:
         ttl_seconds: float,
     ) -> ClaimResult:
         await self._ensure_table()
-        now = time.time()
-        params = {
-            "key": key,
-            "fingerprint": fingerprint,
-            "owner": owner,
-            "now": now,
-            "new_expires_at": now + ttl_seconds,
-            "new_lease_expires_at": now + lease_seconds,
-        }
         with _unavailable_on_error():
-            async with self._engine.begin() as conn:
-                won = (await conn.execute(self._claim_stmt, params)).first()
-                if won is not None:
-                    return ClaimResult(
-                        acquired=True, record=_record(won), taken_over=won.takeovers > 0
-                    )
-                existing = (await conn.execute(self._select_stmt, {"key": key})).one()
-        return ClaimResult(acquired=False, record=_record(existing))
+            async with self._engine.connect() as conn:
+                for _ in range(_CLAIM_ATTEMPTS):
+                    now = time.time()
+                    params = {
+                        "p_key": key,
+                        "p_fingerprint": fingerprint,
+                        "p_owner": owner,
+                        "p_now": now,
+                        "p_expires_at": now + ttl_seconds,
+                        "p_lease_expires_at": now + lease_seconds,
+                    }
+                    won = (await conn.execute(self._claim_stmt, params)).first()
+                    if won is not None:
+                        taken_over = won.takeovers > 0
+                        return ClaimResult(
+                            acquired=True, record=_record(won), taken_over=taken_over
+                        )
+                    row = (await conn.execute(self._select_stmt, {"p_key": key})).first()
+                    now = time.time()
+                    if row is not None and row.expires_at > now:
+                        held = _record(row)
+                        if not held.lease_expired(now):
+                            return ClaimResult(acquired=False, record=held)
+                    # Released or expired since the upsert: try again.
+        raise IdempotencyStoreUnavailableError(f"could not settle a claim on {key!r}; retry")
 
     async def record_publish(
         self, key: str, owner: str, correlation_id: str, artifact_id: str | None = None
     ) -> bool:
         params = {
-            "key": key,
-            "owner": owner,
-            "now": time.time(),
-            "new_correlation_id": correlation_id,
-            "new_artifact_id": artifact_id,
+            "p_key": key,
+            "p_owner": owner,
+            "p_now": time.time(),
+            "p_correlation_id": correlation_id,
+            "p_artifact_id": artifact_id,
         }
         return (await self._execute(self._publish_stmt, params)).rowcount == 1
 
     async def renew(self, key: str, owner: str, lease_seconds: float) -> bool:
         now = time.time()
         params = {
-            "key": key,
-            "owner": owner,
-            "now": now,
-            "new_lease_expires_at": now + lease_seconds,
+            "p_key": key,
+            "p_owner": owner,
+            "p_now": now,
+            "p_lease_expires_at": now + lease_seconds,
         }
         return (await self._execute(self._renew_stmt, params)).rowcount == 1
 
@@ -289,27 +306,27 @@ class SQLIdempotencyStore:
     ) -> bool:
         now = time.time()
         params = {
-            "key": key,
-            "owner": owner,
-            "now": now,
-            "new_status_code": response.status_code,
-            "new_body": response.body,
-            "new_headers": json.dumps(response.headers, separators=(",", ":")),
-            "new_expires_at": now + ttl_seconds,
+            "p_key": key,
+            "p_owner": owner,
+            "p_now": now,
+            "p_status_code": response.status_code,
+            "p_body": response.body,
+            "p_headers": json.dumps(response.headers, separators=(",", ":")),
+            "p_expires_at": now + ttl_seconds,
         }
         return (await self._execute(self._complete_stmt, params)).rowcount == 1
 
     async def release(self, key: str, owner: str) -> bool:
-        params = {"key": key, "owner": owner, "now": time.time()}
+        params = {"p_key": key, "p_owner": owner, "p_now": time.time()}
         return (await self._execute(self._release_stmt, params)).rowcount == 1
 
     async def get(self, key: str) -> IdempotencyRecord | None:
-        result = await self._execute(self._get_stmt, {"key": key, "now": time.time()})
+        result = await self._execute(self._get_stmt, {"p_key": key, "p_now": time.time()})
         row = result.first()
         return None if row is None else _record(row)
 
     async def purge_expired(self) -> int:
-        return (await self._execute(self._purge_stmt, {"now": time.time()})).rowcount
+        return (await self._execute(self._purge_stmt, {"p_now": time.time()})).rowcount
 
     async def ping(self) -> None:
         with _unavailable_on_error():
@@ -330,20 +347,18 @@ class SQLiteIdempotencyStore(SQLIdempotencyStore):
                 f"this Python links {sqlite3.sqlite_version}"
             )
         self.path = Path(path)
-        engine = create_async_engine(
-            f"sqlite+aiosqlite:///{self.path}",
-            connect_args={"timeout": busy_timeout_seconds},
+        super().__init__(
+            f"sqlite+aiosqlite:///{self.path}", connect_args={"timeout": busy_timeout_seconds}
         )
 
-        @event.listens_for(engine.sync_engine, "connect")
+        @event.listens_for(self._engine.sync_engine, "connect")
         def _configure(dbapi_connection: Any, _record: Any) -> None:
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_seconds * 1000)}")
+            # Safe with WAL: a commit survives a crash of the process, if not of the machine.
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.close()
-
-        super().__init__(engine)
 
 
 class PostgresIdempotencyStore(SQLIdempotencyStore):
@@ -353,8 +368,8 @@ class PostgresIdempotencyStore(SQLIdempotencyStore):
         url = make_url(dsn)
         if url.drivername not in {"postgresql", "postgres", "postgresql+asyncpg"}:
             raise ValueError(f"not a PostgreSQL DSN: {url.render_as_string()}")
-        engine = create_async_engine(
+        super().__init__(
             url.set(drivername="postgresql+asyncpg"),
+            schema=schema,
             connect_args={"timeout": CONNECT_TIMEOUT_SECONDS},
         )
-        super().__init__(engine, schema=schema)

@@ -15,8 +15,10 @@ def store_from_url(url: str) -> IdempotencyStore:
     `memory://` (optionally `memory://?max_records=N`), `sqlite:///relative.db` or
     `sqlite:////absolute.db`, `postgresql://` / `postgres://` DSNs, `redis://` / `rediss://`.
     """
-    scheme, _, rest = url.partition("://")
+    scheme, separator, rest = url.partition("://")
     scheme = scheme.lower()
+    if not separator:
+        raise ValueError(f"not a store URL: {url!r}; use {SUPPORTED}")
     if scheme == "memory":
         from flock.api.idempotency.memory import InMemoryIdempotencyStore
 
