@@ -43,9 +43,13 @@ class Report(BaseModel):
 
 
 _STOPWORDS = frozenset(
-    "a an and are as at be by for from has have in is it its of on or that the this to was "
-    "were will with which their they them we our you your not but can".split()
-)
+    {
+        "a", "an", "and", "are", "as", "at", "be", "by", "for", "from", "has", "have", "in",
+        "is", "it", "its", "of", "on", "or", "that", "the", "this", "to", "was", "were",
+        "will", "with", "which", "their", "they", "them", "we", "our", "you", "your", "not",
+        "but", "can",
+    }
+)  # fmt: skip
 
 
 def summarize(doc: Document) -> Summary:
@@ -66,11 +70,10 @@ class Reporter:
     """
 
     async def evaluate(self, ctx: RunContext, inputs: list[BaseModel]) -> Any:
-        found, _ = await ctx.flock.store.query_artifacts(
-            FilterConfig(correlation_id=ctx.correlation_id,
-                         type_names=frozenset({"Summary", "Keywords", "Report"})),  # fmt: skip
-            limit=-1,
+        wanted = FilterConfig(
+            correlation_id=ctx.correlation_id, type_names={"Summary", "Keywords", "Report"}
         )
+        found, _ = await ctx.flock.store.query_artifacts(wanted, limit=-1)
         latest = {item.type: item.model() for item in found}  # type: ignore[union-attr]
         if "Report" in latest or "Summary" not in latest or "Keywords" not in latest:
             return None

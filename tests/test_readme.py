@@ -64,8 +64,8 @@ def test_curl_example_against_the_demo(tmp_path: Path) -> None:
             assert server.poll() is None, server.stderr.read() if server.stderr else ""
             assert time.monotonic() < deadline, "the demo server did not start"
             time.sleep(0.1)
-        first = subprocess.run(shlex.split(command) + ["-i"], capture_output=True, text=True)
-        again = subprocess.run(shlex.split(command) + ["-i"], capture_output=True, text=True)
+        first = subprocess.run([*shlex.split(command), "-i"], capture_output=True, text=True)
+        again = subprocess.run([*shlex.split(command), "-i"], capture_output=True, text=True)
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -73,7 +73,7 @@ def test_curl_example_against_the_demo(tmp_path: Path) -> None:
     assert head.startswith("HTTP/1.1 200"), first.stdout
     result = httpx.Response(200, content=body.encode()).json()
     assert result["completed"] is True
-    assert [a["type"] for a in result["artifacts"]][0] == "Document"
+    assert result["artifacts"][0]["type"] == "Document"
     assert {a["type"] for a in result["artifacts"]} == {"Document", "Summary", "Keywords", "Report"}
     assert "idempotent-replayed: true" in again.stdout.lower()
     assert again.stdout.partition("\n\n")[2] == body
