@@ -335,7 +335,9 @@ async def test_wait_follows_every_cascade_up_to_the_timeout(api_client: Any) -> 
         # a replay re-attaches to the cascade that had not finished
         gate.release.set()
         await flock.run_until_idle(held["correlation_id"], timeout=15)
-        replay = await client.post(BATCH, json=body, headers={"Idempotency-Key": "held"})
+        # (waiting longer is the same request: `timeout` is not part of its fingerprint)
+        longer = {**body, "timeout": 5}
+        replay = await client.post(BATCH, json=longer, headers={"Idempotency-Key": "held"})
         assert replay.headers["idempotent-replayed"] == "true"
         again = replay.json()["items"][0]
         assert again["correlation_id"] == held["correlation_id"]

@@ -288,7 +288,8 @@ async def publish_batch(
             return await operation.execute(None)
         return await service.guard.run(
             scoped_key(principal.scope, request.method, route_template(request), key),
-            fingerprint_of(body.model_dump(mode="json")),
+            # `timeout` only says how long this call waits; a retry may wait longer or less.
+            fingerprint_of(body.model_dump(mode="json", exclude={"timeout"})),
             operation,
             wait_seconds=body.timeout if body.wait else None,
             correlation_id=request.scope["state"].get("correlation_id"),
