@@ -9,9 +9,11 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from starlette.exceptions import HTTPException
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from flock.api.errors import ErrorCode, create_error_response, internal_error_response
+from flock.api.auth import authenticate
+from flock.api.errors import APIError, ErrorCode, create_error_response, internal_error_response
 
 if TYPE_CHECKING:
     from flock.api.service import BlackboardHTTPService
@@ -100,6 +102,16 @@ class RequestContextMiddleware:
             return create_error_response(
                 ErrorCode.SERVICE_UNAVAILABLE, "the server is shutting down", correlation_id=cid
             )
+        if self.service.keyring is not None and (path == "/api/v1" or path.startswith("/api/v1/")):
+            # Authenticate before any body is read: a caller without a valid key learns
+            # nothing (not even that its body was malformed or too large). `get_principal`
+            # reuses the principal found here.
+            try:
+                scope["state"]["principal"] = authenticate(self.service.keyring, Request(scope))
+            except APIError as exc:
+                return create_error_response(
+                    exc.code, exc.message, headers=exc.headers, correlation_id=cid
+                )
         if scope.get("method") not in _BODY_METHODS:
             return None
         length = _header(scope, b"content-length")
