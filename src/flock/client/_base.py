@@ -1,0 +1,417 @@
+"""What both clients share: building requests, the retry policy, parsing the answers.
+
+Every call is planned as a generator that yields what to do next (an `httpx.Request` to
+send, or a number of seconds to sleep) and is sent what happened (the response, or the
+`httpx.TransportError`). `FlockClient` and `AsyncFlockClient` only carry the plan out, so
+the two can never disagree about retries, keys or parsing.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Generic, Literal, TypedDict, TypeVar
+from urllib.parse import quote
+
+import httpx
+from pydantic import BaseModel
+
+from flock.client.errors import FlockTransportError, error_from_response
+from flock.client.results import (
+    ArtifactPage,
+    BatchItemResult,
+    BatchResult,
+    CorrelationInfo,
+    PublishResult,
+    SyncResult,
+)
+from flock.client.retry import RetryEvent, RetryPolicy, parse_retry_after
+from flock.core.artifacts import Artifact
+from flock.core.visibility import AnyVisibility, visibility_to_dict
+from flock.registry import TypeRegistry, type_registry
+
+T = TypeVar("T")
+
+Step = httpx.Request | float  # send this request / sleep this many seconds
+Outcome = httpx.Response | httpx.TransportError | None
+Plan = Generator[Step, Outcome, T]
+
+API = "/api/v1"
+WAIT_MARGIN = 10.0  # seconds a waiting call's HTTP timeout exceeds the server-side timeout
+VERSION = "0.1.0"
+
+ArtifactRef = BaseModel | str  # a model instance, or a type name (with a payload dict)
+TypeRef = str | type[BaseModel]
+VisibilityArg = AnyVisibility | Mapping[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class Call(Generic[T]):
+    """One logical API call: retried as a whole, under one idempotency key."""
+
+    method: str
+    path: str
+    parse: Callable[[httpx.Response], T]
+    body: Any = None
+    params: Sequence[tuple[str, str]] = ()
+    idempotency_key: str | None = None
+    timeout: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BatchItem:
+    """One item of `publish_batch`, when it needs tags, visibility or its own key."""
+
+    artifact: ArtifactRef
+    payload: Mapping[str, Any] | None = None
+    tags: Sequence[str] = ()
+    partition_key: str | None = None
+    visibility: VisibilityArg = None
+    idempotency_key: str | None = None
+
+
+class ClientOptions(TypedDict, total=False):
+    """The options both clients take besides `base_url` and `transport` (see `BaseClient`)."""
+
+    api_key: str | None
+    timeout: float
+    max_retries: int
+    backoff_base: float
+    backoff_max: float
+    headers: Mapping[str, str] | None
+    registry: TypeRegistry | None
+    on_retry: Callable[[RetryEvent], None] | None
+    rng: random.Random | None
+
+
+class BaseClient:
+    """Configuration and the sans-IO half of `FlockClient` / `AsyncFlockClient`.
+
+    - api_key: sent as `Authorization: Bearer KEY`.
+    - timeout: seconds per HTTP request (waiting calls get their wait plus a margin).
+    - max_retries, backoff_base, backoff_max: the `RetryPolicy`.
+    - registry: maps models to type names and back (default: the global `type_registry`).
+    - on_retry: called with a `RetryEvent` before each retry (logging, metrics).
+    """
+
+    def __init__(
+        self,
+        base_url: str = "http://127.0.0.1:8344",
+        *,
+        api_key: str | None = None,
+        timeout: float = 30.0,
+        max_retries: int = 3,
+        backoff_base: float = 0.2,
+        backoff_max: float = 10.0,
+        headers: Mapping[str, str] | None = None,
+        registry: TypeRegistry | None = None,
+        on_retry: Callable[[RetryEvent], None] | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        if timeout <= 0:
+            raise ValueError("timeout must be positive")
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self.retry = RetryPolicy(max_retries, backoff_base, backoff_max)
+        self.registry = registry or type_registry
+        self.on_retry = on_retry
+        self._rng = rng or random.Random()
+        self._headers = {"User-Agent": f"flock-client/{VERSION}", "Accept": "application/json"}
+        self._headers.update(headers or {})
+        if api_key:
+            self._headers["Authorization"] = f"Bearer {api_key}"
+
+    def __repr__(self) -> str:  # never shows the API key
+        return f"{type(self).__name__}({self.base_url!r})"
+
+    # -- the retry plan -------------------------------------------------------------------
+
+    def _plan(self, call: Call[T]) -> Plan[T]:
+        attempt = 0
+        while True:
+            outcome = yield self._request(call)
+            cause: BaseException | None = None
+            if isinstance(outcome, httpx.Response):
+                if outcome.is_success:
+                    return call.parse(outcome)
+                error = error_from_response(outcome)
+                retry_after = parse_retry_after(outcome.headers.get("retry-after"))
+            else:
+                cause = outcome
+                error = FlockTransportError(
+                    f"{call.method} {call.path}: {type(outcome).__name__}: {outcome}",
+                    retryable=not isinstance(outcome, httpx.UnsupportedProtocol),
+                )
+                retry_after = None
+            if not error.retryable or attempt >= self.retry.max_retries:
+                raise error from cause
+            delay = self.retry.delay(attempt, retry_after, self._rng)
+            attempt += 1
+            if self.on_retry is not None:
+                self.on_retry(
+                    RetryEvent(call.method, call.path, attempt, delay, error, call.idempotency_key)
+                )
+            yield delay
+
+    def _request(self, call: Call[Any]) -> httpx.Request:
+        headers = dict(self._headers)
+        if call.idempotency_key is not None:
+            headers["Idempotency-Key"] = call.idempotency_key
+        timeout = httpx.Timeout(call.timeout or self.timeout)
+        return httpx.Request(
+            call.method,
+            self.base_url + call.path,
+            params=list(call.params) or None,
+            json=call.body,
+            headers=headers,
+            extensions={"timeout": timeout.as_dict()},
+        )
+
+    # -- calls ------------------------------------------------------------------------------
+
+    def _publish_call(
+        self,
+        artifact: ArtifactRef,
+        payload: Mapping[str, Any] | None,
+        *,
+        tags: Sequence[str] | None,
+        partition_key: str | None,
+        visibility: VisibilityArg,
+        idempotency_key: str | None,
+    ) -> Call[PublishResult]:
+        key = idempotency_key or str(uuid.uuid4())
+        body = self._publish_body(artifact, payload, tags, partition_key, visibility)
+
+        def parse(response: httpx.Response) -> PublishResult:
+            data = response.json()
+            return PublishResult(
+                data["artifact_id"], data["correlation_id"], key, _replayed(response)
+            )
+
+        return Call("POST", f"{API}/artifacts", parse, body, idempotency_key=key)
+
+    def _publish_sync_call(
+        self,
+        artifact: ArtifactRef,
+        payload: Mapping[str, Any] | None,
+        *,
+        timeout: float,
+        type_names: Iterable[TypeRef] | None,
+        produced_by: Iterable[str] | None,
+        on_timeout: Literal["partial", "error"],
+        tags: Sequence[str] | None,
+        partition_key: str | None,
+        visibility: VisibilityArg,
+        idempotency_key: str | None,
+    ) -> Call[SyncResult]:
+        key = idempotency_key or str(uuid.uuid4())
+        body = self._publish_body(artifact, payload, tags, partition_key, visibility)
+        body.update(timeout=timeout, on_timeout=on_timeout)
+        filters = self._filters(type_names, produced_by)
+        if filters:
+            body["filters"] = filters
+
+        def parse(response: httpx.Response) -> SyncResult:
+            return SyncResult.from_dict(
+                response.json(),
+                idempotency_key=key,
+                replayed=_replayed(response),
+                registry=self.registry,
+            )
+
+        return Call(
+            "POST",
+            f"{API}/artifacts/sync",
+            parse,
+            body,
+            idempotency_key=key,
+            timeout=max(self.timeout, timeout + WAIT_MARGIN),
+        )
+
+    def _publish_batch_call(
+        self,
+        items: Iterable[BatchItem | BaseModel | Mapping[str, Any]],
+        *,
+        wait: bool,
+        timeout: float,
+        type_names: Iterable[TypeRef] | None,
+        produced_by: Iterable[str] | None,
+        idempotency_key: str | None,
+    ) -> Call[BatchResult]:
+        key = idempotency_key or str(uuid.uuid4())
+        body: dict[str, Any] = {"items": [self._batch_item(i) for i in items], "wait": wait}
+        if wait:
+            body["timeout"] = timeout
+            filters = self._filters(type_names, produced_by)
+            if filters:
+                body["filters"] = filters
+
+        def parse(response: httpx.Response) -> BatchResult:
+            items = [BatchItemResult.from_dict(i, self.registry) for i in response.json()["items"]]
+            return BatchResult(items, key, _replayed(response))
+
+        return Call(
+            "POST",
+            f"{API}/artifacts/batch",
+            parse,
+            body,
+            idempotency_key=key,
+            timeout=max(self.timeout, timeout + WAIT_MARGIN) if wait else None,
+        )
+
+    def _get_artifact_call(self, artifact_id: str) -> Call[Artifact]:
+        def parse(response: httpx.Response) -> Artifact:
+            return Artifact.from_dict(response.json())
+
+        return Call("GET", f"{API}/artifacts/{_segment(artifact_id)}", parse)
+
+    def _correlation_call(self, correlation_id: str) -> Call[CorrelationInfo]:
+        def parse(response: httpx.Response) -> CorrelationInfo:
+            return CorrelationInfo.from_dict(response.json())
+
+        return Call("GET", f"{API}/correlations/{_segment(correlation_id)}", parse)
+
+    def _pager(
+        self,
+        *,
+        type: TypeRef | Iterable[TypeRef] | None,
+        produced_by: str | Iterable[str] | None,
+        correlation_id: str | None,
+        tag: str | Iterable[str] | None,
+        start: datetime | None,
+        end: datetime | None,
+        visibility: str | Iterable[str] | None,
+        page_size: int,
+        limit: int | None,
+    ) -> Pager:
+        if not 1 <= page_size <= 500:
+            raise ValueError("page_size must be between 1 and 500")
+        params: list[tuple[str, str]] = []
+        for name, values in (
+            ("type", [self._type_name(t) for t in _many(type)]),
+            ("produced_by", _many(produced_by)),
+            ("tag", _many(tag)),
+            ("visibility", _many(visibility)),
+        ):
+            params.extend((name, str(v)) for v in values)
+        if correlation_id is not None:
+            params.append(("correlation_id", correlation_id))
+        if start is not None:
+            params.append(("from", start.isoformat()))
+        if end is not None:
+            params.append(("to", end.isoformat()))
+        return Pager(params, page_size, limit)
+
+    # -- request bodies ---------------------------------------------------------------------
+
+    def _publish_body(
+        self,
+        artifact: ArtifactRef,
+        payload: Mapping[str, Any] | None,
+        tags: Sequence[str] | None,
+        partition_key: str | None,
+        visibility: VisibilityArg,
+    ) -> dict[str, Any]:
+        if isinstance(artifact, BaseModel):
+            if payload is not None:
+                raise TypeError("pass a model, or a type name and a payload, not both")
+            type_name = self.registry.name_for(artifact)
+            data = artifact.model_dump(mode="json")
+        elif isinstance(artifact, str):
+            type_name, data = artifact, dict(payload or {})
+        else:
+            raise TypeError(f"cannot publish {type(artifact).__name__}: pass a model or type name")
+        body: dict[str, Any] = {"type": type_name, "payload": data}
+        if tags:
+            body["tags"] = list(tags)
+        if partition_key is not None:
+            body["partition_key"] = partition_key
+        if visibility is not None:
+            body["visibility"] = _visibility(visibility)
+        return body
+
+    def _batch_item(self, item: BatchItem | BaseModel | Mapping[str, Any]) -> dict[str, Any]:
+        if isinstance(item, BatchItem):
+            body = self._publish_body(
+                item.artifact, item.payload, item.tags, item.partition_key, item.visibility
+            )
+            if item.idempotency_key is not None:
+                body["idempotency_key"] = item.idempotency_key
+            return body
+        if isinstance(item, BaseModel):
+            return self._publish_body(item, None, None, None, None)
+        return dict(item)  # a raw publish request, sent as it is
+
+    def _filters(
+        self, type_names: Iterable[TypeRef] | None, produced_by: Iterable[str] | None
+    ) -> dict[str, list[str]]:
+        filters: dict[str, list[str]] = {}
+        if type_names:
+            filters["type_names"] = [self._type_name(t) for t in type_names]
+        if produced_by:
+            filters["produced_by"] = list(produced_by)
+        return filters
+
+    def _type_name(self, ref: TypeRef) -> str:
+        return ref if isinstance(ref, str) else self.registry.name_for(ref)
+
+
+class Pager:
+    """Offset paging through `GET /artifacts`: which page to ask for next, and when to stop."""
+
+    def __init__(self, params: list[tuple[str, str]], page_size: int, limit: int | None) -> None:
+        self.params, self.page_size, self.limit = params, page_size, limit
+        self.offset = 0
+        self.done = limit is not None and limit <= 0
+
+    def next_call(self) -> Call[ArtifactPage] | None:
+        if self.done:
+            return None
+        size = self.page_size
+        if self.limit is not None:
+            size = min(size, self.limit - self.offset)
+        params = [*self.params, ("limit", str(size)), ("offset", str(self.offset))]
+        return Call("GET", f"{API}/artifacts", _parse_page, params=params)
+
+    def take(self, page: ArtifactPage) -> list[Artifact]:
+        self.offset += len(page.items)
+        self.done = (
+            not page.items
+            or self.offset >= page.total
+            or (self.limit is not None and self.offset >= self.limit)
+        )
+        return page.items
+
+
+def _parse_page(response: httpx.Response) -> ArtifactPage:
+    data = response.json()
+    items = [Artifact.from_dict(a) for a in data["items"]]
+    return ArtifactPage(items, int(data["pagination"]["total"]))
+
+
+def _visibility(visibility: AnyVisibility | Mapping[str, Any]) -> dict[str, Any]:
+    if isinstance(visibility, Mapping):
+        return dict(visibility)
+    return visibility_to_dict(visibility)
+
+
+def _replayed(response: httpx.Response) -> bool:
+    return str(response.headers.get("idempotent-replayed", "")).lower() == "true"
+
+
+def _many(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    if isinstance(value, str | type):
+        return [value]
+    return list(value)
+
+
+def _segment(value: str) -> str:
+    return quote(value, safe="")
+
+
+__all__ = ["BaseClient", "BatchItem", "Call", "ClientOptions", "Pager", "Plan", "Step"]

@@ -1,0 +1,212 @@
+"""What the client's calls return, parsed from the API's JSON."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel
+
+from flock.client.errors import FlockAPIError
+from flock.core.artifacts import Artifact
+from flock.registry import TypeRegistry, type_registry
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _time(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+@dataclass(frozen=True, slots=True)
+class AgentFailure:
+    """An agent run of the cascade that failed."""
+
+    agent: str
+    artifact_id: str | None
+    message: str
+    at: datetime
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> AgentFailure:
+        return cls(data["agent"], data.get("artifact_id"), data["message"], _time(data["at"]))
+
+
+@dataclass(frozen=True, slots=True)
+class PublishResult:
+    """`POST /artifacts` accepted the artifact; its cascade runs in the background."""
+
+    artifact_id: str
+    correlation_id: str
+    idempotency_key: str
+    replayed: bool = False  # answered from an earlier attempt with the same key
+
+
+class _HasArtifacts:
+    """Typed access to a result's artifacts through the type registry."""
+
+    artifacts: Sequence[Artifact] | None
+    registry: TypeRegistry
+
+    def models(self) -> list[BaseModel]:
+        """Every artifact's payload as its registered model."""
+        return [self.registry.resolve(a.type).model_validate(a.payload) for a in self._all()]
+
+    def models_of(self, model: type[M]) -> list[M]:
+        """The payloads of the artifacts of `model`'s registered type, as `model` instances."""
+        name = self.registry.name_for(model)
+        return [model.model_validate(a.payload) for a in self._all() if a.type == name]
+
+    def _all(self) -> Sequence[Artifact]:
+        return self.artifacts or ()
+
+
+@dataclass(frozen=True)
+class SyncResult(_HasArtifacts):
+    """`POST /artifacts/sync`: the correlation's artifacts (input first) once it is idle,
+    or what there was at the timeout (`completed` False)."""
+
+    correlation_id: str
+    completed: bool
+    artifacts: list[Artifact]
+    errors: list[AgentFailure]
+    truncated: bool
+    duration_ms: float
+    idempotency_key: str
+    replayed: bool = False
+    registry: TypeRegistry = field(default=type_registry, repr=False, compare=False)
+
+    @classmethod
+    def from_dict(
+        cls,
+        data: Mapping[str, Any],
+        *,
+        idempotency_key: str,
+        replayed: bool,
+        registry: TypeRegistry,
+    ) -> SyncResult:
+        return cls(
+            correlation_id=data["correlation_id"],
+            completed=bool(data["completed"]),
+            artifacts=[Artifact.from_dict(a) for a in data["artifacts"]],
+            errors=[AgentFailure.from_dict(e) for e in data["errors"]],
+            truncated=bool(data["truncated"]),
+            duration_ms=float(data["duration_ms"]),
+            idempotency_key=idempotency_key,
+            replayed=replayed,
+            registry=registry,
+        )
+
+
+@dataclass(frozen=True)
+class BatchItemResult(_HasArtifacts):
+    """One batch item: `accepted`, `duplicate` (its own key was seen before) or `failed`
+    (`error` says why). `artifacts`, `completed`, `errors`, `truncated` come with `wait`."""
+
+    index: int
+    status: Literal["accepted", "duplicate", "failed"]
+    artifact_id: str | None
+    correlation_id: str | None
+    error: FlockAPIError | None = None
+    artifacts: list[Artifact] | None = None
+    completed: bool | None = None
+    errors: list[AgentFailure] = field(default_factory=list)
+    truncated: bool = False
+    registry: TypeRegistry = field(default=type_registry, repr=False, compare=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.status != "failed"
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], registry: TypeRegistry) -> BatchItemResult:
+        error = data.get("error")
+        artifacts = data.get("artifacts")
+        return cls(
+            index=int(data["index"]),
+            status=data["status"],
+            artifact_id=data.get("artifact_id"),
+            correlation_id=data.get("correlation_id"),
+            error=FlockAPIError.from_problem(error) if error else None,
+            artifacts=[Artifact.from_dict(a) for a in artifacts] if artifacts is not None else None,
+            completed=data.get("completed"),
+            errors=[AgentFailure.from_dict(e) for e in data.get("errors") or ()],
+            truncated=bool(data.get("truncated", False)),
+            registry=registry,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    """`POST /artifacts/batch`: one result per item, in the order sent."""
+
+    items: list[BatchItemResult]
+    idempotency_key: str
+    replayed: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return all(item.ok for item in self.items)
+
+    @property
+    def failed(self) -> list[BatchItemResult]:
+        return [item for item in self.items if not item.ok]
+
+    def __iter__(self) -> Iterator[BatchItemResult]:
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> BatchItemResult:
+        return self.items[index]
+
+
+@dataclass(frozen=True, slots=True)
+class CorrelationInfo:
+    """`GET /correlations/{id}`: whether a cascade still runs, and what failed in it."""
+
+    correlation_id: str
+    state: Literal["running", "idle"]
+    pending_runs: int
+    artifact_count: int
+    errors: list[AgentFailure]
+    started_at: datetime
+    updated_at: datetime
+
+    @property
+    def idle(self) -> bool:
+        return self.state == "idle"
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CorrelationInfo:
+        return cls(
+            correlation_id=data["correlation_id"],
+            state=data["state"],
+            pending_runs=int(data["pending_runs"]),
+            artifact_count=int(data["artifact_count"]),
+            errors=[AgentFailure.from_dict(e) for e in data["errors"]],
+            started_at=_time(data["started_at"]),
+            updated_at=_time(data["updated_at"]),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ArtifactPage:
+    """One page of `GET /artifacts` (the client's iterators page through them)."""
+
+    items: list[Artifact]
+    total: int
+
+
+__all__ = [
+    "AgentFailure",
+    "ArtifactPage",
+    "BatchItemResult",
+    "BatchResult",
+    "CorrelationInfo",
+    "PublishResult",
+    "SyncResult",
+]
