@@ -1,0 +1,153 @@
+"""Idempotency through crashes: `flock serve` killed with SIGKILL, restarted on its files.
+
+A claim left by a killed process expires after its lease; the retry then re-attaches to
+what was already published instead of publishing again. A completed outcome stored in
+SQLite is replayed by the restarted server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import textwrap
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from flock_server import ServerPool, server_pool
+
+pytestmark = pytest.mark.timeout(90)
+
+JOB = "IdemCrashJob"
+DONE = "IdemCrashDone"
+
+APP = textwrap.dedent(
+    f"""
+    import asyncio
+    import os
+
+    from pydantic import BaseModel
+
+    from flock import Flock, flock_type
+
+
+    @flock_type(name="{JOB}")
+    class Job(BaseModel):
+        n: int
+
+
+    @flock_type(name="{DONE}")
+    class Done(BaseModel):
+        n: int
+
+
+    async def work(job: Job) -> Done:
+        if os.environ.get("CRASH_AGENT_BLOCKS") == "1":
+            await asyncio.Event().wait()  # this server will be killed mid-cascade
+        return Done(n=job.n * 2)
+
+
+    flock = Flock()
+    flock.agent("doubler").consumes(Job).publishes(Done).with_engines(work)
+    """
+)
+
+
+@pytest.fixture
+def servers(tmp_path: Path) -> Iterator[ServerPool]:
+    yield from server_pool(tmp_path)
+
+
+@pytest.fixture
+def app_file(tmp_path: Path) -> Path:
+    path = tmp_path / "crash_app.py"
+    path.write_text(APP)
+    return path
+
+
+def sqlite_urls(tmp_path: Path) -> dict[str, str]:
+    return {
+        "store": f"sqlite:///{tmp_path / 'blackboard.db'}",
+        "idempotency": f"sqlite:///{tmp_path / 'idempotency.db'}",
+    }
+
+
+async def artifacts_of(client: httpx.AsyncClient, base: str, type_name: str) -> list[dict]:  # type: ignore[type-arg]
+    response = await client.get(f"{base}/api/v1/artifacts", params={"type": type_name})
+    assert response.status_code == 200, response.text
+    items: list[dict] = response.json()["items"]  # type: ignore[type-arg]
+    return items
+
+
+async def test_a_retry_after_sigkill_resumes_the_published_cascade(
+    servers: ServerPool, app_file: Path, tmp_path: Path
+) -> None:
+    urls = sqlite_urls(tmp_path)
+    key = {"X-Idempotency-Key": f"crash-{uuid.uuid4().hex}"}
+    body = {"type": JOB, "payload": {"n": 21}, "timeout": 30}
+    doomed = servers.start(app_file, **urls, FLOCK_IDEMPOTENCY_LEASE="1", CRASH_AGENT_BLOCKS="1")
+    await doomed.wait_ready()
+
+    async with httpx.AsyncClient(timeout=60) as client:
+        inflight = asyncio.ensure_future(
+            client.post(f"{doomed.url}/api/v1/artifacts/sync", json=body, headers=key)
+        )
+        deadline = asyncio.get_running_loop().time() + 15
+        while not (published := await artifacts_of(client, doomed.url, JOB)):
+            assert not inflight.done(), inflight.result().text
+            assert asyncio.get_running_loop().time() < deadline, "the input was never stored"
+            await asyncio.sleep(0.02)
+        doomed.kill()
+        with pytest.raises(httpx.TransportError):
+            await inflight
+
+        restarted = servers.start(app_file, **urls, FLOCK_IDEMPOTENCY_LEASE="1")
+        await restarted.wait_ready()
+        retry = await client.post(f"{restarted.url}/api/v1/artifacts/sync", json=body, headers=key)
+        replay = await client.post(f"{restarted.url}/api/v1/artifacts/sync", json=body, headers=key)
+        jobs = await artifacts_of(client, restarted.url, JOB)
+        dones = await artifacts_of(client, restarted.url, DONE)
+
+    assert retry.status_code == 200, retry.text
+    result = retry.json()
+    assert result["completed"] is True
+    (input_artifact,) = published
+    assert result["correlation_id"] == input_artifact["correlation_id"]
+    assert [a["type"] for a in result["artifacts"]] == [JOB, DONE]
+    assert result["artifacts"][0]["id"] == input_artifact["id"]
+    assert result["artifacts"][1]["payload"] == {"n": 42}
+    assert [j["id"] for j in jobs] == [input_artifact["id"]]  # never published twice
+    assert len(dones) == 1
+    assert replay.headers.get("idempotent-replayed") == "true"
+    assert replay.content == retry.content
+
+
+async def test_a_stored_outcome_survives_a_restart(
+    servers: ServerPool, app_file: Path, tmp_path: Path
+) -> None:
+    urls = sqlite_urls(tmp_path)
+    key = {"Idempotency-Key": f'"restart-{uuid.uuid4().hex}"'}
+    body = {"type": JOB, "payload": {"n": 5}}
+    first_server = servers.start(app_file, **urls)
+    await first_server.wait_ready()
+
+    async with httpx.AsyncClient(timeout=60) as client:
+        first = await client.post(
+            f"{first_server.url}/api/v1/artifacts/sync", json=body, headers=key
+        )
+        assert first.status_code == 200 and first.json()["completed"] is True
+        first_server.kill()
+
+        second_server = servers.start(app_file, **urls)
+        await second_server.wait_ready()
+        replay = await client.post(
+            f"{second_server.url}/api/v1/artifacts/sync", json=body, headers=key
+        )
+        jobs = await artifacts_of(client, second_server.url, JOB)
+
+    assert "idempotent-replayed" not in first.headers
+    assert replay.headers.get("idempotent-replayed") == "true"
+    assert replay.status_code == 200
+    assert replay.content == first.content
+    assert len(jobs) == 1

@@ -1,0 +1,129 @@
+"""Idempotency across replicas: two `flock serve` processes sharing their stores.
+
+A storm of identical keyed sync requests, split across both servers and fired at once,
+must run the cascade exactly once: one input artifact in the shared blackboard, and every
+caller gets the same answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import textwrap
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from flock_server import ServerPool, server_pool
+
+pytestmark = [pytest.mark.timeout(90), pytest.mark.services]
+
+STORM = 40
+JOB = "IdemMpJob"
+DONE = "IdemMpDone"
+
+APP = textwrap.dedent(
+    f"""
+    import asyncio
+    import os
+
+    from pydantic import BaseModel
+
+    from flock import Flock, flock_type
+
+
+    @flock_type(name="{JOB}")
+    class Job(BaseModel):
+        n: int
+
+
+    @flock_type(name="{DONE}")
+    class Done(BaseModel):
+        n: int
+        pid: int
+
+
+    async def work(job: Job) -> Done:
+        await asyncio.sleep(0.2)  # the workload: long enough for duplicates to overlap
+        return Done(n=job.n, pid=os.getpid())
+
+
+    flock = Flock()
+    flock.agent("worker").consumes(Job).publishes(Done).with_engines(work)
+    """
+)
+
+
+@pytest.fixture
+def servers(tmp_path: Path) -> Iterator[ServerPool]:
+    yield from server_pool(tmp_path)
+
+
+@pytest.fixture
+def app_file(tmp_path: Path) -> Path:
+    path = tmp_path / "mp_app.py"
+    path.write_text(APP)
+    return path
+
+
+async def total(client: httpx.AsyncClient, base: str, type_name: str) -> int:
+    response = await client.get(f"{base}/api/v1/artifacts", params={"type": type_name})
+    assert response.status_code == 200, response.text
+    return int(response.json()["pagination"]["total"])
+
+
+async def storm_two_servers(servers: ServerPool, app: Path, store: str, idempotency: str) -> None:
+    first = servers.start(app, store=store, idempotency=idempotency)
+    second = servers.start(app, store=store, idempotency=idempotency)
+    await asyncio.gather(first.wait_ready(), second.wait_ready())
+    key = f"storm-{uuid.uuid4().hex}"
+    body = {"type": JOB, "payload": {"n": 7}, "timeout": 60}
+
+    limits = httpx.Limits(max_connections=STORM)
+    async with httpx.AsyncClient(timeout=90, limits=limits) as client:
+
+        async def call(i: int) -> httpx.Response:
+            base = (first, second)[i % 2].url
+            return await client.post(
+                f"{base}/api/v1/artifacts/sync", json=body, headers={"Idempotency-Key": key}
+            )
+
+        responses = await asyncio.gather(*(call(i) for i in range(STORM)))
+        counts = [
+            await total(client, server.url, type_name)
+            for server in (first, second)
+            for type_name in (JOB, DONE)
+        ]
+
+    assert [r.status_code for r in responses] == [200] * STORM, [r.text for r in responses]
+    bodies: list[dict[str, Any]] = [r.json() for r in responses]
+    assert len({b["correlation_id"] for b in bodies}) == 1
+    assert all(b["completed"] is True for b in bodies)
+    artifacts = bodies[0]["artifacts"]
+    assert [a["type"] for a in artifacts] == [JOB, DONE]
+    assert all(b["artifacts"] == artifacts for b in bodies)
+    assert len({r.content for r in responses}) == 1  # replays are the stored bytes
+    assert sum(r.headers.get("idempotent-replayed") != "true" for r in responses) == 1
+    assert counts == [1, 1, 1, 1]  # one input, one output, as both servers see the board
+
+
+async def test_a_storm_across_two_servers_sharing_postgres(
+    servers: ServerPool, app_file: Path, postgres_url: str, pg_schema: str
+) -> None:
+    shared = f"{postgres_url}?schema={pg_schema}"
+    await storm_two_servers(servers, app_file, store=shared, idempotency=shared)
+
+
+async def test_a_storm_across_two_servers_sharing_redis_keys(
+    servers: ServerPool,
+    app_file: Path,
+    postgres_url: str,
+    pg_schema: str,
+    redis_url: str,
+    redis_prefix: str,
+) -> None:
+    store = f"{postgres_url}?schema={pg_schema}"
+    idempotency = f"{redis_url}?prefix={redis_prefix}"
+    await storm_two_servers(servers, app_file, store=store, idempotency=idempotency)
