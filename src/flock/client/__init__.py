@@ -6,8 +6,8 @@ sooner than `Retry-After`. Errors raise `FlockAPIError`.
 """
 
 from flock.client._async import AsyncFlockClient
-from flock.client._base import BatchItem
 from flock.client._sync import FlockClient
+from flock.client.calls import BatchItem
 from flock.client.errors import FlockAPIError, FlockTransportError
 from flock.client.results import (
     AgentFailure,

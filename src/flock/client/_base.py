@@ -10,18 +10,29 @@ from __future__ import annotations
 
 import random
 import uuid
-from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Any, Generic, Literal, TypedDict, TypeVar
-from urllib.parse import quote
+from typing import Any, Literal, TypedDict, TypeVar
 
 import httpx
 from pydantic import BaseModel
 
+from flock.client.calls import (
+    API,
+    ArtifactRef,
+    BatchItem,
+    Call,
+    Pager,
+    Plan,
+    TypeRef,
+    VisibilityArg,
+    many,
+    replayed,
+    segment,
+    visibility_json,
+)
 from flock.client.errors import FlockTransportError, error_from_response
 from flock.client.results import (
-    ArtifactPage,
     BatchItemResult,
     BatchResult,
     CorrelationInfo,
@@ -30,47 +41,12 @@ from flock.client.results import (
 )
 from flock.client.retry import RetryEvent, RetryPolicy, parse_retry_after
 from flock.core.artifacts import Artifact
-from flock.core.visibility import AnyVisibility, visibility_to_dict
 from flock.registry import TypeRegistry, type_registry
 
 T = TypeVar("T")
 
-Step = httpx.Request | float  # send this request / sleep this many seconds
-Outcome = httpx.Response | httpx.TransportError | None
-Plan = Generator[Step, Outcome, T]
-
-API = "/api/v1"
 WAIT_MARGIN = 10.0  # seconds a waiting call's HTTP timeout exceeds the server-side timeout
 VERSION = "0.1.0"
-
-ArtifactRef = BaseModel | str  # a model instance, or a type name (with a payload dict)
-TypeRef = str | type[BaseModel]
-VisibilityArg = AnyVisibility | Mapping[str, Any] | None
-
-
-@dataclass(frozen=True, slots=True)
-class Call(Generic[T]):
-    """One logical API call: retried as a whole, under one idempotency key."""
-
-    method: str
-    path: str
-    parse: Callable[[httpx.Response], T]
-    body: Any = None
-    params: Sequence[tuple[str, str]] = ()
-    idempotency_key: str | None = None
-    timeout: float | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class BatchItem:
-    """One item of `publish_batch`, when it needs tags, visibility or its own key."""
-
-    artifact: ArtifactRef
-    payload: Mapping[str, Any] | None = None
-    tags: Sequence[str] = ()
-    partition_key: str | None = None
-    visibility: VisibilityArg = None
-    idempotency_key: str | None = None
 
 
 class ClientOptions(TypedDict, total=False):
@@ -188,7 +164,7 @@ class BaseClient:
         def parse(response: httpx.Response) -> PublishResult:
             data = response.json()
             return PublishResult(
-                data["artifact_id"], data["correlation_id"], key, _replayed(response)
+                data["artifact_id"], data["correlation_id"], key, replayed(response)
             )
 
         return Call("POST", f"{API}/artifacts", parse, body, idempotency_key=key)
@@ -218,7 +194,7 @@ class BaseClient:
             return SyncResult.from_dict(
                 response.json(),
                 idempotency_key=key,
-                replayed=_replayed(response),
+                replayed=replayed(response),
                 registry=self.registry,
             )
 
@@ -251,7 +227,7 @@ class BaseClient:
 
         def parse(response: httpx.Response) -> BatchResult:
             items = [BatchItemResult.from_dict(i, self.registry) for i in response.json()["items"]]
-            return BatchResult(items, key, _replayed(response))
+            return BatchResult(items, key, replayed(response))
 
         return Call(
             "POST",
@@ -266,13 +242,13 @@ class BaseClient:
         def parse(response: httpx.Response) -> Artifact:
             return Artifact.from_dict(response.json())
 
-        return Call("GET", f"{API}/artifacts/{_segment(artifact_id)}", parse)
+        return Call("GET", f"{API}/artifacts/{segment(artifact_id)}", parse)
 
     def _correlation_call(self, correlation_id: str) -> Call[CorrelationInfo]:
         def parse(response: httpx.Response) -> CorrelationInfo:
             return CorrelationInfo.from_dict(response.json())
 
-        return Call("GET", f"{API}/correlations/{_segment(correlation_id)}", parse)
+        return Call("GET", f"{API}/correlations/{segment(correlation_id)}", parse)
 
     def _pager(
         self,
@@ -291,10 +267,10 @@ class BaseClient:
             raise ValueError("page_size must be between 1 and 500")
         params: list[tuple[str, str]] = []
         for name, values in (
-            ("type", [self._type_name(t) for t in _many(type)]),
-            ("produced_by", _many(produced_by)),
-            ("tag", _many(tag)),
-            ("visibility", _many(visibility)),
+            ("type", [self._type_name(t) for t in many(type)]),
+            ("produced_by", many(produced_by)),
+            ("tag", many(tag)),
+            ("visibility", many(visibility)),
         ):
             params.extend((name, str(v)) for v in values)
         if correlation_id is not None:
@@ -330,7 +306,7 @@ class BaseClient:
         if partition_key is not None:
             body["partition_key"] = partition_key
         if visibility is not None:
-            body["visibility"] = _visibility(visibility)
+            body["visibility"] = visibility_json(visibility)
         return body
 
     def _batch_item(self, item: BatchItem | BaseModel | Mapping[str, Any]) -> dict[str, Any]:
@@ -359,59 +335,4 @@ class BaseClient:
         return ref if isinstance(ref, str) else self.registry.name_for(ref)
 
 
-class Pager:
-    """Offset paging through `GET /artifacts`: which page to ask for next, and when to stop."""
-
-    def __init__(self, params: list[tuple[str, str]], page_size: int, limit: int | None) -> None:
-        self.params, self.page_size, self.limit = params, page_size, limit
-        self.offset = 0
-        self.done = limit is not None and limit <= 0
-
-    def next_call(self) -> Call[ArtifactPage] | None:
-        if self.done:
-            return None
-        size = self.page_size
-        if self.limit is not None:
-            size = min(size, self.limit - self.offset)
-        params = [*self.params, ("limit", str(size)), ("offset", str(self.offset))]
-        return Call("GET", f"{API}/artifacts", _parse_page, params=params)
-
-    def take(self, page: ArtifactPage) -> list[Artifact]:
-        self.offset += len(page.items)
-        self.done = (
-            not page.items
-            or self.offset >= page.total
-            or (self.limit is not None and self.offset >= self.limit)
-        )
-        return page.items
-
-
-def _parse_page(response: httpx.Response) -> ArtifactPage:
-    data = response.json()
-    items = [Artifact.from_dict(a) for a in data["items"]]
-    return ArtifactPage(items, int(data["pagination"]["total"]))
-
-
-def _visibility(visibility: AnyVisibility | Mapping[str, Any]) -> dict[str, Any]:
-    if isinstance(visibility, Mapping):
-        return dict(visibility)
-    return visibility_to_dict(visibility)
-
-
-def _replayed(response: httpx.Response) -> bool:
-    return str(response.headers.get("idempotent-replayed", "")).lower() == "true"
-
-
-def _many(value: Any) -> list[Any]:
-    if value is None:
-        return []
-    if isinstance(value, str | type):
-        return [value]
-    return list(value)
-
-
-def _segment(value: str) -> str:
-    return quote(value, safe="")
-
-
-__all__ = ["BaseClient", "BatchItem", "Call", "ClientOptions", "Pager", "Plan", "Step"]
+__all__ = ["BaseClient", "ClientOptions"]

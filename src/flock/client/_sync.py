@@ -11,16 +11,8 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 import httpx
 from pydantic import BaseModel
 
-from flock.client._base import (
-    ArtifactRef,
-    BaseClient,
-    BatchItem,
-    Call,
-    ClientOptions,
-    Outcome,
-    TypeRef,
-    VisibilityArg,
-)
+from flock.client._base import BaseClient, ClientOptions
+from flock.client.calls import ArtifactRef, BatchItem, Call, Outcome, TypeRef, VisibilityArg
 from flock.client.results import BatchResult, CorrelationInfo, PublishResult, SyncResult
 from flock.core.artifacts import Artifact
 
