@@ -692,6 +692,37 @@ async def test_the_decorator_makes_concurrent_duplicates_wait(api_client: Any) -
     assert executions == 1
 
 
+async def test_the_decorator_scopes_keys_per_principal(api_client: Any) -> None:
+    keyring = APIKeyring.from_dict(
+        {
+            "keys": [
+                {"key": "alice-key", "principal": "alice"},
+                {"key": "bob-key", "principal": "bob"},
+            ]
+        }
+    )
+    client = await api_client(Flock(), api_keys=keyring)
+    callers: list[str] = []
+
+    @client.service.app.post("/notes")
+    @idempotent()
+    async def note(request: Request) -> dict[str, int]:
+        callers.append(request.headers.get("x-api-key", "-"))
+        return {"note": len(callers)}
+
+    alice = {**keyed("n1"), "X-API-Key": "alice-key"}
+    bob = {**keyed("n1"), "X-API-Key": "bob-key"}
+    first = await client.post("/notes", headers=alice)
+    other = await client.post("/notes", headers=bob)
+    again = await client.post("/notes", headers=alice)
+    anonymous = await client.post("/notes", headers=keyed("n1"))
+
+    assert first.json() == {"note": 1} and other.json() == {"note": 2}
+    assert_replay(first, again)
+    assert anonymous.status_code == 401  # a key is scoped by its caller: who is calling?
+    assert callers == ["alice-key", "bob-key"]
+
+
 async def test_the_decorator_requires_a_flock_service_app() -> None:
     from fastapi import FastAPI
 
