@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ class Principal:
     @property
     def scope(self) -> str:
         """The idempotency scope part for this caller (tenant included)."""
-        return f"{self.tenant or ''}/{self.name}"
+        return json.dumps([self.tenant, self.name])
 
     def check_may_publish(self, type_name: str) -> None:
         if self.allowed_types is not None and type_name not in self.allowed_types:
@@ -52,6 +53,12 @@ class APIKeyring:
         if not keys:
             raise ValueError("an API keyring needs at least one key")
         self._keys = [(k.encode(), p) for k, p in keys.items()]
+
+    @classmethod
+    def from_env(cls) -> APIKeyring | None:
+        """The keys named by `FLOCK_API_KEYS` (a JSON file path), or None when unset."""
+        path = os.environ.get("FLOCK_API_KEYS")
+        return cls.from_file(path) if path else None
 
     @classmethod
     def from_file(cls, path: str | Path) -> APIKeyring:

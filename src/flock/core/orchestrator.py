@@ -19,6 +19,7 @@ from flock.core.visibility import PUBLIC, AnyVisibility
 from flock.registry import type_registry
 
 if TYPE_CHECKING:
+    from flock.api.auth import APIKeyring
     from flock.api.idempotency import IdempotencyStore
 
 logger = logging.getLogger("flock.orchestrator")
@@ -406,6 +407,7 @@ class Flock:
         port: int = 8344,
         *,
         idempotency: IdempotencyStore | None = None,
+        api_keys: APIKeyring | None = None,
         **uvicorn_options: Any,
     ) -> None:
         """Serve the REST API with uvicorn (blocks until the server stops)."""
@@ -413,7 +415,7 @@ class Flock:
 
         from flock.api.service import BlackboardHTTPService  # the one place core reaches up
 
-        app = BlackboardHTTPService(self, idempotency=idempotency).app
+        app = BlackboardHTTPService(self, idempotency=idempotency, api_keys=api_keys).app
         uvicorn.run(app, host=host, port=port, **uvicorn_options)
 
     async def close(self) -> None:

@@ -9,6 +9,7 @@ from flock.api.deps import PrincipalDep, ServiceDep
 from flock.api.errors import APIError, ErrorCode
 from flock.api.models import CorrelationStatusResponse
 from flock.api.routes.artifacts import json_response
+from flock.core.store.protocol import FilterConfig
 
 router = APIRouter(prefix="/api/v1", tags=["correlations"])
 
@@ -26,4 +27,12 @@ async def correlation_status(
     status = await service.flock.correlation_status(correlation_id)
     if status is None:
         raise APIError(ErrorCode.NOT_FOUND, f"no correlation {correlation_id!r}")
-    return json_response(status.to_dict(), headers={"X-Correlation-ID": correlation_id})
+    body = status.to_dict()
+    # A caller sees a correlation only through the artifacts it may see.
+    _, visible = await service.flock.store.query_artifacts(
+        FilterConfig(correlation_id=correlation_id, visible_to=principal.identity), limit=0
+    )
+    if visible == 0 and status.artifact_count > 0:
+        raise APIError(ErrorCode.NOT_FOUND, f"no correlation {correlation_id!r}")
+    body["artifact_count"] = visible
+    return json_response(body, headers={"X-Correlation-ID": correlation_id})
