@@ -23,7 +23,7 @@ from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, Field
 
 from flock import FilterConfig, Flock, RunContext, flock_type
-from flock.api.auth import APIKeyring
+from flock.api.auth import ANONYMOUS_PRINCIPAL, APIKeyring
 from flock.api.idempotency import ClaimResult, InMemoryIdempotencyStore, idempotent
 from flock.api.idempotency.guard import scoped_key
 from flock.api.settings import ServiceSettings
@@ -71,9 +71,11 @@ class Gate:
         return Answer(text=f"about {ask.topic}")
 
 
-def gated_flock(gate: Gate) -> Flock:
+def gated_flock(gate: Gate, concurrency: int = 1) -> Flock:
     flock = Flock()
-    flock.agent("answerer").consumes(Ask).publishes(Answer).with_engines(gate)
+    flock.agent("answerer").consumes(Ask).publishes(Answer).with_engines(gate).max_concurrency(
+        concurrency
+    )
     return flock
 
 
@@ -236,6 +238,20 @@ async def test_a_different_body_with_the_same_key_is_a_conflict(api_client: Any)
     assert_replay(first, await client.post(SYNC, json=ask("tea"), headers=keyed("conflict")))
 
 
+async def test_without_a_key_every_request_runs(api_client: Any) -> None:
+    gate = Gate()
+    flock = gated_flock(gate)
+    client = await api_client(flock)
+
+    responses = [await client.post(path, json=ask()) for path in (PUBLISH, PUBLISH, SYNC, SYNC)]
+
+    assert [r.status_code for r in responses] == [200] * 4
+    assert not any(REPLAYED in r.headers for r in responses)
+    assert len({r.json()["correlation_id"] for r in responses}) == 4
+    await flock.run_until_idle(timeout=15)
+    assert gate.runs == 4 and await count(flock) == 4
+
+
 # -- concurrency --------------------------------------------------------------------------
 
 
@@ -260,6 +276,31 @@ async def test_fifty_concurrent_duplicates_execute_once(api_client: Any) -> None
     assert [a["type"] for a in body["artifacts"]] == [ASK, ANSWER]
     assert gate.runs == 1 and flock.stats.agent_runs == 1
     assert await count(flock) == 1 and await count(flock, ANSWER) == 1
+
+
+async def test_concurrent_requests_with_different_keys_each_run_once(api_client: Any) -> None:
+    gate = Gate(blocked=True)
+    flock = gated_flock(gate, concurrency=10)
+    store = ClaimWatchingStore()
+    client = await api_client(flock, idempotency=store)
+
+    calls = [
+        client.post(SYNC, json=ask(f"t{i}"), headers=keyed(f"key-{i}"))
+        for i in range(10)
+        for _ in range(2)
+    ]
+    pending = asyncio.gather(*calls)
+    await until(lambda: gate.runs == 10 and store.held_claims >= 10)
+    gate.release.set()
+    responses = await pending
+
+    assert {r.status_code for r in responses} == {200}
+    pairs = [responses[i : i + 2] for i in range(0, 20, 2)]
+    assert all(a.content == b.content for a, b in pairs)
+    topics = [a.json()["artifacts"][0]["payload"]["topic"] for a, _ in pairs]
+    assert topics == [f"t{i}" for i in range(10)]
+    assert len({a.json()["correlation_id"] for a, _ in pairs}) == 10
+    assert gate.runs == 10 and await count(flock) == 10
 
 
 async def test_a_duplicate_of_a_running_request_waits_for_its_outcome(api_client: Any) -> None:
@@ -484,13 +525,25 @@ async def test_a_store_failure_before_publishing_releases_the_key(api_client: An
 # -- expiry -------------------------------------------------------------------------------
 
 
+async def test_records_live_for_a_day_by_default(api_client: Any) -> None:
+    store = InMemoryIdempotencyStore()
+    client = await api_client(gated_flock(Gate()), idempotency=store, settings=ServiceSettings())
+
+    response = await client.post(PUBLISH, json=ask(), headers=keyed("daily"))
+    record = await store.get(scoped_key(ANONYMOUS_PRINCIPAL.scope, "POST", PUBLISH, "daily"))
+
+    assert response.status_code == 200
+    assert record is not None and record.state == "completed"
+    assert 86_000 < record.expires_at - time.time() <= 86_400
+
+
 async def test_after_the_ttl_the_same_key_executes_anew(api_client: Any) -> None:
     flock = gated_flock(Gate())
     store = InMemoryIdempotencyStore()
     client = await api_client(
         flock, idempotency=store, settings=ServiceSettings(idempotency_ttl=0.5)
     )
-    scoped = scoped_key("/anonymous", "POST", PUBLISH, "short-lived")
+    scoped = scoped_key(ANONYMOUS_PRINCIPAL.scope, "POST", PUBLISH, "short-lived")
 
     first = await client.post(PUBLISH, json=ask(), headers=keyed("short-lived"))
     assert len(store) == 1  # stored (the background purge runs once a minute here)
@@ -517,7 +570,9 @@ async def test_purge_removes_expired_records(api_client: Any) -> None:
         response = await client.post(PUBLISH, json=ask(), headers=keyed(f"purge-{i}"))
         assert response.status_code == 200
     assert len(store) == 10
-    scoped = [scoped_key("/anonymous", "POST", PUBLISH, f"purge-{i}") for i in range(10)]
+    scoped = [
+        scoped_key(ANONYMOUS_PRINCIPAL.scope, "POST", PUBLISH, f"purge-{i}") for i in range(10)
+    ]
 
     async def all_expired() -> bool:
         return all([await store.get(k) is None for k in scoped])
