@@ -93,7 +93,8 @@ class InMemoryBlackboardStore:
         for record in records:
             existing = self._consumptions.setdefault(record.artifact_id, [])
             if all(c.consumer != record.consumer for c in existing):
-                existing.append(record)
+                # Kept in (consumed_at, consumer) order, as the SQL stores return them.
+                bisect.insort(existing, record, key=lambda c: (c.consumed_at, c.consumer))
 
     async def set_correlation_state(
         self, correlation_id: str, state: CorrelationState, seq: int, at: datetime

@@ -1,8 +1,10 @@
 """The SQL blackboard store: one implementation on SQLAlchemy Core for SQLite and PostgreSQL.
 
-Every operation is one transaction. Driver errors that mean "the database cannot be used
-right now" (refused or dropped connections, a locked SQLite file, a server shutting down)
-surface as `StoreUnavailableError`; anything else is a bug and propagates as it is.
+Every write is one transaction, so a failure never leaves half of it stored. Driver errors
+that mean "the database cannot be used right now" (refused or dropped connections, a locked
+SQLite file, a server shutting down) surface as `StoreUnavailableError`, which callers may
+retry; anything else is a bug and propagates as it is. A dropped pooled connection fails one
+operation, then the pool reconnects (pass `pool_pre_ping=True` to check before each use).
 """
 
 from __future__ import annotations
@@ -16,37 +18,35 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, and_, case, event, exists, func, or_, select
+from sqlalchemy import Connection
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.dialects.postgresql import Insert as PostgresInsert
-from sqlalchemy.dialects.postgresql import insert as postgres_insert
-from sqlalchemy.dialects.sqlite import Insert as SQLiteInsert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
-from sqlalchemy.schema import CreateSchema, Table
+from sqlalchemy.schema import CreateSchema
 
 from flock.core.artifacts import AgentError, Artifact, ArtifactEnvelope, ConsumptionRecord
+from flock.core.store import sql_statements as sql
 from flock.core.store.memory import InMemoryBlackboardStore
 from flock.core.store.protocol import (
     BlackboardStore,
     CorrelationRecord,
     CorrelationState,
     FilterConfig,
-    StoreUnavailableError,
+)
+from flock.core.store.sql_backends import (
+    POSTGRES_SCHEMES,
+    asyncpg_url,
+    configure_sqlite,
+    is_unavailable,
+    unavailable,
 )
 from flock.core.store.sql_schema import (
-    agent_errors,
-    artifact_audience,
     artifact_from_row,
     artifact_row,
-    artifact_tags,
-    artifacts,
     audience_rows,
     consumption_from_row,
     consumption_row,
-    consumptions,
-    correlations,
+    correlation_row,
     error_from_row,
     error_row,
     from_micros,
@@ -54,9 +54,8 @@ from flock.core.store.sql_schema import (
     tag_rows,
     to_micros,
 )
-from flock.core.visibility import Identity
 
-_CREATE_ATTEMPTS = 5
+_CREATE_ATTEMPTS = 8
 _IN_CHUNK = 1000  # ids per `IN (...)`, far below SQLite's and asyncpg's parameter limits
 # A correlation row created by an artifact or an error, before any state write: any seq wins.
 _NO_SEQ = -1
@@ -66,7 +65,7 @@ class SQLBlackboardStore:
     """A `BlackboardStore` on a SQLAlchemy async URL (sqlite+aiosqlite or postgresql+asyncpg).
 
     `schema` places the tables in that PostgreSQL schema (created if missing).
-    `engine_options` go to `create_async_engine` (pool size, connect_args, ...).
+    `engine_options` go to `create_async_engine` (pool size, `pool_pre_ping`, connect_args).
     """
 
     def __init__(self, url: str | URL, *, schema: str | None = None, **engine_options: Any) -> None:
@@ -76,6 +75,15 @@ class SQLBlackboardStore:
             self._engine = self._root_engine.execution_options(schema_translate_map={None: schema})
         self._schema = schema
         self._postgres = self._root_engine.dialect.name == "postgresql"
+        self._upserts = sql.upserts(self._root_engine.dialect.name)
+        # Reads skip BEGIN/COMMIT on PostgreSQL: under READ COMMITTED every statement sees its
+        # own snapshot anyway, so a read transaction only costs two round trips. (pysqlite
+        # never opens a transaction for a SELECT, so SQLite reads need no such switch.)
+        self._reader = (
+            self._engine.execution_options(isolation_level="AUTOCOMMIT")
+            if self._postgres
+            else self._engine
+        )
         self._ready = False
         self._ready_lock = asyncio.Lock()
 
@@ -105,87 +113,55 @@ class SQLBlackboardStore:
     async def set_correlation_state(
         self, correlation_id: str, state: CorrelationState, seq: int, at: datetime
     ) -> None:
-        insert = self._insert(correlations).values(
-            _correlation_row(correlation_id, state, seq, to_micros(at), to_micros(at))
-        )
-        stored = correlations.c
-        later = case(
-            (insert.excluded.updated_at > stored.updated_at, insert.excluded.updated_at),
-            else_=stored.updated_at,
-        )
-        statement = insert.on_conflict_do_update(
-            index_elements=[stored.correlation_id],
-            set_={"state": insert.excluded.state, "seq": insert.excluded.seq, "updated_at": later},
-            where=stored.seq < insert.excluded.seq,
-        )
+        moment = to_micros(at)
+        row = correlation_row(correlation_id, state, seq, moment, moment)
         async with self._transaction() as conn:
-            await conn.execute(statement)
+            await conn.execute(self._upserts.correlation_state, row)
 
     async def record_error(self, error: AgentError) -> None:
+        moment = to_micros(error.at)
+        row = correlation_row(error.correlation_id, "idle", _NO_SEQ, moment, moment)
         async with self._transaction() as conn:
-            await conn.execute(agent_errors.insert().values(error_row(error)))
-            moment = to_micros(error.at)
-            row = _correlation_row(error.correlation_id, "idle", _NO_SEQ, moment, moment)
-            await conn.execute(
-                self._insert(correlations)
-                .values(row)
-                .on_conflict_do_nothing(index_elements=[correlations.c.correlation_id])
-            )
+            await conn.execute(sql.INSERT_ERROR, error_row(error))
+            await conn.execute(self._upserts.ensure_correlation, row)
 
     async def _insert_artifacts(self, conn: AsyncConnection, items: Sequence[Artifact]) -> None:
         """Insert the artifacts not stored yet, with their tags, audience and correlation rows."""
         if not items:
             return
-        statement = (
-            self._insert(artifacts)
-            .on_conflict_do_nothing(index_elements=[artifacts.c.id])
-            .returning(artifacts.c.id)
-        )
-        result = await conn.execute(statement, [artifact_row(a) for a in items])
+        result = await conn.execute(self._upserts.artifacts, [artifact_row(a) for a in items])
         inserted = set(result.scalars().all())
-        fresh = [a for a in items if a.id in inserted]
-        if not fresh:
+        new: dict[str, Artifact] = {}  # the first artifact of each new id, as the insert kept
+        for artifact in items:
+            if artifact.id in inserted:
+                new.setdefault(artifact.id, artifact)
+        if not new:
             return
-        tags = [row for a in fresh for row in tag_rows(a)]
+        tags = [row for a in new.values() for row in tag_rows(a)]
         if tags:
-            await conn.execute(artifact_tags.insert(), tags)
-        members = [row for a in fresh for row in audience_rows(a)]
+            await conn.execute(sql.INSERT_TAGS, tags)
+        members = [row for a in new.values() for row in audience_rows(a)]
         if members:
-            await conn.execute(artifact_audience.insert(), members)
+            await conn.execute(sql.INSERT_AUDIENCE, members)
         spans: dict[str, tuple[int, int]] = {}
-        for artifact in fresh:
+        for artifact in new.values():
             moment = to_micros(artifact.created_at)
             first, last = spans.get(artifact.correlation_id, (moment, moment))
             spans[artifact.correlation_id] = (min(first, moment), max(last, moment))
-        insert = self._insert(correlations)
-        await conn.execute(
-            insert.on_conflict_do_update(
-                index_elements=[correlations.c.correlation_id],
-                set_={"updated_at": insert.excluded.updated_at},
-                where=correlations.c.updated_at < insert.excluded.updated_at,
-            ),
-            [
-                _correlation_row(cid, "idle", _NO_SEQ, first, last)
-                for cid, (first, last) in spans.items()
-            ],
-        )
+        rows = [correlation_row(cid, "idle", _NO_SEQ, *span) for cid, span in spans.items()]
+        await conn.execute(self._upserts.touch_correlation, rows)
 
     async def _insert_consumptions(
         self, conn: AsyncConnection, records: Sequence[ConsumptionRecord]
     ) -> None:
-        if not records:
-            return
-        statement = self._insert(consumptions).on_conflict_do_nothing(
-            index_elements=[consumptions.c.artifact_id, consumptions.c.consumer]
-        )
-        await conn.execute(statement, [consumption_row(r) for r in records])
+        if records:
+            await conn.execute(self._upserts.consumptions, [consumption_row(r) for r in records])
 
     # -- reads ------------------------------------------------------------------------------
 
     async def get(self, artifact_id: str) -> Artifact | None:
-        async with self._transaction() as conn:
-            result = await conn.execute(select(artifacts).where(artifacts.c.id == artifact_id))
-            row = result.mappings().first()
+        async with self._reading() as conn:
+            row = (await conn.execute(sql.GET_ARTIFACT, {"id": artifact_id})).mappings().first()
         return None if row is None else artifact_from_row(row)
 
     async def query_artifacts(
@@ -197,21 +173,15 @@ class SQLBlackboardStore:
     ) -> tuple[list[Artifact] | list[ArtifactEnvelope], int]:
         if offset < 0:
             raise ValueError("offset must be >= 0")
-        where = _conditions(filters)
-        page = (
-            select(artifacts)
-            .where(*where)
-            .order_by(artifacts.c.created_at, artifacts.c.id)
-            .limit(limit if limit >= 0 else None)
-            .offset(offset or None)
-        )
-        async with self._transaction() as conn:
-            rows = (await conn.execute(page)).mappings().all()
-            if (limit < 0 or len(rows) < limit) and (rows or offset == 0):
+        shape, params = sql.filter_params(filters)
+        limited = limit >= 0
+        page_params = {**params, "offset": offset, **({"limit": limit} if limited else {})}
+        async with self._reading() as conn:
+            rows = (await conn.execute(sql.page(shape, limited), page_params)).mappings().all()
+            if (not limited or len(rows) < limit) and (rows or offset == 0):
                 total = offset + len(rows)  # the page holds the last match: no need to count
             else:
-                count = select(func.count()).select_from(artifacts).where(*where)
-                total = (await conn.execute(count)).scalar_one()
+                total = (await conn.execute(sql.count(shape), params)).scalar_one()
             items = [artifact_from_row(row) for row in rows]
             if not embed_meta:
                 return items, total
@@ -219,14 +189,9 @@ class SQLBlackboardStore:
         return [ArtifactEnvelope(a, tuple(records.get(a.id, ()))) for a in items], total
 
     async def summarize_artifacts(self, filters: FilterConfig | None = None) -> dict[str, Any]:
-        c = artifacts.c
-        groups = (
-            select(c.type, c.produced_by, c.visibility_kind, func.count())
-            .where(*_conditions(filters))
-            .group_by(c.type, c.produced_by, c.visibility_kind)
-        )
-        async with self._transaction() as conn:
-            rows = (await conn.execute(groups)).all()
+        shape, params = sql.filter_params(filters)
+        async with self._reading() as conn:
+            rows = (await conn.execute(sql.summary(shape), params)).all()
         by_type: Counter[str] = Counter()
         by_producer: Counter[str] = Counter()
         by_visibility: Counter[str] = Counter()
@@ -242,7 +207,7 @@ class SQLBlackboardStore:
         }
 
     async def get_consumptions(self, artifact_id: str) -> list[ConsumptionRecord]:
-        async with self._transaction() as conn:
+        async with self._reading() as conn:
             records = await self._consumptions_of(conn, [artifact_id])
         return records.get(artifact_id, [])
 
@@ -251,67 +216,61 @@ class SQLBlackboardStore:
     ) -> dict[str, list[ConsumptionRecord]]:
         records: dict[str, list[ConsumptionRecord]] = {}
         for start in range(0, len(artifact_ids), _IN_CHUNK):
-            chunk = artifact_ids[start : start + _IN_CHUNK]
-            statement = (
-                select(consumptions)
-                .where(consumptions.c.artifact_id.in_(chunk))
-                .order_by(consumptions.c.consumed_at, consumptions.c.consumer)
-            )
-            for row in (await conn.execute(statement)).mappings():
+            chunk = {"ids": artifact_ids[start : start + _IN_CHUNK]}
+            for row in (await conn.execute(sql.CONSUMPTIONS_OF, chunk)).mappings():
                 records.setdefault(row["artifact_id"], []).append(consumption_from_row(row))
         return records
 
     async def get_correlation(self, correlation_id: str) -> CorrelationRecord | None:
-        artifact_count = (
-            select(func.count())
-            .select_from(artifacts)
-            .where(artifacts.c.correlation_id == correlation_id)
-            .scalar_subquery()
-        )
-        record = select(correlations, artifact_count.label("artifact_count")).where(
-            correlations.c.correlation_id == correlation_id
-        )
-        errors = (
-            select(agent_errors)
-            .where(agent_errors.c.correlation_id == correlation_id)
-            .order_by(agent_errors.c.id)
-        )
-        async with self._transaction() as conn:
-            row = (await conn.execute(record)).mappings().first()
+        params = {"correlation_id": correlation_id}
+        async with self._reading() as conn:
+            row = (await conn.execute(sql.CORRELATION, params)).mappings().first()
             if row is None:
                 return None
-            error_rows = (await conn.execute(errors)).mappings().all()
+            errors = (await conn.execute(sql.CORRELATION_ERRORS, params)).mappings().all()
         return CorrelationRecord(
             correlation_id,
             row["state"],
             from_micros(row["started_at"]),
             from_micros(row["updated_at"]),
             row["artifact_count"],
-            [error_from_row(e) for e in error_rows],
+            [error_from_row(e) for e in errors],
         )
 
     # -- lifecycle --------------------------------------------------------------------------
 
     async def ping(self) -> None:
+        # Whatever stops a `SELECT 1` makes the store unusable: all of it counts as unavailable.
         try:
             async with self._engine.connect() as conn:
                 await conn.exec_driver_sql("SELECT 1")
         except Exception as exc:
-            raise _unavailable(exc) from exc
+            raise unavailable(exc) from exc
 
     async def close(self) -> None:
         await self._root_engine.dispose()
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[AsyncConnection]:
+        """One write transaction, committed at the end (or rolled back)."""
+        async with self._errors_mapped(), self._engine.begin() as conn:
+            yield conn
+
+    @asynccontextmanager
+    async def _reading(self) -> AsyncIterator[AsyncConnection]:
+        """A connection for reads only."""
+        async with self._errors_mapped(), self._reader.connect() as conn:
+            yield conn
+
+    @asynccontextmanager
+    async def _errors_mapped(self) -> AsyncIterator[None]:
         try:
             if not self._ready:
                 await self._create_tables()
-            async with self._engine.begin() as conn:
-                yield conn
+            yield
         except Exception as exc:
-            if _is_unavailable(exc):
-                raise _unavailable(exc) from exc
+            if is_unavailable(exc):
+                raise unavailable(exc) from exc
             raise
 
     async def _create_tables(self) -> None:
@@ -324,18 +283,22 @@ class SQLBlackboardStore:
                         await conn.run_sync(self._create_tables_sync)
                     self._ready = True
                 except sa_exc.DBAPIError as exc:
-                    # Another process created the same tables at the same moment: look again.
-                    if _is_unavailable(exc) or attempt == _CREATE_ATTEMPTS - 1:
+                    # Another process is creating the same tables (PostgreSQL: duplicate
+                    # table) or switching the new SQLite file to WAL (busy): look again.
+                    if exc.connection_invalidated or attempt == _CREATE_ATTEMPTS - 1:
                         raise
                     await asyncio.sleep(0.05 * (attempt + 1))
 
     def _create_tables_sync(self, conn: Connection) -> None:
+        if not self._postgres:
+            # WAL lets readers run beside the writer; it sticks to the file once set. Then one
+            # locked transaction for all the DDL, which pysqlite would otherwise run statement
+            # by statement: a concurrent starter never sees a table without its indexes.
+            conn.exec_driver_sql("PRAGMA journal_mode = WAL")
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
         if self._schema is not None and not conn.dialect.has_schema(conn, self._schema):
             conn.execute(CreateSchema(self._schema, if_not_exists=True))
         metadata.create_all(conn)
-
-    def _insert(self, table: Table) -> PostgresInsert | SQLiteInsert:
-        return postgres_insert(table) if self._postgres else sqlite_insert(table)
 
 
 class SQLiteBlackboardStore(SQLBlackboardStore):
@@ -348,132 +311,44 @@ class SQLiteBlackboardStore(SQLBlackboardStore):
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         super().__init__(URL.create("sqlite+aiosqlite", database=self.path), **engine_options)
-        timeout_ms = int(busy_timeout * 1000)
-
-        @event.listens_for(self._root_engine.sync_engine, "connect")
-        def _configure(dbapi_connection: Any, _record: Any) -> None:
-            cursor = dbapi_connection.cursor()
-            cursor.execute(f"PRAGMA busy_timeout = {timeout_ms}")
-            cursor.execute("PRAGMA journal_mode = WAL")
-            cursor.execute("PRAGMA synchronous = NORMAL")
-            cursor.close()
+        configure_sqlite(self._root_engine, busy_timeout)
 
 
 class PostgresBlackboardStore(SQLBlackboardStore):
-    """The shared store for many replicas. `dsn` is a `postgresql://` or `postgres://` URL."""
+    """The store many replicas share. `dsn`: `postgresql://` or `postgres://`.
+
+    `schema` holds the tables (created if missing), e.g. one schema per test or per app.
+    """
 
     def __init__(self, dsn: str, *, schema: str | None = None, **engine_options: Any) -> None:
+        # asyncpg waits 60 s for a connection by default; a readiness probe should not.
         connect_args = {"timeout": 10, **engine_options.pop("connect_args", {})}
         super().__init__(
-            _asyncpg_url(dsn), schema=schema, connect_args=connect_args, **engine_options
+            asyncpg_url(dsn), schema=schema, connect_args=connect_args, **engine_options
         )
 
 
 def store_from_url(url: str) -> BlackboardStore:
-    """`memory://`, `sqlite:///relative.db` or `sqlite:////abs/path.db`, `postgresql://...`."""
-    scheme = url.partition("://")[0].lower()
-    if url == "memory://" or scheme == "memory":
+    """`memory://`, `sqlite:///relative.db` or `sqlite:////abs/path.db`, `postgresql://...`
+    (`postgresql://...?schema=NAME` keeps the tables in that schema)."""
+    scheme, _, rest = url.partition("://")
+    scheme = scheme.lower()
+    if scheme == "memory":
         return InMemoryBlackboardStore()
     if scheme in {"sqlite", "sqlite+aiosqlite"}:
-        path = url.partition("://")[2]
-        if not path.startswith("/") or path == "/":
+        if not rest.startswith("/") or rest == "/":
             raise ValueError(f"a SQLite store URL looks like sqlite:///path/file.db, not {url!r}")
-        return SQLiteBlackboardStore(path[1:])
-    if scheme in {"postgresql", "postgres", "postgresql+asyncpg"}:
-        return PostgresBlackboardStore(url)
-    raise ValueError(
-        f"unsupported store URL {url!r}: use memory://, sqlite:///path.db or postgresql://..."
+        return SQLiteBlackboardStore(rest[1:])
+    if scheme in POSTGRES_SCHEMES:
+        # `?schema=NAME` is ours, not a driver option: the tables go in that schema.
+        parsed = make_url(url)
+        schema = parsed.query.get("schema")
+        dsn = parsed.difference_update_query(["schema"]).render_as_string(hide_password=False)
+        return PostgresBlackboardStore(dsn, schema=schema if isinstance(schema, str) else None)
+    raise ValueError(  # the scheme only: a URL may hold a password
+        f"unsupported store URL scheme {scheme!r}: use memory://, sqlite:///path.db or "
+        "postgresql://..."
     )
-
-
-def _asyncpg_url(dsn: str) -> URL:
-    url = make_url(dsn)
-    if url.drivername not in {"postgresql", "postgres", "postgresql+asyncpg"}:
-        raise ValueError(f"not a PostgreSQL URL: {url.render_as_string(hide_password=True)!r}")
-    return url.set(drivername="postgresql+asyncpg")
-
-
-def _correlation_row(
-    correlation_id: str, state: str, seq: int, started_at: int, updated_at: int
-) -> dict[str, Any]:
-    return {
-        "correlation_id": correlation_id,
-        "state": state,
-        "seq": seq,
-        "started_at": started_at,
-        "updated_at": updated_at,
-    }
-
-
-def _conditions(filters: FilterConfig | None) -> list[ColumnElement[bool]]:
-    """The filter as SQL conditions on `artifacts`: every field, `visible_to` included."""
-    if filters is None:
-        return []
-    c = artifacts.c
-    where: list[ColumnElement[bool]] = []
-    if filters.correlation_id is not None:
-        where.append(c.correlation_id == filters.correlation_id)
-    if filters.type_names:
-        where.append(c.type.in_(sorted(filters.type_names)))
-    if filters.produced_by:
-        where.append(c.produced_by.in_(sorted(filters.produced_by)))
-    if filters.visibility:
-        where.append(c.visibility_kind.in_(sorted(filters.visibility)))
-    if filters.start is not None:
-        where.append(c.created_at >= to_micros(filters.start))
-    if filters.end is not None:
-        where.append(c.created_at <= to_micros(filters.end))
-    if filters.tags:
-        tagged = artifact_tags.c
-        where.append(
-            exists().where(tagged.artifact_id == c.id, tagged.tag.in_(sorted(filters.tags)))
-        )
-    if filters.visible_to is not None:
-        where.append(_visible_to(filters.visible_to))
-    return where
-
-
-def _visible_to(identity: Identity) -> ColumnElement[bool]:
-    """SQL for `artifact.visibility.allows(identity)`, one branch per rule kind."""
-    c, member = artifacts.c, artifact_audience.c
-    allowed: list[ColumnElement[bool]] = [c.visibility_kind == "Public"]
-    if identity.tenant is not None:
-        allowed.append(and_(c.visibility_kind == "Tenant", c.tenant_id == identity.tenant))
-    if identity.name is not None:
-        named = exists().where(member.artifact_id == c.id, member.member == identity.name)
-        allowed.append(and_(c.visibility_kind == "Private", named))
-    # Labelled: no required label that the identity lacks.
-    lacking = exists().where(
-        member.artifact_id == c.id, member.member.not_in(sorted(identity.labels))
-    )
-    allowed.append(and_(c.visibility_kind == "Labelled", ~lacking))
-    return or_(*allowed)
-
-
-# SQLSTATE classes meaning "not now": connection, auth, unknown database, resources,
-# operator intervention (shutdown, cancel), transaction rollback (deadlock, serialization).
-_PG_UNAVAILABLE = ("08", "28", "3D", "40", "53", "57")
-# SQLite primary result codes: BUSY, LOCKED, NOMEM, READONLY, IOERR, FULL, CANTOPEN, PROTOCOL.
-_SQLITE_UNAVAILABLE = {5, 6, 7, 8, 10, 13, 14, 15}
-
-
-def _is_unavailable(exc: BaseException) -> bool:
-    if isinstance(exc, OSError | sa_exc.TimeoutError | sa_exc.InterfaceError):
-        return True
-    if isinstance(exc, sa_exc.DBAPIError):
-        if exc.connection_invalidated:
-            return True
-        exc = exc.orig if exc.orig is not None else exc
-    sqlstate = getattr(exc, "sqlstate", None) or getattr(exc, "pgcode", None)
-    if isinstance(sqlstate, str):
-        return sqlstate[:2] in _PG_UNAVAILABLE
-    code = getattr(exc, "sqlite_errorcode", None)
-    return isinstance(code, int) and code & 0xFF in _SQLITE_UNAVAILABLE
-
-
-def _unavailable(exc: BaseException) -> StoreUnavailableError:
-    reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return StoreUnavailableError(f"the blackboard store is unavailable: {reason}")
 
 
 __all__ = [

@@ -201,6 +201,15 @@ def consumption_from_row(row: RowMapping) -> ConsumptionRecord:
     )
 
 
+def correlation_row(
+    correlation_id: str, state: str, seq: int, started_at: int, updated_at: int
+) -> dict[str, Any]:
+    return {
+        "correlation_id": correlation_id, "state": state, "seq": seq,
+        "started_at": started_at, "updated_at": updated_at,
+    }  # fmt: skip
+
+
 def error_row(error: AgentError) -> dict[str, Any]:
     return {
         "correlation_id": error.correlation_id,

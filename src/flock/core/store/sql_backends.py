@@ -1,0 +1,71 @@
+"""What differs between SQLite and PostgreSQL: engine setup, URLs, and what driver errors mean."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from flock.core.store.protocol import StoreUnavailableError
+
+POSTGRES_SCHEMES = frozenset({"postgresql", "postgres", "postgresql+asyncpg"})
+
+# SQLSTATE classes meaning "not now": connection, auth, unknown database, resources,
+# operator intervention (shutdown, cancel), transaction rollback (deadlock, serialization).
+_PG_UNAVAILABLE = frozenset({"08", "28", "3D", "40", "53", "57"})
+# SQLite primary result codes: BUSY, LOCKED, NOMEM, READONLY, IOERR, FULL, CANTOPEN, PROTOCOL.
+_SQLITE_UNAVAILABLE = frozenset({5, 6, 7, 8, 10, 13, 14, 15})
+
+
+def configure_sqlite(engine: AsyncEngine, busy_timeout: float) -> None:
+    """On every connection: wait up to `busy_timeout` seconds for locks, and NORMAL sync.
+
+    WAL mode belongs to the file, not the connection: the store sets it once, with its tables.
+    """
+    timeout_ms = int(busy_timeout * 1000)
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _configure(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {timeout_ms}")
+        cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.close()
+
+
+def asyncpg_url(dsn: str | URL) -> URL:
+    """`postgresql://` and `postgres://` DSNs, as SQLAlchemy's asyncpg URL."""
+    url = make_url(dsn)
+    if url.drivername not in POSTGRES_SCHEMES:
+        shown = url.render_as_string(hide_password=True)
+        raise ValueError(f"not a PostgreSQL URL (postgresql://...): {shown!r}")
+    query = dict(url.query)
+    if "sslmode" in query:  # libpq's name; asyncpg takes the same values as `ssl`
+        query["ssl"] = query.pop("sslmode")
+    return url.set(drivername="postgresql+asyncpg", query=query)
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """True for errors meaning the database cannot be used right now (worth a retry later)."""
+    if isinstance(exc, OSError | sa_exc.TimeoutError):  # refused, reset, timed out; pool timeout
+        return True
+    if isinstance(exc, sa_exc.DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        exc = exc.orig if exc.orig is not None else exc
+    # asyncpg's errors (raw when raised while connecting) carry `sqlstate`.
+    sqlstate = getattr(exc, "sqlstate", None) or getattr(exc, "pgcode", None)
+    if isinstance(sqlstate, str):
+        return sqlstate[:2] in _PG_UNAVAILABLE
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(code, int) and code & 0xFF in _SQLITE_UNAVAILABLE
+
+
+def unavailable(exc: BaseException) -> StoreUnavailableError:
+    reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return StoreUnavailableError(f"the blackboard store is unavailable: {reason}")
+
+
+__all__ = ["POSTGRES_SCHEMES", "asyncpg_url", "configure_sqlite", "is_unavailable", "unavailable"]

@@ -1,0 +1,185 @@
+"""The SQL store's statements, each built once and then run with parameters.
+
+A `FilterConfig` splits into a *shape* (which fields are set: that decides the SQL) and the
+parameter values. Statements are memoized per shape, so a query costs SQLAlchemy a cache
+lookup rather than building and hashing a new expression tree every time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+from sqlalchemy import ColumnElement, Select, and_, bindparam, case, exists, func, or_, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.sql.dml import Insert
+
+from flock.core.store.protocol import FilterConfig
+from flock.core.store.sql_schema import (
+    agent_errors,
+    artifact_audience,
+    artifact_tags,
+    artifacts,
+    consumptions,
+    correlations,
+    to_micros,
+)
+
+Shape = tuple[str, ...]
+_ORDER = (artifacts.c.created_at, artifacts.c.id)
+
+
+def filter_params(filters: FilterConfig | None) -> tuple[Shape, dict[str, Any]]:
+    """The filter's shape and its parameters. Empty sets filter nothing, as in `matches`."""
+    params: dict[str, Any] = {}
+    if filters is None:
+        return (), params
+    if filters.correlation_id is not None:
+        params["correlation_id"] = filters.correlation_id
+    for name in ("type_names", "produced_by", "visibility", "tags"):
+        values = getattr(filters, name)
+        if values:
+            params[name] = sorted(values)
+    if filters.start is not None:
+        params["start"] = to_micros(filters.start)
+    if filters.end is not None:
+        params["end"] = to_micros(filters.end)
+    if filters.visible_to is not None:
+        viewer = filters.visible_to
+        params["viewer_name"] = viewer.name
+        params["viewer_tenant"] = viewer.tenant
+        params["viewer_labels"] = sorted(viewer.labels)
+    return tuple(params), params
+
+
+@cache
+def page(shape: Shape, limited: bool) -> Select[Any]:
+    """Matching artifacts in (created_at, id) order; parameters `offset` and maybe `limit`."""
+    statement = select(artifacts).where(*_where(shape)).order_by(*_ORDER)
+    if limited:
+        statement = statement.limit(bindparam("limit"))
+    return statement.offset(bindparam("offset"))
+
+
+@cache
+def count(shape: Shape) -> Select[Any]:
+    return select(func.count()).select_from(artifacts).where(*_where(shape))
+
+
+@cache
+def summary(shape: Shape) -> Select[Any]:
+    c = artifacts.c
+    groups = (c.type, c.produced_by, c.visibility_kind)
+    return select(*groups, func.count()).where(*_where(shape)).group_by(*groups)
+
+
+def _where(shape: Shape) -> list[ColumnElement[bool]]:
+    c = artifacts.c
+    where: list[ColumnElement[bool]] = []
+    if "correlation_id" in shape:
+        where.append(c.correlation_id == bindparam("correlation_id"))
+    if "type_names" in shape:
+        where.append(c.type.in_(bindparam("type_names", expanding=True)))
+    if "produced_by" in shape:
+        where.append(c.produced_by.in_(bindparam("produced_by", expanding=True)))
+    if "visibility" in shape:
+        where.append(c.visibility_kind.in_(bindparam("visibility", expanding=True)))
+    if "start" in shape:
+        where.append(c.created_at >= bindparam("start"))
+    if "end" in shape:
+        where.append(c.created_at <= bindparam("end"))
+    if "tags" in shape:
+        tag = artifact_tags.c
+        where.append(
+            exists().where(tag.artifact_id == c.id, tag.tag.in_(bindparam("tags", expanding=True)))
+        )
+    if "viewer_name" in shape:
+        where.append(_visible())
+    return where
+
+
+def _visible() -> ColumnElement[bool]:
+    """SQL for `visibility.allows(viewer)`, one branch per rule kind. A None name or tenant
+    compares as NULL, which matches nothing, as `allows` says."""
+    c, audience = artifacts.c, artifact_audience.c
+    named = exists().where(
+        audience.artifact_id == c.id, audience.member == bindparam("viewer_name")
+    )
+    lacking_label = exists().where(
+        audience.artifact_id == c.id,
+        audience.member.not_in(bindparam("viewer_labels", expanding=True)),
+    )
+    return or_(
+        c.visibility_kind == "Public",
+        and_(c.visibility_kind == "Tenant", c.tenant_id == bindparam("viewer_tenant")),
+        and_(c.visibility_kind == "Private", named),
+        and_(c.visibility_kind == "Labelled", ~lacking_label),
+    )
+
+
+GET_ARTIFACT = select(artifacts).where(artifacts.c.id == bindparam("id"))
+CONSUMPTIONS_OF = (
+    select(consumptions)
+    .where(consumptions.c.artifact_id.in_(bindparam("ids", expanding=True)))
+    .order_by(consumptions.c.consumed_at, consumptions.c.consumer)
+)
+CORRELATION = select(
+    correlations,
+    select(func.count())
+    .select_from(artifacts)
+    .where(artifacts.c.correlation_id == correlations.c.correlation_id)
+    .scalar_subquery()
+    .label("artifact_count"),
+).where(correlations.c.correlation_id == bindparam("correlation_id"))
+CORRELATION_ERRORS = (
+    select(agent_errors)
+    .where(agent_errors.c.correlation_id == bindparam("correlation_id"))
+    .order_by(agent_errors.c.id)
+)
+INSERT_ERROR = agent_errors.insert()
+INSERT_TAGS = artifact_tags.insert()
+INSERT_AUDIENCE = artifact_audience.insert()
+
+
+@dataclass(frozen=True, slots=True)
+class Upserts:
+    """The writes that need the dialect's `INSERT ... ON CONFLICT`; run with row parameters."""
+
+    artifacts: Insert  # returns the ids it inserted
+    consumptions: Insert
+    touch_correlation: Insert  # creates the row, or raises updated_at
+    ensure_correlation: Insert  # creates the row if missing
+    correlation_state: Insert  # applies a state write unless a later seq is stored
+
+
+@cache
+def upserts(dialect: str) -> Upserts:
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    stored = correlations.c
+    by_id = [stored.correlation_id]
+    touch = insert(correlations)
+    state = insert(correlations)
+    later = case(
+        (state.excluded.updated_at > stored.updated_at, state.excluded.updated_at),
+        else_=stored.updated_at,
+    )
+    return Upserts(
+        artifacts=insert(artifacts)
+        .on_conflict_do_nothing(index_elements=[artifacts.c.id])
+        .returning(artifacts.c.id),
+        consumptions=insert(consumptions).on_conflict_do_nothing(
+            index_elements=[consumptions.c.artifact_id, consumptions.c.consumer]
+        ),
+        touch_correlation=touch.on_conflict_do_update(
+            index_elements=by_id,
+            set_={"updated_at": touch.excluded.updated_at},
+            where=stored.updated_at < touch.excluded.updated_at,
+        ),
+        ensure_correlation=insert(correlations).on_conflict_do_nothing(index_elements=by_id),
+        correlation_state=state.on_conflict_do_update(
+            index_elements=by_id,
+            set_={"state": state.excluded.state, "seq": state.excluded.seq, "updated_at": later},
+            where=stored.seq < state.excluded.seq,
+        ),
+    )
