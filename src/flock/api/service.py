@@ -48,8 +48,10 @@ class BlackboardHTTPService:
     ) -> None:
         self.flock = flock
         self.settings = settings or ServiceSettings.from_env()
-        self.idempotency: IdempotencyStore = idempotency or InMemoryIdempotencyStore()
-        self.keyring = api_keys
+        self.idempotency: IdempotencyStore = (
+            idempotency if idempotency is not None else InMemoryIdempotencyStore()
+        )
+        self.keyring = api_keys if api_keys is not None else APIKeyring.from_env()
         self.metrics = ServiceMetrics(flock.stats)
         self.guard = IdempotencyGuard(
             self.idempotency,

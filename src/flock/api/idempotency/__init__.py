@@ -2,8 +2,11 @@
 
 `InMemoryIdempotencyStore` is the default; `SQLiteIdempotencyStore`,
 `PostgresIdempotencyStore` and `RedisIdempotencyStore` share records across processes and
-replicas. `store_from_url` picks one from configuration.
+replicas. `store_from_url` picks one from configuration. `idempotent` adds idempotency keys
+to user-defined routes.
 """
+
+from typing import TYPE_CHECKING, Any
 
 from flock.api.idempotency.memory import InMemoryIdempotencyStore
 from flock.api.idempotency.protocol import (
@@ -20,6 +23,20 @@ from flock.api.idempotency.redis import RedisIdempotencyStore
 from flock.api.idempotency.sql import PostgresIdempotencyStore, SQLiteIdempotencyStore
 from flock.api.idempotency.stores import store_from_url
 
+if TYPE_CHECKING:
+    from flock.api.idempotency.dependency import idempotent
+
+
+def __getattr__(name: str) -> Any:
+    # Imported on first use: the decorator needs `flock.api.errors`, which imports this
+    # package's protocol module, so an eager import here would be circular.
+    if name == "idempotent":
+        from flock.api.idempotency.dependency import idempotent
+
+        return idempotent
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "CachedResponse",
     "ClaimResult",
@@ -32,6 +49,7 @@ __all__ = [
     "RecordState",
     "RedisIdempotencyStore",
     "SQLiteIdempotencyStore",
+    "idempotent",
     "purge_periodically",
     "store_from_url",
 ]

@@ -173,7 +173,8 @@ class IdempotencyGuard:
             )
             if claim.acquired:
                 prior = claim.record if claim.taken_over else None
-                return await self._execute(KeyedCall(key, owner, self.store, prior), operation)
+                call = KeyedCall(key, owner, self.store, prior)
+                return await self._execute(call, operation, correlation_id)
             record: IdempotencyRecord | None = claim.record
             while True:
                 if record is None or record.lease_expired(time.time()):
@@ -198,18 +199,22 @@ class IdempotencyGuard:
                 delay = min(delay * 2, 0.2)
                 record = await self.store.get(key)
 
-    async def _execute(self, call: KeyedCall, operation: IdempotentOperation) -> Response:
+    async def _execute(
+        self, call: KeyedCall, operation: IdempotentOperation, request_correlation_id: str | None
+    ) -> Response:
         self._holding[call.key] = asyncio.Event()
         renewer = asyncio.get_running_loop().create_task(self._keep_lease(call))
         try:
             try:
                 response = await operation.execute(call)
             except Exception as exc:
-                known = error_response_for(exc, call.correlation_id)
+                # Before publishing, an error names the request's own correlation id.
+                correlation_id = call.correlation_id or request_correlation_id
+                known = error_response_for(exc, correlation_id)
                 if known is None:
                     if call.published:
                         logger.exception("keyed request failed after publishing")
-                        known = internal_error_response(call.correlation_id)
+                        known = internal_error_response(correlation_id)
                     else:
                         await self._abandon(call)
                         raise

@@ -183,7 +183,9 @@ async def run_keyed(
     if key is None:
         return await operation.execute(None)
     scoped = scoped_key(principal.scope, request.method, route_template(request), key)
-    fingerprint = fingerprint_of(body.model_dump(mode="json"))
+    # A sync `timeout` only says how long this call waits: a retry that waits longer (or
+    # less) is the same request, re-attached to the same outcome, not a conflict.
+    fingerprint = fingerprint_of(body.model_dump(mode="json", exclude={"timeout"}))
     return await service.guard.run(
         scoped,
         fingerprint,
