@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import socket
 import uuid
@@ -82,8 +81,3 @@ async def redis_prefix(redis_url: str) -> AsyncIterator[str]:
             await client.delete(*keys)
     finally:
         await client.aclose()
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    # Keep asyncio's debug checks off: they slow the cascade tests down tenfold.
-    asyncio.get_event_loop_policy()
