@@ -474,11 +474,10 @@ async def test_errors_and_artifact_count(store: BlackboardStore) -> None:
 # -- persistence and concurrency -------------------------------------------------------------
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])  # memory keeps nothing
 async def test_data_is_visible_from_a_new_store_instance(
     backend: str, store: BlackboardStore, make_store: StoreFactory
 ) -> None:
-    if backend == "memory":
-        pytest.skip("the in-memory store keeps nothing beyond its instance")
     artifacts = await publish_dataset(store)
     await store.record_consumptions([ConsumptionRecord("art-000", "writer", "corr-a", T0)])
     await store.set_correlation_state("corr-a", "running", 3, T0)
@@ -511,11 +510,10 @@ async def test_ping_succeeds_when_reachable(store: BlackboardStore) -> None:
     await store.ping()
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])  # memory has no tables
 async def test_two_processes_create_the_tables_at_once(
     backend: str, make_store: StoreFactory
 ) -> None:
-    if backend == "memory":
-        pytest.skip("the in-memory store has no tables")
     stores = [make_store() for _ in range(4)]  # separate engines, as separate processes have
     try:
         await asyncio.gather(*(s.publish(art(n)) for n, s in enumerate(stores)))
