@@ -14,6 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from flock.api.auth import authenticate
 from flock.api.errors import APIError, ErrorCode, create_error_response, internal_error_response
+from flock.api.routing import is_json_media_type
 
 if TYPE_CHECKING:
     from flock.api.service import BlackboardHTTPService
@@ -29,13 +30,6 @@ class BodyTooLargeError(HTTPException):
 
     def __init__(self, limit: int) -> None:
         super().__init__(413, f"the request body exceeds the limit of {limit} bytes")
-
-
-def _is_json(content_type: str) -> bool:
-    media = content_type.split(";", 1)[0].strip().lower()
-    return media == "application/json" or (
-        media.startswith("application/") and media.endswith("+json")
-    )
 
 
 class RequestContextMiddleware:
@@ -127,7 +121,7 @@ class RequestContextMiddleware:
                 scope, b"transfer-encoding"
             ) is not None
             content_type = _header(scope, b"content-type")
-            if has_body and (content_type is None or not _is_json(content_type)):
+            if has_body and (content_type is None or not is_json_media_type(content_type)):
                 return create_error_response(
                     ErrorCode.UNSUPPORTED_MEDIA_TYPE,
                     "request bodies must be JSON (Content-Type: application/json)",

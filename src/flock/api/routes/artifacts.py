@@ -26,10 +26,11 @@ from flock.api.models import (
     SyncPublishResponse,
 )
 from flock.api.publishing import build_artifact
+from flock.api.routing import JSONBodyRoute
 from flock.core.artifacts import Artifact
 from flock.core.store.protocol import FilterConfig
 
-router = APIRouter(prefix="/api/v1", tags=["artifacts"])
+router = APIRouter(prefix="/api/v1", tags=["artifacts"], route_class=JSONBodyRoute)
 
 JSON = "application/json"
 

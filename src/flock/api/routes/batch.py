@@ -45,8 +45,9 @@ from flock.api.models import (
     PublishRequest,
 )
 from flock.api.routes.artifacts import json_response, publish_once
+from flock.api.routing import JSONBodyRoute
 
-router = APIRouter(prefix="/api/v1", tags=["artifacts"])
+router = APIRouter(prefix="/api/v1", tags=["artifacts"], route_class=JSONBodyRoute)
 logger = logging.getLogger("flock.api")
 
 ItemStatus = Literal["accepted", "duplicate", "failed"]

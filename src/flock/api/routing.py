@@ -1,0 +1,172 @@
+"""`JSONBodyRoute`: FastAPI's route, with a short path for endpoints that take one JSON body.
+
+FastAPI's generic request handler solves the dependency graph and validates every declared
+parameter on each request. For the publish endpoints that machinery cost more than their
+own work, so this route serves them directly: it validates the body with the model's JSON
+parser and calls the endpoint with the `Request` and its request-only dependencies.
+
+Anything outside that shape takes FastAPI's own handler, unchanged: other endpoints, bodies
+that are missing, not JSON or invalid (so error responses stay exactly FastAPI's), and apps
+that override one of the endpoint's dependencies. The OpenAPI schema is built from the same
+endpoint signature either way.
+"""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+import fastapi.routing
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute
+from pydantic import BaseModel, ValidationError
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+Handler = Callable[[Request], Coroutine[Any, Any, Response]]
+
+
+def is_json_media_type(content_type: str) -> bool:
+    """`application/json` or `application/*+json`, parameters and case ignored."""
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (
+        media.startswith("application/") and media.endswith("+json")
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """How to call an eligible endpoint: its body parameter, request parameter, dependencies."""
+
+    endpoint: Callable[..., Coroutine[Any, Any, Response]]
+    body_name: str
+    model: type[BaseModel]
+    request_name: str | None
+    dependencies: tuple[tuple[str, Callable[[Request], Coroutine[Any, Any, Any]]], ...]
+
+
+class JSONBodyRoute(APIRoute):
+    """An `APIRoute` that serves one-JSON-body endpoints without FastAPI's generic handling.
+
+    Eligible: an async endpoint annotated to return a `Response`, taking one pydantic model
+    as its body, optionally the `Request`, and dependencies that are async functions of the
+    `Request` alone. Every other endpoint of a router using this class is served as usual.
+    """
+
+    def get_route_handler(self) -> Handler:
+        generic = super().get_route_handler()
+        route = _as_included(self)
+        plan = _plan(route.dependant, route.body_field is not None, route._embed_body_fields)
+        if plan is None:
+            return generic
+        provider = route.dependency_overrides_provider
+        calls = frozenset(call for _, call in plan.dependencies)
+
+        async def handler(request: Request) -> Response:
+            overrides = getattr(provider, "dependency_overrides", None)
+            if overrides and not calls.isdisjoint(overrides):
+                return await generic(request)
+            try:
+                raw = await request.body()
+            except HTTPException:
+                raise
+            except Exception as exc:  # as FastAPI answers a body that cannot be read
+                raise HTTPException(400, "There was an error parsing the body") from exc
+            content_type = request.headers.get("content-type")
+            if not raw or content_type is None or not is_json_media_type(content_type):
+                return await generic(request)
+            try:
+                body = plan.model.model_validate_json(raw)
+            except ValidationError:
+                return await generic(request)  # FastAPI builds the error response
+            kwargs: dict[str, Any] = {plan.body_name: body}
+            if plan.request_name is not None:
+                kwargs[plan.request_name] = request
+            for name, call in plan.dependencies:
+                kwargs[name] = await call(request)
+            return await plan.endpoint(**kwargs)
+
+        return handler
+
+
+def _as_included(route: APIRoute) -> Any:
+    """The route with the options of the router inclusion being built, if any (FastAPI keeps
+    them apart from the original route); the route itself otherwise."""
+    context_var = getattr(fastapi.routing, "_effective_route_context_var", None)
+    context = context_var.get() if context_var is not None else None
+    if context is not None and getattr(context, "original_route", None) is route:
+        return context
+    return route
+
+
+def _plan(dependant: Dependant | None, has_body: bool, embedded: bool) -> _Plan | None:
+    """The call plan of an eligible endpoint, else None."""
+    if dependant is None or dependant.call is None or not has_body or embedded:
+        return None
+    if (
+        dependant.path_params
+        or dependant.query_params
+        or dependant.header_params
+        or dependant.cookie_params
+        or len(dependant.body_params) != 1
+        or _has_special_params(dependant)
+    ):
+        return None
+    endpoint = dependant.call
+    model = dependant.body_params[0].field_info.annotation
+    if not (inspect.isclass(model) and issubclass(model, BaseModel)):
+        return None
+    if not inspect.iscoroutinefunction(endpoint) or not _returns_response(endpoint):
+        return None
+    dependencies = []
+    for sub in dependant.dependencies:
+        if sub.name is None or sub.call is None or not inspect.iscoroutinefunction(sub.call):
+            return None
+        if (
+            sub.dependencies
+            or sub.path_params
+            or sub.query_params
+            or sub.header_params
+            or sub.cookie_params
+            or sub.body_params
+            or _has_special_params(sub)
+            or sub.request_param_name is None
+            or len(inspect.signature(sub.call).parameters) != 1
+        ):
+            return None
+        dependencies.append((sub.name, sub.call))
+    return _Plan(
+        endpoint,
+        dependant.body_params[0].name,
+        model,
+        dependant.request_param_name,
+        tuple(dependencies),
+    )
+
+
+def _has_special_params(dependant: Dependant) -> bool:
+    return any(
+        name is not None
+        for name in (
+            dependant.websocket_param_name,
+            dependant.http_connection_param_name,
+            dependant.response_param_name,
+            dependant.background_tasks_param_name,
+            dependant.security_scopes_param_name,
+        )
+    )
+
+
+def _returns_response(endpoint: Callable[..., Any]) -> bool:
+    try:
+        returned = typing.get_type_hints(endpoint).get("return")
+    except (NameError, TypeError):
+        return False
+    return inspect.isclass(returned) and issubclass(returned, Response)
+
+
+__all__ = ["JSONBodyRoute", "is_json_media_type"]
