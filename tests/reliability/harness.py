@@ -1,0 +1,362 @@
+"""Helpers of the reliability suite: real `flock serve` processes and a TCP proxy to cut.
+
+Everything here talks to real things: `ServeProcess` runs `python -m flock.cli serve` on a
+free port, `TCPProxy` forwards bytes to a real PostgreSQL or Redis until a test cuts it.
+Waiting is always polling with a deadline (`poll_until`), never a bare sleep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+
+T = TypeVar("T")
+
+STARTUP_SECONDS = 60.0
+PROBLEM_JSON = "application/problem+json"
+PROBLEM_FIELDS = {
+    "type",
+    "title",
+    "status",
+    "code",
+    "message",
+    "correlation_id",
+    "retryable",
+    "details",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def poll_until(
+    check: Callable[[], Awaitable[T | None]],
+    *,
+    seconds: float,
+    what: str,
+    interval: float = 0.05,
+) -> T:
+    """Call `check` until it returns something other than None/False; fail after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while True:
+        value = await check()
+        if value is not None and value is not False:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up after {seconds:g} s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+def assert_problem(
+    response: httpx.Response, status: int, code: str | None = None
+) -> dict[str, Any]:
+    """Assert `response` is an RFC 9457 problem document as SPEC section 4 has it."""
+    where = f"{response.request.method} {response.request.url.path} -> {response.status_code}"
+    assert response.status_code == status, f"{where}, expected {status}: {response.text}"
+    media = response.headers.get("content-type", "").split(";")[0].strip()
+    assert media == PROBLEM_JSON, f"{where}: content-type {media!r}"
+    problem = json.loads(response.content)
+    assert isinstance(problem, dict) and problem.keys() >= PROBLEM_FIELDS, f"{where}: {problem}"
+    assert problem["status"] == response.status_code, f"{where}: {problem}"
+    if code is not None:
+        assert problem["code"] == code, f"{where}: {problem}"
+    if problem["retryable"]:
+        assert int(response.headers["retry-after"]) >= 1, f"{where}: no Retry-After"
+    return problem
+
+
+def server_env(**extra: str) -> dict[str, str]:
+    """This environment without FLOCK_* settings (they would override the CLI flags)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOCK_")}
+    env.update(extra)
+    return env
+
+
+class ServeProcess:
+    """One `flock serve APP --store S --idempotency I` subprocess on a free port."""
+
+    def __init__(
+        self,
+        app: Path,
+        *,
+        store: str,
+        idempotency: str,
+        log: Path,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        command = [
+            sys.executable,
+            "-m",
+            "flock.cli",
+            "serve",
+            str(app),
+            "--port",
+            str(self.port),
+            "--store",
+            store,
+            "--idempotency",
+            idempotency,
+            "--log-level",
+            "warning",
+        ]
+        with log.open("ab") as out:
+            self.process = subprocess.Popen(
+                command,
+                cwd=app.parent,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=server_env(**(env or {})),
+            )
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")[-6000:]
+
+    async def wait_healthy(self, seconds: float = STARTUP_SECONDS) -> None:
+        """Poll `/health` until it answers 200; fail if the process exits first."""
+
+        async def healthy() -> bool:
+            if self.process.poll() is not None:
+                raise AssertionError(
+                    f"flock serve exited with {self.process.returncode}:\n{self.output()}"
+                )
+            try:
+                async with httpx.AsyncClient(timeout=2.0) as client:
+                    return (await client.get(f"{self.url}/health")).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        await poll_until(healthy, seconds=seconds, what=f"flock serve on {self.url}")
+
+    def rss_bytes(self) -> int:
+        """The process's resident set size, from /proc/<pid>/status (VmRSS)."""
+        status = Path(f"/proc/{self.pid}/status").read_text()
+        for line in status.splitlines():
+            if line.startswith("VmRSS:"):
+                value, unit = line.split()[1:3]
+                assert unit == "kB", line
+                return int(value) * 1024
+        raise AssertionError(f"no VmRSS in /proc/{self.pid}/status")
+
+    def kill(self) -> None:
+        """SIGKILL: no clean-up of any kind in the server."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+    def terminate(self) -> None:
+        """SIGTERM: ask for a graceful shutdown (does not wait)."""
+        self.process.send_signal(signal.SIGTERM)
+
+    async def wait_exit(self, seconds: float) -> int:
+        """The exit status, polled until `seconds` pass (then fail)."""
+
+        async def exited() -> int | None:
+            return self.process.poll()
+
+        return await poll_until(exited, seconds=seconds, what=f"flock serve {self.pid} to exit")
+
+    def stop(self) -> None:
+        """Best-effort end of the process (test clean-up): SIGTERM, then SIGKILL."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=15)
+
+
+class ServerFactory:
+    """Starts `ServeProcess`es in one working directory; `stop_all` ends every one."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.started: list[ServeProcess] = []
+
+    def __call__(self, app: Path, *, store: str, idempotency: str, **env: str) -> ServeProcess:
+        log = self.workdir / f"serve-{len(self.started)}.log"
+        server = ServeProcess(app, store=store, idempotency=idempotency, log=log, env=env)
+        self.started.append(server)
+        return server
+
+    def stop_all(self) -> None:
+        for server in self.started:
+            server.stop()
+
+
+class TCPProxy:
+    """Forwards 127.0.0.1:`port` to an upstream TCP service, until a test cuts it.
+
+    `cut()` closes every forwarded connection and stops listening, so new connections are
+    refused, as when the service went away; `restore()` listens again on the same port.
+    The proxy runs its own event loop in a thread, so it keeps forwarding whatever the test's
+    own loop is doing, and it can be driven from sync or async code alike.
+    """
+
+    def __init__(self, upstream_host: str, upstream_port: int) -> None:
+        self.upstream = (upstream_host, upstream_port)
+        self.port = free_port()
+        self.connections_cut = 0
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._server: asyncio.Server | None = None
+        # Each forwarded connection: the writer towards the client and towards upstream.
+        self._links: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
+
+    @classmethod
+    def to_url(cls, url: str) -> TCPProxy:
+        """A proxy to the host and port of a service URL (`postgresql://`, `redis://`)."""
+        parts = urlsplit(url)
+        assert parts.hostname and parts.port, f"no host:port in {url!r}"
+        return cls(parts.hostname, parts.port)
+
+    def proxied(self, url: str) -> str:
+        """`url` with its host and port replaced by this proxy's."""
+        parts = urlsplit(url)
+        userinfo = parts.netloc.rpartition("@")[0]
+        netloc = f"{userinfo}@127.0.0.1:{self.port}" if userinfo else f"127.0.0.1:{self.port}"
+        return urlunsplit(parts._replace(netloc=netloc))
+
+    def start(self) -> None:
+        self._thread.start()
+        self._call(self._listen())
+
+    def cut(self) -> None:
+        self._call(self._cut())
+
+    def restore(self) -> None:
+        self._call(self._listen())
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._call(self._shutdown())
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=10)
+        self._loop.close()
+
+    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
+        future: Future[T] = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        return future.result(timeout=30)
+
+    async def _listen(self) -> None:
+        assert self._server is None, "the proxy is already listening"
+        self._server = await asyncio.start_server(
+            self._forward, "127.0.0.1", self.port, reuse_address=True
+        )
+
+    async def _cut(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for link in list(self._links):
+            for writer in link:
+                writer.transport.abort()
+            self.connections_cut += 1
+        self._links.clear()
+
+    async def _shutdown(self) -> None:
+        await self._cut()
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _forward(
+        self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter
+    ) -> None:
+        try:
+            upstream_r, upstream_w = await asyncio.open_connection(*self.upstream)
+        except OSError:
+            client_w.transport.abort()
+            return
+        if self._server is None:  # cut while connecting upstream
+            upstream_w.transport.abort()
+            client_w.transport.abort()
+            return
+        link = (client_w, upstream_w)
+        self._links.add(link)
+        try:
+            await asyncio.gather(self._pump(client_r, upstream_w), self._pump(upstream_r, client_w))
+        finally:
+            self._links.discard(link)
+            for writer in link:
+                writer.transport.abort()
+
+    @staticmethod
+    async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Copy one direction until EOF or an error; then end the other direction too."""
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.transport.abort()
+
+
+def write_app(directory: Path, name: str, source: str) -> Path:
+    path = directory / name
+    path.write_text(source)
+    return path
+
+
+class RawHTTPConnection:
+    """One HTTP/1.1 connection on a plain socket, kept open between requests.
+
+    httpx silently replaces a pooled connection the server closed; a test that needs to
+    know what happens on *this* connection speaks HTTP itself.
+    """
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def open(cls, port: int) -> RawHTTPConnection:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        return cls(reader, writer)
+
+    async def request(self, method: str, path: str) -> tuple[int, dict[str, str], bytes] | None:
+        """Send a request; its (status, headers, body), or None if the server closed instead."""
+        head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n"
+        try:
+            self.writer.write(head.encode())
+            await self.writer.drain()
+            status_line = await self.reader.readline()
+            if not status_line:
+                return None
+            headers: dict[str, str] = {}
+            while (line := await self.reader.readline()) not in (b"\r\n", b""):
+                name, _, value = line.decode("latin-1").partition(":")
+                headers[name.strip().lower()] = value.strip()
+            body = await self.reader.readexactly(int(headers.get("content-length", "0")))
+        except (ConnectionError, asyncio.IncompleteReadError):
+            return None
+        return int(status_line.split()[1]), headers, body
+
+    def close(self) -> None:
+        self.writer.transport.abort()
