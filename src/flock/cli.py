@@ -6,6 +6,8 @@ import importlib
 import importlib.util
 import logging
 import os
+import signal
+import socket
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -196,6 +198,19 @@ class _Server(uvicorn.Server):
     def handle_exit(self, sig: int, frame: Any) -> None:
         self.service.begin_shutdown()
         super().handle_exit(sig, frame)
+
+    def run(self, sockets: list[socket.socket] | None = None) -> None:
+        # uvicorn re-raises the stop signal after its graceful shutdown, to the handler in
+        # place before it started: with Python's default, SIGTERM would then kill the
+        # process. Routing it here makes a graceful stop exit 0 (and a signal during
+        # start-up stops the server too).
+        stop_signals = (signal.SIGINT, signal.SIGTERM)
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in stop_signals}
+        try:
+            super().run(sockets)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 def _check_shared(store: str | None, idempotency: str | None) -> None:
