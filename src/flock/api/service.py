@@ -87,6 +87,9 @@ class BlackboardHTTPService:
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: FastAPI) -> AsyncIterator[None]:
         self.flock.agents  # noqa: B018 - validates the declared agents before serving
+        # The app may be started again after a shutdown (test clients run one lifespan per
+        # test): a new lifespan serves again instead of answering 503 forever.
+        self.shutting_down = False
         purger = asyncio.get_running_loop().create_task(
             purge_periodically(self.idempotency, self.settings.purge_interval)
         )

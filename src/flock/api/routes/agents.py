@@ -40,6 +40,24 @@ async def run_agent(
         )
         for n, i in enumerate(body.inputs)
     ]
+    # An input of a type the agent does not consume would reach its engine as a model it
+    # was never written for (a crash, answered 500): that is the caller's mistake.
+    consumed = {t for sub in agent.subscriptions for t in sub.type_names}
+    strangers = [
+        {
+            "field": f"inputs[{n}].type",
+            "message": f"agent {name!r} does not consume {artifact.type!r}",
+            "code": "not_consumed",
+        }
+        for n, artifact in enumerate(inputs)
+        if artifact.type not in consumed
+    ]
+    if strangers:
+        raise APIError(
+            ErrorCode.VALIDATION_ERROR,
+            f"agent {name!r} consumes only {sorted(consumed)}",
+            details=strangers,
+        )
     outputs = await service.flock.direct_invoke(agent, inputs)
     visible = [a.to_dict() for a in outputs if a.visibility.allows(principal.identity)]
     return json_response({"agent": name, "artifacts": visible})
