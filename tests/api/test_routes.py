@@ -273,6 +273,28 @@ async def test_run_agent_returns_outputs_and_triggers_no_cascade(api_client: Any
     assert flock.stats.agent_runs == 1
 
 
+async def test_run_agent_failure_is_reported_in_errors(api_client: Any) -> None:
+    flock = chain_flock()
+
+    def explode(alpha: Alpha) -> Beta:
+        raise ValueError(f"cannot take {alpha.n}")
+
+    flock.agent("exploder").consumes(Alpha).publishes(Beta).with_engines(explode)
+    client = await api_client(flock)
+
+    response = await client.post(
+        "/api/v1/agents/exploder/run", json={"inputs": [{"type": ALPHA, "payload": {"n": 7}}]}
+    )
+
+    assert response.status_code == 200
+    body = response.json()
+    assert body["artifacts"] == []
+    (error,) = body["errors"]
+    assert error["agent"] == "exploder"
+    assert error["message"] == "ValueError: cannot take 7"
+    assert flock.stats.agent_failures == 1
+
+
 async def test_run_agent_errors(api_client: Any) -> None:
     client = await api_client(chain_flock())
     good_input = {"inputs": [{"type": ALPHA, "payload": {"n": 1}}]}

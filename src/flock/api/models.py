@@ -119,8 +119,11 @@ class AgentRunRequest(_Strict):
 
 
 class AgentRunResponse(BaseModel):
+    """The run's outputs; an agent that raised yields no artifacts and one entry in `errors`."""
+
     agent: str
     artifacts: list[ArtifactModel]
+    errors: list[AgentErrorModel]
 
 
 class AgentDescription(BaseModel):

@@ -211,7 +211,9 @@ class Flock:
                     )
                     await self._record_error(
                         corr,
-                        AgentError(agent.name, artifact.id, _describe(exc), corr.correlation_id),
+                        AgentError(
+                            agent.name, artifact.id, describe_exception(exc), corr.correlation_id
+                        ),
                     )
                 self.stats.agent_runs += 1
                 consumed = ConsumptionRecord(artifact.id, agent.name, artifact.correlation_id)
@@ -430,7 +432,8 @@ def _as_list(result: Any) -> list[Any]:
     return [result]
 
 
-def _describe(exc: BaseException) -> str:
+def describe_exception(exc: BaseException) -> str:
+    """How an agent's failure is recorded: the exception type and its message."""
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 

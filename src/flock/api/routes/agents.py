@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import APIRouter
 from fastapi.responses import Response
 
@@ -10,7 +12,10 @@ from flock.api.errors import APIError, ErrorCode
 from flock.api.models import AgentListResponse, AgentRunRequest, AgentRunResponse, PublishRequest
 from flock.api.publishing import build_artifact
 from flock.api.routes.artifacts import json_response
+from flock.core.artifacts import AgentError
+from flock.core.orchestrator import describe_exception
 
+logger = logging.getLogger("flock.api")
 router = APIRouter(prefix="/api/v1", tags=["agents"])
 
 
@@ -58,6 +63,11 @@ async def run_agent(
             f"agent {name!r} consumes only {sorted(consumed)}",
             details=strangers,
         )
-    outputs = await service.flock.direct_invoke(agent, inputs)
+    try:
+        outputs = await service.flock.direct_invoke(agent, inputs)
+    except Exception as exc:  # the agent's failure is the run's result, as in sync publish
+        logger.warning("direct run of agent %s failed: %s", name, exc)
+        error = AgentError(name, inputs[0].id, describe_exception(exc), inputs[0].correlation_id)
+        return json_response({"agent": name, "artifacts": [], "errors": [error.to_dict()]})
     visible = [a.to_dict() for a in outputs if a.visibility.allows(principal.identity)]
-    return json_response({"agent": name, "artifacts": visible})
+    return json_response({"agent": name, "artifacts": visible, "errors": []})

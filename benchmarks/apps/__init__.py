@@ -1,0 +1,1 @@
+"""The apps the benchmarks serve: a bare FastAPI baseline and a Flock cascade."""

@@ -1,0 +1,94 @@
+"""The benchmark app: a 3-stage cascade, and a slow workflow for the isolation scenario.
+
+    BenchStart --stage1--> BenchStage1 --stage2--> BenchStage2 --stage3--> BenchStage3
+    BenchSlow  --sleeper (3 s)--> BenchSlept
+    BenchNote  (no agent consumes it: publishing it only stores it)
+
+Served with `flock serve benchmarks/apps/cascade.py --store ... --idempotency ...`. The
+engines are trivial on purpose: the figures measure Flock, not the agents' work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+from pydantic import BaseModel
+
+from flock import Flock, flock_type
+
+# Each stage may run this many cascades at once (the default, 1, would serialise the
+# stages' store writes across concurrent requests on the SQL stores).
+STAGE_CONCURRENCY = 64
+SLOW_SECONDS = float(os.environ.get("FLOCK_BENCH_SLOW_SECONDS", "3"))
+
+
+@flock_type(name="BenchStart")
+class Start(BaseModel):
+    n: int = 0
+
+
+@flock_type(name="BenchStage1")
+class Stage1(BaseModel):
+    n: int
+
+
+@flock_type(name="BenchStage2")
+class Stage2(BaseModel):
+    n: int
+
+
+@flock_type(name="BenchStage3")
+class Stage3(BaseModel):
+    n: int
+
+
+@flock_type(name="BenchSlow")
+class Slow(BaseModel):
+    n: int = 0
+
+
+@flock_type(name="BenchSlept")
+class Slept(BaseModel):
+    n: int
+
+
+@flock_type(name="BenchNote")
+class Note(BaseModel):
+    text: str = ""
+
+
+def first(item: Start) -> Stage1:
+    return Stage1(n=item.n + 1)
+
+
+def second(item: Stage1) -> Stage2:
+    return Stage2(n=item.n + 1)
+
+
+def third(item: Stage2) -> Stage3:
+    return Stage3(n=item.n + 1)
+
+
+async def sleep_on_it(item: Slow) -> Slept:
+    await asyncio.sleep(SLOW_SECONDS)
+    return Slept(n=item.n)
+
+
+def build(store: object | None = None) -> Flock:
+    flock = Flock("bench", store=store)  # type: ignore[arg-type]
+    for name, consumes, publishes, engine in (
+        ("stage1", Start, Stage1, first),
+        ("stage2", Stage1, Stage2, second),
+        ("stage3", Stage2, Stage3, third),
+    ):
+        flock.agent(name).consumes(consumes).publishes(publishes).with_engines(
+            engine
+        ).max_concurrency(STAGE_CONCURRENCY)
+    flock.agent("sleeper").consumes(Slow).publishes(Slept).with_engines(
+        sleep_on_it
+    ).max_concurrency(1000)
+    return flock
+
+
+flock = build()
