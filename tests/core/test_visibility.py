@@ -18,6 +18,7 @@ from flock import (
     TenantVisibility,
     flock_type,
 )
+from flock.core.artifacts import Artifact
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -132,3 +133,17 @@ async def test_store_queries_can_filter_by_what_an_identity_may_see() -> None:
         FilterConfig(visibility=frozenset({"Tenant", "Private"}))
     )
     assert total == 2
+
+
+async def test_an_agents_identity_follows_changes_to_it() -> None:
+    flock = Flock()
+    builder = flock.agent("late_cleared").consumes(Secret).with_engines(lambda s: None)
+    labelled = LabelledVisibility(required_labels=frozenset({"secret"}))
+    secret = Artifact(type=f"VisSecret_{_SUFFIX}", payload={"text": "x"}, visibility=labelled)
+    agent = builder.agent
+    assert not agent.subscribes_to(secret)  # cached identity: no labels yet
+    builder.labels("secret")
+    assert agent.identity.labels == {"secret"}
+    assert agent.subscribes_to(secret)
+    builder.tenant("acme")
+    assert agent.identity.tenant == "acme"

@@ -111,10 +111,20 @@ class Agent:
     labels: frozenset[str] = frozenset()
     tenant: str | None = None
     _semaphore: asyncio.Semaphore | None = field(default=None, repr=False)
+    _identity: Identity | None = field(default=None, repr=False)
 
     @property
     def identity(self) -> Identity:
-        return Identity(self.name, self.labels, self.tenant)
+        # Asked for every artifact the agent might consume: built once, rebuilt if changed.
+        cached = self._identity
+        if (
+            cached is None
+            or cached.name != self.name
+            or cached.labels != self.labels
+            or cached.tenant != self.tenant
+        ):
+            cached = self._identity = Identity(self.name, self.labels, self.tenant)
+        return cached
 
     @property
     def semaphore(self) -> asyncio.Semaphore:
