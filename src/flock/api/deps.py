@@ -28,8 +28,8 @@ async def get_principal(request: Request) -> Principal:
 
 
 def route_template(request: Request) -> str:
-    route = request.scope.get("route")
-    return str(getattr(route, "path", request.url.path))
+    path = getattr(request.scope.get("route"), "path", None)
+    return path if isinstance(path, str) else request.url.path
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]

@@ -65,12 +65,21 @@ class ServiceMetrics:
             ("outcome",),
             registry=self.registry,
         )
+        self._sync_children: dict[bool, Counter] = {}  # labelled on first use, as exported
         self.registry.register(_StatsCollector(stats))
         self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
 
     def watch_idempotency(self, outcomes: dict[str, int]) -> None:
         """Export the guard's outcome counts (executed, replayed, conflict, ...)."""
         self.registry.register(_OutcomesCollector(outcomes))
+
+    def count_sync(self, completed: bool) -> None:
+        """One sync publish answered: its cascade completed, or the wait timed out."""
+        child = self._sync_children.get(completed)
+        if child is None:
+            child = self.sync_outcomes.labels("completed" if completed else "timeout")
+            self._sync_children[completed] = child
+        child.inc()
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         key = (method, route, status)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import re
 import time
-import uuid
 from typing import TYPE_CHECKING, Any
 
 from starlette.exceptions import HTTPException
@@ -15,6 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from flock.api.auth import authenticate
 from flock.api.errors import APIError, ErrorCode, create_error_response, internal_error_response
 from flock.api.routing import is_json_media_type
+from flock.core.artifacts import new_id
 
 if TYPE_CHECKING:
     from flock.api.service import BlackboardHTTPService
@@ -50,9 +50,7 @@ class RequestContextMiddleware:
         started = time.perf_counter()
         state = scope.setdefault("state", {})
         sent = _header(scope, b"x-correlation-id")
-        state["correlation_id"] = (
-            sent if sent and _VALID_CORRELATION_ID.match(sent) else str(uuid.uuid4())
-        )
+        state["correlation_id"] = sent if sent and _VALID_CORRELATION_ID.match(sent) else new_id()
         status = 500
         response_started = False
 

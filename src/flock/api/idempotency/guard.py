@@ -11,8 +11,8 @@ import contextlib
 import hashlib
 import json
 import logging
+import secrets
 import time
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -161,7 +161,7 @@ class IdempotencyGuard:
         correlation_id: str | None = None,
     ) -> Response:
         deadline = time.monotonic() + (self.wait_seconds if wait_seconds is None else wait_seconds)
-        owner = uuid.uuid4().hex
+        owner = secrets.token_hex(16)
         delay = 0.005
         while True:
             claim = await self.store.claim(

@@ -147,7 +147,7 @@ class SyncPublish:
         service = self.service
         self.request.scope["state"]["correlation_id"] = correlation_id
         completed = await service.waiter.wait(correlation_id, self.remaining())
-        service.metrics.sync_outcomes.labels("completed" if completed else "timeout").inc()
+        service.metrics.count_sync(completed)
         headers = {
             "Content-Location": f"/api/v1/correlations/{correlation_id}",
             "X-Correlation-ID": correlation_id,
