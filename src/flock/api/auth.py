@@ -25,15 +25,17 @@ class Principal:
     allowed_types: frozenset[str] | None = None
     anonymous: bool = False
     identity: Identity = field(init=False, compare=False)
+    _scope: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         name = None if self.anonymous else self.name
         object.__setattr__(self, "identity", Identity(name, self.labels, self.tenant))
+        object.__setattr__(self, "_scope", json.dumps([self.tenant, self.name]))
 
     @property
     def scope(self) -> str:
         """The idempotency scope part for this caller (tenant included)."""
-        return json.dumps([self.tenant, self.name])
+        return self._scope
 
     def check_may_publish(self, type_name: str) -> None:
         if self.allowed_types is not None and type_name not in self.allowed_types:

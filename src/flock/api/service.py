@@ -107,25 +107,35 @@ class BlackboardHTTPService:
         """From now on new requests get 503; requests in flight go on."""
         self.shutting_down = True
 
-    @contextlib.asynccontextmanager
-    async def sync_slot(self, principal: Principal) -> AsyncIterator[None]:
-        """Bound concurrent sync calls per caller (429 RATE_LIMITED past the limit)."""
-        name = principal.scope
-        count = self._inflight_sync.get(name, 0)
-        if count >= self.settings.max_inflight_sync:
+    def sync_slot(self, principal: Principal) -> SyncSlot:
+        """Bound concurrent sync calls per caller (429 RATE_LIMITED past the limit):
+        `async with service.sync_slot(principal): ...`."""
+        return SyncSlot(self._inflight_sync, principal.scope, self.settings.max_inflight_sync)
+
+
+class SyncSlot:
+    """One caller's sync call, counted while it runs (a plain class: it is entered on every
+    sync request, and a generator-based context manager cost several times more)."""
+
+    __slots__ = ("_counts", "_limit", "_name")
+
+    def __init__(self, counts: dict[str, int], name: str, limit: int) -> None:
+        self._counts, self._name, self._limit = counts, name, limit
+
+    async def __aenter__(self) -> None:
+        count = self._counts.get(self._name, 0)
+        if count >= self._limit:
             raise APIError(
-                ErrorCode.RATE_LIMITED,
-                f"too many concurrent sync requests (limit {self.settings.max_inflight_sync})",
+                ErrorCode.RATE_LIMITED, f"too many concurrent sync requests (limit {self._limit})"
             )
-        self._inflight_sync[name] = count + 1
-        try:
-            yield
-        finally:
-            left = self._inflight_sync[name] - 1
-            if left:
-                self._inflight_sync[name] = left
-            else:
-                del self._inflight_sync[name]
+        self._counts[self._name] = count + 1
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        left = self._counts[self._name] - 1
+        if left:
+            self._counts[self._name] = left
+        else:
+            del self._counts[self._name]
 
 
-__all__ = ["BlackboardHTTPService"]
+__all__ = ["BlackboardHTTPService", "SyncSlot"]

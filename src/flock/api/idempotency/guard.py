@@ -45,7 +45,7 @@ def parse_idempotency_key(headers: Mapping[str, str]) -> str | None:
         return None
     if not 1 <= len(key) <= 255:
         raise _bad_key("an idempotency key must be 1-255 characters long")
-    if not all(" " <= ch <= "~" for ch in key) or not key.strip():
+    if not (key.isascii() and key.isprintable()) or not key.strip():  # " " to "~" only
         raise _bad_key("an idempotency key must be printable ASCII")
     return key
 

@@ -137,7 +137,7 @@ class SyncPublish:
         response = record.response
         if response is None or record.correlation_id is None:
             return None
-        if response.status_code == 200 and json.loads(response.body).get("completed", True):
+        if response.status_code == 200 and answer_completed(response.body):
             return None
         if response.status_code not in (200, 504) and response.status_code < 500:
             return None
@@ -169,6 +169,24 @@ class SyncPublish:
             filters=self.body.filters,
         )
         return json_response(result.to_dict(), headers=headers)
+
+
+_COMPLETED_KEY = b'"completed":'
+
+
+def answer_completed(body: bytes) -> bool:
+    """Whether a stored sync answer says `completed: true`, read without parsing all of it.
+
+    In `CascadeResult.to_dict()` the `completed` key follows the artifacts, and nothing
+    after it holds an object with that key (only numbers, booleans and the fixed keys of
+    the errors, whose strings are escaped), so the body's last `"completed":` is its own.
+    A body in any other form is parsed.
+    """
+    at = body.rfind(_COMPLETED_KEY)
+    if at < 0:
+        return bool(json.loads(body).get("completed", True))
+    start = at + len(_COMPLETED_KEY)
+    return body[start : start + 8].lstrip().startswith(b"true")
 
 
 async def run_keyed(
@@ -301,4 +319,12 @@ def _aware(value: datetime | None) -> datetime | None:
     return value
 
 
-__all__ = ["AsyncPublish", "SyncPublish", "json_response", "publish_once", "router", "run_keyed"]
+__all__ = [
+    "AsyncPublish",
+    "SyncPublish",
+    "answer_completed",
+    "json_response",
+    "publish_once",
+    "router",
+    "run_keyed",
+]
