@@ -1,14 +1,17 @@
-"""Shared fixtures: real PostgreSQL and Redis services, each test isolated by schema/prefix."""
+"""Shared fixtures: real PostgreSQL and Redis (each test isolated), `flock serve` processes."""
 
 from __future__ import annotations
 
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
+
+from support.serve import ServerFactory
 
 POSTGRES_URL = os.environ.get(
     "FLOCK_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
@@ -81,3 +84,13 @@ async def redis_prefix(redis_url: str) -> AsyncIterator[str]:
             await client.delete(*keys)
     finally:
         await client.aclose()
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[ServerFactory]:
+    """`serve(app, store=..., idempotency=..., **env)` starts `flock serve`; all are stopped."""
+    factory = ServerFactory(tmp_path)
+    try:
+        yield factory
+    finally:
+        factory.stop_all()

@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -32,6 +28,7 @@ from flock.client import (
     RetryEvent,
 )
 from flock.registry import TypeRegistry
+from support.serve import ServeProcess
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -71,56 +68,13 @@ for _model in (Document, Summary, Keywords, Report):
 # -- a real server ---------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextlib.contextmanager
-def flock_serve(*args: str, cwd: Path) -> Iterator[str]:
-    """Run `flock serve ARGS` on a free port; yield its base URL once /health answers."""
-    port = free_port()
-    log_path = cwd / f"serve-{port}.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOCK_")}
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "flock.cli", "serve", *args, "--port", str(port)],
-            cwd=cwd,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, f"flock serve exited:\n{log_path.read_text()}"
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            assert time.monotonic() < deadline, (
-                f"flock serve did not start:\n{log_path.read_text()}"
-            )
-            time.sleep(0.05)
-        yield url
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     cwd = tmp_path_factory.mktemp("client-server")
-    with flock_serve(
+    with ServeProcess(
         "--demo", "--store", "memory://", "--idempotency", "memory://", cwd=cwd
-    ) as url:
-        yield url
+    ) as served:
+        yield served.url
 
 
 # -- a proxy that misbehaves on cue ------------------------------------------------------------

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
+
+from support.serve import ServeProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -21,12 +20,6 @@ README = (ROOT / "README.md").read_text()
 
 def _blocks(language: str) -> list[str]:
     return re.findall(rf"```{language}\n(.*?)```", README, flags=re.S)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_python_example_runs_as_written(tmp_path: Path) -> None:
@@ -44,31 +37,11 @@ def test_python_example_runs_as_written(tmp_path: Path) -> None:
 def test_curl_example_against_the_demo(tmp_path: Path) -> None:
     (bash,) = [b for b in _blocks("bash") if "curl" in b]
     command = re.sub(r"\\\n\s*", " ", bash).strip()
-    port = _free_port()
-    command = command.replace("127.0.0.1:8344", f"127.0.0.1:{port}")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "flock.cli", "serve", "--demo", "--port", str(port)],
-        cwd=tmp_path,  # default stores: SQLite files under ./.flock/
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        env={**os.environ, "FLOCK_LOG_LEVEL": "warning"},
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert server.poll() is None, server.stderr.read() if server.stderr else ""
-            assert time.monotonic() < deadline, "the demo server did not start"
-            time.sleep(0.1)
+    # default stores: SQLite files under ./.flock/
+    with ServeProcess("--demo", cwd=tmp_path, env={"FLOCK_LOG_LEVEL": "warning"}) as server:
+        command = command.replace("127.0.0.1:8344", f"127.0.0.1:{server.port}")
         first = subprocess.run([*shlex.split(command), "-i"], capture_output=True, text=True)
         again = subprocess.run([*shlex.split(command), "-i"], capture_output=True, text=True)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
     head, _, body = first.stdout.partition("\n\n")
     assert head.startswith("HTTP/1.1 200"), first.stdout
     result = httpx.Response(200, content=body.encode()).json()

@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +28,7 @@ from flock.api.auth import APIKeyring
 from flock.api.deps import get_principal
 from flock.api.routes import agents, artifacts, batch, correlations
 from flock.client import FlockAPIError, FlockClient
+from support.serve import ServeProcess, free_port, server_env
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -370,47 +365,17 @@ async def test_keys_are_never_logged_or_echoed(
 MEMORY = ("--store", "memory://", "--idempotency", "memory://")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextlib.contextmanager
-def serve_with_keys(keys_file: Path, cwd: Path) -> Iterator[tuple[str, Path]]:
-    """`flock serve --demo --api-keys FILE` on a free port; yields (URL, log path)."""
-    port = _free_port()
-    log_path = cwd / "serve.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOCK_")}
-    env["FLOCK_LOG_LEVEL"] = "debug"
-    args = [*MEMORY, "--api-keys", str(keys_file), "--port", str(port)]
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "flock.cli", "serve", "--demo", *args],
-            cwd=cwd,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, log_path.read_text()
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            assert time.monotonic() < deadline, log_path.read_text()
-            time.sleep(0.05)
-        yield url, log_path
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
+def serve_with_keys(keys_file: Path, cwd: Path) -> ServeProcess:
+    """`flock serve --demo --api-keys FILE`, logging at debug level into `cwd/serve.log`."""
+    return ServeProcess(
+        "--demo",
+        *MEMORY,
+        "--api-keys",
+        str(keys_file),
+        cwd=cwd,
+        log=cwd / "serve.log",
+        env={"FLOCK_LOG_LEVEL": "debug"},
+    )
 
 
 def test_flock_serve_with_an_api_keys_file(tmp_path: Path) -> None:
@@ -431,7 +396,8 @@ def test_flock_serve_with_an_api_keys_file(tmp_path: Path) -> None:
     )
     document = {"title": "Tea", "text": "Tea is a drink. Tea grows on bushes."}
 
-    with serve_with_keys(keys_file, tmp_path) as (url, log_path):
+    with serve_with_keys(keys_file, tmp_path) as server:
+        url = server.url
         anonymous = httpx.post(f"{url}/api/v1/artifacts", json={"type": "Document"})
         assert anonymous.status_code == 401 and anonymous.json()["code"] == "UNAUTHORIZED"
         assert httpx.get(f"{url}/health").status_code == 200
@@ -461,7 +427,7 @@ def test_flock_serve_with_an_api_keys_file(tmp_path: Path) -> None:
         assert (forbidden.value.code, forbidden.value.status) == ("FORBIDDEN", 403)
         assert (unknown_key.value.code, unknown_key.value.status) == ("UNAUTHORIZED", 401)
 
-    log = log_path.read_text()
+    log = server.log.read_text()
     for secret in ("serve-full-key-1", "serve-docs-only-2", "not-valid"):
         assert secret not in log
 
@@ -470,11 +436,11 @@ def test_flock_serve_refuses_an_unreadable_keys_file(tmp_path: Path) -> None:
     bad = tmp_path / "keys.json"
     bad.write_text('{"keys": [{"key": "leaky-secret-key"}]}')  # no principal
 
-    args = ["--api-keys", str(bad), *MEMORY, "--port", str(_free_port())]
+    args = ["--api-keys", str(bad), *MEMORY, "--port", str(free_port())]
     result = subprocess.run(
         [sys.executable, "-m", "flock.cli", "serve", "--demo", *args],
         cwd=tmp_path,
-        env={k: v for k, v in os.environ.items() if not k.startswith("FLOCK_")},
+        env=server_env(),
         capture_output=True,
         text=True,
         timeout=60,

@@ -8,62 +8,36 @@ SQLite is replayed by the restarted server.
 from __future__ import annotations
 
 import asyncio
-import textwrap
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from flock_server import ServerPool, server_pool
+
+from support.apps import job_app, write_app
+from support.serve import ServerFactory
 
 pytestmark = pytest.mark.timeout(90)
 
 JOB = "IdemCrashJob"
 DONE = "IdemCrashDone"
 
-APP = textwrap.dedent(
-    f"""
-    import asyncio
-    import os
-
-    from pydantic import BaseModel
-
-    from flock import Flock, flock_type
-
-
-    @flock_type(name="{JOB}")
-    class Job(BaseModel):
-        n: int
-
-
-    @flock_type(name="{DONE}")
-    class Done(BaseModel):
-        n: int
-
-
-    async def work(job: Job) -> Done:
-        if os.environ.get("CRASH_AGENT_BLOCKS") == "1":
-            await asyncio.Event().wait()  # this server will be killed mid-cascade
-        return Done(n=job.n * 2)
-
-
-    flock = Flock()
-    flock.agent("doubler").consumes(Job).publishes(Done).with_engines(work)
-    """
+APP = job_app(
+    job=JOB,
+    done=DONE,
+    agent="doubler",
+    work="""
+async def work(job: Job) -> Done:
+    if os.environ.get("CRASH_AGENT_BLOCKS") == "1":
+        await asyncio.Event().wait()  # this server will be killed mid-cascade
+    return Done(n=job.n * 2)
+""",
 )
 
 
 @pytest.fixture
-def servers(tmp_path: Path) -> Iterator[ServerPool]:
-    yield from server_pool(tmp_path)
-
-
-@pytest.fixture
 def app_file(tmp_path: Path) -> Path:
-    path = tmp_path / "crash_app.py"
-    path.write_text(APP)
-    return path
+    return write_app(tmp_path, "crash_app.py", APP)
 
 
 def sqlite_urls(tmp_path: Path) -> dict[str, str]:
@@ -81,13 +55,13 @@ async def artifacts_of(client: httpx.AsyncClient, base: str, type_name: str) -> 
 
 
 async def test_a_retry_after_sigkill_resumes_the_published_cascade(
-    servers: ServerPool, app_file: Path, tmp_path: Path
+    serve: ServerFactory, app_file: Path, tmp_path: Path
 ) -> None:
     urls = sqlite_urls(tmp_path)
     key = {"X-Idempotency-Key": f"crash-{uuid.uuid4().hex}"}
     body = {"type": JOB, "payload": {"n": 21}, "timeout": 30}
-    doomed = servers.start(app_file, **urls, FLOCK_IDEMPOTENCY_LEASE="1", CRASH_AGENT_BLOCKS="1")
-    await doomed.wait_ready()
+    doomed = serve(app_file, **urls, FLOCK_IDEMPOTENCY_LEASE="1", CRASH_AGENT_BLOCKS="1")
+    await doomed.wait_healthy()
 
     async with httpx.AsyncClient(timeout=60) as client:
         inflight = asyncio.ensure_future(
@@ -102,8 +76,8 @@ async def test_a_retry_after_sigkill_resumes_the_published_cascade(
         with pytest.raises(httpx.TransportError):
             await inflight
 
-        restarted = servers.start(app_file, **urls, FLOCK_IDEMPOTENCY_LEASE="1")
-        await restarted.wait_ready()
+        restarted = serve(app_file, **urls, FLOCK_IDEMPOTENCY_LEASE="1")
+        await restarted.wait_healthy()
         retry = await client.post(f"{restarted.url}/api/v1/artifacts/sync", json=body, headers=key)
         replay = await client.post(f"{restarted.url}/api/v1/artifacts/sync", json=body, headers=key)
         jobs = await artifacts_of(client, restarted.url, JOB)
@@ -124,13 +98,13 @@ async def test_a_retry_after_sigkill_resumes_the_published_cascade(
 
 
 async def test_a_stored_outcome_survives_a_restart(
-    servers: ServerPool, app_file: Path, tmp_path: Path
+    serve: ServerFactory, app_file: Path, tmp_path: Path
 ) -> None:
     urls = sqlite_urls(tmp_path)
     key = {"Idempotency-Key": f'"restart-{uuid.uuid4().hex}"'}
     body = {"type": JOB, "payload": {"n": 5}}
-    first_server = servers.start(app_file, **urls)
-    await first_server.wait_ready()
+    first_server = serve(app_file, **urls)
+    await first_server.wait_healthy()
 
     async with httpx.AsyncClient(timeout=60) as client:
         first = await client.post(
@@ -139,8 +113,8 @@ async def test_a_stored_outcome_survives_a_restart(
         assert first.status_code == 200 and first.json()["completed"] is True
         first_server.kill()
 
-        second_server = servers.start(app_file, **urls)
-        await second_server.wait_ready()
+        second_server = serve(app_file, **urls)
+        await second_server.wait_healthy()
         replay = await client.post(
             f"{second_server.url}/api/v1/artifacts/sync", json=body, headers=key
         )

@@ -8,15 +8,15 @@ caller gets the same answer.
 from __future__ import annotations
 
 import asyncio
-import textwrap
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from flock_server import ServerPool, server_pool
+
+from support.apps import job_app, write_app
+from support.serve import ServerFactory
 
 pytestmark = [pytest.mark.timeout(90), pytest.mark.services]
 
@@ -24,48 +24,21 @@ STORM = 40
 JOB = "IdemMpJob"
 DONE = "IdemMpDone"
 
-APP = textwrap.dedent(
-    f"""
-    import asyncio
-    import os
-
-    from pydantic import BaseModel
-
-    from flock import Flock, flock_type
-
-
-    @flock_type(name="{JOB}")
-    class Job(BaseModel):
-        n: int
-
-
-    @flock_type(name="{DONE}")
-    class Done(BaseModel):
-        n: int
-        pid: int
-
-
-    async def work(job: Job) -> Done:
-        await asyncio.sleep(0.2)  # the workload: long enough for duplicates to overlap
-        return Done(n=job.n, pid=os.getpid())
-
-
-    flock = Flock()
-    flock.agent("worker").consumes(Job).publishes(Done).with_engines(work)
-    """
+APP = job_app(
+    job=JOB,
+    done=DONE,
+    done_fields=("n: int", "pid: int"),
+    work="""
+async def work(job: Job) -> Done:
+    await asyncio.sleep(0.2)  # the workload: long enough for duplicates to overlap
+    return Done(n=job.n, pid=os.getpid())
+""",
 )
 
 
 @pytest.fixture
-def servers(tmp_path: Path) -> Iterator[ServerPool]:
-    yield from server_pool(tmp_path)
-
-
-@pytest.fixture
 def app_file(tmp_path: Path) -> Path:
-    path = tmp_path / "mp_app.py"
-    path.write_text(APP)
-    return path
+    return write_app(tmp_path, "mp_app.py", APP)
 
 
 async def total(client: httpx.AsyncClient, base: str, type_name: str) -> int:
@@ -74,10 +47,10 @@ async def total(client: httpx.AsyncClient, base: str, type_name: str) -> int:
     return int(response.json()["pagination"]["total"])
 
 
-async def storm_two_servers(servers: ServerPool, app: Path, store: str, idempotency: str) -> None:
-    first = servers.start(app, store=store, idempotency=idempotency)
-    second = servers.start(app, store=store, idempotency=idempotency)
-    await asyncio.gather(first.wait_ready(), second.wait_ready())
+async def storm_two_servers(serve: ServerFactory, app: Path, store: str, idempotency: str) -> None:
+    first = serve(app, store=store, idempotency=idempotency)
+    second = serve(app, store=store, idempotency=idempotency)
+    await asyncio.gather(first.wait_healthy(), second.wait_healthy())
     key = f"storm-{uuid.uuid4().hex}"
     body = {"type": JOB, "payload": {"n": 7}, "timeout": 60}
 
@@ -110,14 +83,14 @@ async def storm_two_servers(servers: ServerPool, app: Path, store: str, idempote
 
 
 async def test_a_storm_across_two_servers_sharing_postgres(
-    servers: ServerPool, app_file: Path, postgres_url: str, pg_schema: str
+    serve: ServerFactory, app_file: Path, postgres_url: str, pg_schema: str
 ) -> None:
     shared = f"{postgres_url}?schema={pg_schema}"
-    await storm_two_servers(servers, app_file, store=shared, idempotency=shared)
+    await storm_two_servers(serve, app_file, store=shared, idempotency=shared)
 
 
 async def test_a_storm_across_two_servers_sharing_redis_keys(
-    servers: ServerPool,
+    serve: ServerFactory,
     app_file: Path,
     postgres_url: str,
     pg_schema: str,
@@ -126,4 +99,4 @@ async def test_a_storm_across_two_servers_sharing_redis_keys(
 ) -> None:
     store = f"{postgres_url}?schema={pg_schema}"
     idempotency = f"{redis_url}?prefix={redis_prefix}"
-    await storm_two_servers(servers, app_file, store=store, idempotency=idempotency)
+    await storm_two_servers(serve, app_file, store=store, idempotency=idempotency)

@@ -5,22 +5,20 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
-import time
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from support.serve import ServeProcess, free_port, server_env
+
 pytestmark = pytest.mark.timeout(120)
 
 MEMORY_STORES = ("--store", "memory://", "--idempotency", "memory://")
-STARTUP_SECONDS = 60.0
 DOCUMENT = {
     "type": "Document",
     "payload": {
@@ -61,67 +59,6 @@ APP_SOURCE = textwrap.dedent(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _env() -> dict[str, str]:
-    """This environment without FLOCK_* settings (they would override the CLI defaults)."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("FLOCK_")}
-
-
-@dataclass
-class Server:
-    base_url: str
-    process: subprocess.Popen[bytes]
-    log_path: Path
-
-
-@contextlib.contextmanager
-def serving(*args: str, cwd: Path) -> Iterator[Server]:
-    """Run `flock serve ARGS --port <free>` in `cwd`; yield it once /health answers.
-
-    The process is stopped with SIGTERM (killed if it lingers) when the block ends.
-    """
-    port = _free_port()
-    log_path = cwd / f"serve-{port}.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "flock.cli", "serve", *args, "--port", str(port)],
-            cwd=cwd,
-            env=_env(),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + STARTUP_SECONDS
-        while True:
-            if process.poll() is not None:
-                raise AssertionError(
-                    f"flock serve exited with {process.returncode}:\n{log_path.read_text()}"
-                )
-            try:
-                if httpx.get(f"{base_url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"flock serve did not start:\n{log_path.read_text()}")
-            time.sleep(0.1)
-        yield Server(base_url, process, log_path)
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
-
-
 @contextlib.asynccontextmanager
 async def http(base_url: str) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
@@ -129,8 +66,8 @@ async def http(base_url: str) -> AsyncIterator[httpx.AsyncClient]:
 
 
 async def test_demo_answers_sync_publish_over_http(tmp_path: Path) -> None:
-    with serving("--demo", *MEMORY_STORES, cwd=tmp_path) as server:
-        async with http(server.base_url) as client:
+    async with ServeProcess("--demo", *MEMORY_STORES, cwd=tmp_path) as server:
+        async with http(server.url) as client:
             response = await client.post("/api/v1/artifacts/sync", json=DOCUMENT)
 
             assert response.status_code == 200, response.text
@@ -177,7 +114,7 @@ async def test_demo_answers_sync_publish_over_http(tmp_path: Path) -> None:
         assert not (tmp_path / ".flock").exists()  # memory stores: no files written
     # uvicorn re-raises SIGTERM once its graceful shutdown is done
     assert server.process.returncode in (0, -signal.SIGTERM)
-    assert "Application shutdown complete" in server.log_path.read_text()
+    assert "Application shutdown complete" in server.log.read_text()
 
 
 async def test_app_file_on_default_stores_survives_a_restart(tmp_path: Path) -> None:
@@ -185,49 +122,47 @@ async def test_app_file_on_default_stores_survives_a_restart(tmp_path: Path) -> 
     key = {"Idempotency-Key": "greet-ada"}
     greeting = {"type": "E2EGreeting", "payload": {"name": "ada"}}
 
-    with serving("app.py", cwd=tmp_path) as server:
-        async with http(server.base_url) as client:
-            agents = (await client.get("/api/v1/agents")).json()["agents"]
-            assert [a["name"] for a in agents] == ["replier"]
-            first = await client.post("/api/v1/artifacts/sync", json=greeting, headers=key)
-            assert first.status_code == 200, first.text
-            assert first.json()["completed"] is True
-            assert [a["payload"] for a in first.json()["artifacts"]] == [
-                {"name": "ada"},
-                {"text": "hello ada"},
-            ]
+    async with ServeProcess("app.py", cwd=tmp_path) as server, http(server.url) as client:
+        agents = (await client.get("/api/v1/agents")).json()["agents"]
+        assert [a["name"] for a in agents] == ["replier"]
+        first = await client.post("/api/v1/artifacts/sync", json=greeting, headers=key)
+        assert first.status_code == 200, first.text
+        assert first.json()["completed"] is True
+        assert [a["payload"] for a in first.json()["artifacts"]] == [
+            {"name": "ada"},
+            {"text": "hello ada"},
+        ]
     assert (tmp_path / ".flock" / "blackboard.db").is_file()
     assert (tmp_path / ".flock" / "idempotency.db").is_file()
     cid = first.json()["correlation_id"]
 
-    with serving("app.py", cwd=tmp_path) as server:
-        async with http(server.base_url) as client:
-            listed = (await client.get("/api/v1/artifacts")).json()
-            assert [a["id"] for a in listed["items"]] == [
-                a["id"] for a in first.json()["artifacts"]
-            ]
-            status = (await client.get(f"/api/v1/correlations/{cid}")).json()
-            assert status["state"] == "idle" and status["artifact_count"] == 2
+    async with ServeProcess("app.py", cwd=tmp_path) as server, http(server.url) as client:
+        listed = (await client.get("/api/v1/artifacts")).json()
+        assert [a["id"] for a in listed["items"]] == [a["id"] for a in first.json()["artifacts"]]
+        status = (await client.get(f"/api/v1/correlations/{cid}")).json()
+        assert status["state"] == "idle" and status["artifact_count"] == 2
 
-            replay = await client.post("/api/v1/artifacts/sync", json=greeting, headers=key)
-            assert replay.headers.get("idempotent-replayed") == "true"
-            assert replay.content == first.content
+        replay = await client.post("/api/v1/artifacts/sync", json=greeting, headers=key)
+        assert replay.headers.get("idempotent-replayed") == "true"
+        assert replay.content == first.content
 
-            again = await client.post(
-                "/api/v1/artifacts/sync", json={"type": "E2EGreeting", "payload": {"name": "bo"}}
-            )
-            assert again.json()["completed"] is True
-            assert (await client.get("/api/v1/artifacts")).json()["pagination"]["total"] == 4
+        again = await client.post(
+            "/api/v1/artifacts/sync", json={"type": "E2EGreeting", "payload": {"name": "bo"}}
+        )
+        assert again.json()["completed"] is True
+        assert (await client.get("/api/v1/artifacts")).json()["pagination"]["total"] == 4
 
 
 async def test_module_attr_reference_to_a_factory(tmp_path: Path) -> None:
     (tmp_path / "greeter.py").write_text(APP_SOURCE)
-    with serving("greeter:build", *MEMORY_STORES, cwd=tmp_path) as server:
-        async with http(server.base_url) as client:
-            response = await client.post(
-                "/api/v1/artifacts/sync", json={"type": "E2EGreeting", "payload": {"name": "cy"}}
-            )
-            assert response.json()["artifacts"][-1]["payload"] == {"text": "hello cy"}
+    async with (
+        ServeProcess("greeter:build", *MEMORY_STORES, cwd=tmp_path) as server,
+        http(server.url) as client,
+    ):
+        response = await client.post(
+            "/api/v1/artifacts/sync", json={"type": "E2EGreeting", "payload": {"name": "cy"}}
+        )
+        assert response.json()["artifacts"][-1]["payload"] == {"text": "hello cy"}
 
 
 def test_serve_without_app_or_with_sqlite_workers_exits_with_a_reason(tmp_path: Path) -> None:
@@ -235,9 +170,9 @@ def test_serve_without_app_or_with_sqlite_workers_exits_with_a_reason(tmp_path: 
     cases = [((), "give either an APP"), (("--demo", "--workers", "2"), "needs shared stores")]
     processes = [
         subprocess.Popen(
-            [sys.executable, "-m", "flock.cli", "serve", *args, "--port", str(_free_port())],
+            [sys.executable, "-m", "flock.cli", "serve", *args, "--port", str(free_port())],
             cwd=tmp_path,
-            env=_env(),
+            env=server_env(),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

@@ -1,23 +1,12 @@
-"""Fixtures of the reliability suite: server processes and TCP proxies, always cleaned up."""
+"""Fixtures of the reliability suite: TCP proxies, always closed (`serve` is in tests/)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 
-from .harness import ServerFactory, TCPProxy
-
-
-@pytest.fixture
-def serve(tmp_path: Path) -> Iterator[ServerFactory]:
-    """`serve(app, store=..., idempotency=..., **env)` starts `flock serve`; all are stopped."""
-    factory = ServerFactory(tmp_path)
-    try:
-        yield factory
-    finally:
-        factory.stop_all()
+from .harness import TCPProxy
 
 
 @pytest.fixture

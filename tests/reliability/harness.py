@@ -1,32 +1,25 @@
-"""Helpers of the reliability suite: real `flock serve` processes and a TCP proxy to cut.
+"""Helpers of the reliability suite: a TCP proxy to cut, raw HTTP, problem documents.
 
-Everything here talks to real things: `ServeProcess` runs `python -m flock.cli serve` on a
-free port, `TCPProxy` forwards bytes to a real PostgreSQL or Redis until a test cuts it.
-Waiting is always polling with a deadline (`poll_until`), never a bare sleep.
+Everything here talks to real things: `TCPProxy` forwards bytes to a real PostgreSQL or
+Redis until a test cuts it; the `flock serve` processes come from `support.serve`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
-import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Coroutine
 from concurrent.futures import Future
-from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
+from support.serve import free_port
+
 T = TypeVar("T")
 
-STARTUP_SECONDS = 60.0
 PROBLEM_JSON = "application/problem+json"
 PROBLEM_FIELDS = {
     "type",
@@ -38,30 +31,6 @@ PROBLEM_FIELDS = {
     "retryable",
     "details",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-async def poll_until(
-    check: Callable[[], Awaitable[T | None]],
-    *,
-    seconds: float,
-    what: str,
-    interval: float = 0.05,
-) -> T:
-    """Call `check` until it returns something other than None/False; fail after `seconds`."""
-    deadline = time.monotonic() + seconds
-    while True:
-        value = await check()
-        if value is not None and value is not False:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up after {seconds:g} s waiting for {what}")
-        await asyncio.sleep(interval)
 
 
 def assert_problem(
@@ -80,132 +49,6 @@ def assert_problem(
     if problem["retryable"]:
         assert int(response.headers["retry-after"]) >= 1, f"{where}: no Retry-After"
     return problem
-
-
-def server_env(**extra: str) -> dict[str, str]:
-    """This environment without FLOCK_* settings (they would override the CLI flags)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOCK_")}
-    env.update(extra)
-    return env
-
-
-class ServeProcess:
-    """One `flock serve APP --store S --idempotency I` subprocess on a free port."""
-
-    def __init__(
-        self,
-        app: Path,
-        *,
-        store: str,
-        idempotency: str,
-        log: Path,
-        env: dict[str, str] | None = None,
-    ) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log
-        command = [
-            sys.executable,
-            "-m",
-            "flock.cli",
-            "serve",
-            str(app),
-            "--port",
-            str(self.port),
-            "--store",
-            store,
-            "--idempotency",
-            idempotency,
-            "--log-level",
-            "warning",
-        ]
-        with log.open("ab") as out:
-            self.process = subprocess.Popen(
-                command,
-                cwd=app.parent,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=server_env(**(env or {})),
-            )
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")[-6000:]
-
-    async def wait_healthy(self, seconds: float = STARTUP_SECONDS) -> None:
-        """Poll `/health` until it answers 200; fail if the process exits first."""
-
-        async def healthy() -> bool:
-            if self.process.poll() is not None:
-                raise AssertionError(
-                    f"flock serve exited with {self.process.returncode}:\n{self.output()}"
-                )
-            try:
-                async with httpx.AsyncClient(timeout=2.0) as client:
-                    return (await client.get(f"{self.url}/health")).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        await poll_until(healthy, seconds=seconds, what=f"flock serve on {self.url}")
-
-    def rss_bytes(self) -> int:
-        """The process's resident set size, from /proc/<pid>/status (VmRSS)."""
-        status = Path(f"/proc/{self.pid}/status").read_text()
-        for line in status.splitlines():
-            if line.startswith("VmRSS:"):
-                value, unit = line.split()[1:3]
-                assert unit == "kB", line
-                return int(value) * 1024
-        raise AssertionError(f"no VmRSS in /proc/{self.pid}/status")
-
-    def kill(self) -> None:
-        """SIGKILL: no clean-up of any kind in the server."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-        self.process.wait(timeout=30)
-
-    def terminate(self) -> None:
-        """SIGTERM: ask for a graceful shutdown (does not wait)."""
-        self.process.send_signal(signal.SIGTERM)
-
-    async def wait_exit(self, seconds: float) -> int:
-        """The exit status, polled until `seconds` pass (then fail)."""
-
-        async def exited() -> int | None:
-            return self.process.poll()
-
-        return await poll_until(exited, seconds=seconds, what=f"flock serve {self.pid} to exit")
-
-    def stop(self) -> None:
-        """Best-effort end of the process (test clean-up): SIGTERM, then SIGKILL."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=15)
-
-
-class ServerFactory:
-    """Starts `ServeProcess`es in one working directory; `stop_all` ends every one."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.started: list[ServeProcess] = []
-
-    def __call__(self, app: Path, *, store: str, idempotency: str, **env: str) -> ServeProcess:
-        log = self.workdir / f"serve-{len(self.started)}.log"
-        server = ServeProcess(app, store=store, idempotency=idempotency, log=log, env=env)
-        self.started.append(server)
-        return server
-
-    def stop_all(self) -> None:
-        for server in self.started:
-            server.stop()
 
 
 class TCPProxy:
@@ -317,12 +160,6 @@ class TCPProxy:
             pass
         finally:
             writer.transport.abort()
-
-
-def write_app(directory: Path, name: str, source: str) -> Path:
-    path = directory / name
-    path.write_text(source)
-    return path
 
 
 class RawHTTPConnection:

@@ -17,42 +17,15 @@ from typing import Any
 import httpx
 import pytest
 
-from .harness import ServerFactory, poll_until, write_app
+from support.apps import job_app, work_after_marker, write_app
+from support.polling import poll_until
+from support.serve import ServerFactory
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 JOB = "CrashJob"
 DONE = "CrashDone"
-APP = f"""
-import asyncio
-import os
-
-from pydantic import BaseModel
-
-from flock import Flock, flock_type
-
-MARKER = os.environ["RELIABILITY_MARKER"]
-
-
-@flock_type(name="{JOB}")
-class Job(BaseModel):
-    n: int
-
-
-@flock_type(name="{DONE}")
-class Done(BaseModel):
-    n: int
-
-
-async def work(job: Job) -> Done:
-    while not os.path.exists(MARKER):  # blocks until the test lets it go
-        await asyncio.sleep(0.02)
-    return Done(n=job.n * 2)
-
-
-flock = Flock()
-flock.agent("doubler").consumes(Job).publishes(Done).with_engines(work)
-"""
+APP = job_app(job=JOB, done=DONE, agent="doubler", work=work_after_marker("job.n * 2"))
 
 KEYED_N = 21
 ACCEPTED = 5  # async publishes made before the kill

@@ -16,42 +16,17 @@ from typing import Any
 import httpx
 import pytest
 
-from .harness import PROBLEM_FIELDS, RawHTTPConnection, ServerFactory, poll_until, write_app
+from support.apps import job_app, work_after_marker, write_app
+from support.polling import poll_until
+from support.serve import ServerFactory
+
+from .harness import PROBLEM_FIELDS, RawHTTPConnection
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 JOB = "ShutdownJob"
 DONE = "ShutdownDone"
-APP = f"""
-import asyncio
-import os
-
-from pydantic import BaseModel
-
-from flock import Flock, flock_type
-
-MARKER = os.environ["RELIABILITY_MARKER"]
-
-
-@flock_type(name="{JOB}")
-class Job(BaseModel):
-    n: int
-
-
-@flock_type(name="{DONE}")
-class Done(BaseModel):
-    n: int
-
-
-async def work(job: Job) -> Done:
-    while not os.path.exists(MARKER):  # blocks until the test lets it go
-        await asyncio.sleep(0.02)
-    return Done(n=job.n + 100)
-
-
-flock = Flock()
-flock.agent("finisher").consumes(Job).publishes(Done).with_engines(work)
-"""
+APP = job_app(job=JOB, done=DONE, agent="finisher", work=work_after_marker("job.n + 100"))
 
 INFLIGHT = 4
 EXIT_SECONDS = 30.0

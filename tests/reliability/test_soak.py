@@ -30,35 +30,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .harness import ServeProcess, ServerFactory, write_app
+from support.apps import job_app, write_app
+from support.serve import ServeProcess, ServerFactory
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 JOB = "SoakJob"
 DONE = "SoakDone"
-APP = f"""
-from pydantic import BaseModel
-
-from flock import Flock, flock_type
-
-
-@flock_type(name="{JOB}")
-class Job(BaseModel):
-    n: int
-
-
-@flock_type(name="{DONE}")
-class Done(BaseModel):
-    n: int
-
-
-def work(job: Job) -> Done:
-    return Done(n=job.n + 1)
-
-
-flock = Flock()
-flock.agent("worker").consumes(Job).publishes(Done).with_engines(work)
-"""
+APP = job_app(job=JOB, done=DONE)  # Done(n=job.n + 1)
 
 CALLS = int(os.environ.get("FLOCK_SOAK_CALLS", "10000"))
 WARMUP_CALLS = 1000

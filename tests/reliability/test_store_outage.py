@@ -18,35 +18,17 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .harness import ServeProcess, ServerFactory, TCPProxy, assert_problem, poll_until, write_app
+from support.apps import job_app, write_app
+from support.polling import poll_until
+from support.serve import ServeProcess, ServerFactory
+
+from .harness import TCPProxy, assert_problem
 
 pytestmark = [pytest.mark.slow, pytest.mark.services, pytest.mark.timeout(120)]
 
 JOB = "OutageJob"
 DONE = "OutageDone"
-APP = f"""
-from pydantic import BaseModel
-
-from flock import Flock, flock_type
-
-
-@flock_type(name="{JOB}")
-class Job(BaseModel):
-    n: int
-
-
-@flock_type(name="{DONE}")
-class Done(BaseModel):
-    n: int
-
-
-def work(job: Job) -> Done:
-    return Done(n=job.n + 1)
-
-
-flock = Flock()
-flock.agent("worker").consumes(Job).publishes(Done).with_engines(work)
-"""
+APP = job_app(job=JOB, done=DONE)  # Done(n=job.n + 1)
 
 RECOVERY_SECONDS = 30.0
 ASYNC = "/api/v1/artifacts"
