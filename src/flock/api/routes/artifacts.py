@@ -9,12 +9,19 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
+from pydantic import BaseModel
 from pydantic_core import to_json
 
 from flock.api.auth import Principal
 from flock.api.deps import PrincipalDep, ServiceDep, route_template
 from flock.api.errors import APIError, ErrorCode, create_error_response
-from flock.api.idempotency.guard import KeyedCall, fingerprint_of, parse_idempotency_key, scoped_key
+from flock.api.idempotency.guard import (
+    IdempotentOperation,
+    KeyedCall,
+    fingerprint_of,
+    parse_idempotency_key,
+    scoped_key,
+)
 from flock.api.idempotency.protocol import IdempotencyRecord
 from flock.api.models import (
     ArtifactListResponse,
@@ -78,6 +85,23 @@ async def publish_once(
     return artifact
 
 
+async def published_before_failing(
+    service: ServiceDep, record: IdempotencyRecord
+) -> tuple[str, str] | None:
+    """The (artifact id, correlation id) of a stored 5xx whose artifact was published anyway.
+
+    That call failed after its publish took effect, so a retry is answered as accepted
+    instead of with the stored error. None for any other outcome.
+    """
+    response = record.response
+    if response is None or response.status_code < 500 or not record.artifact_id:
+        return None
+    if await service.flock.store.get(record.artifact_id) is None:
+        return None
+    assert record.correlation_id is not None
+    return record.artifact_id, record.correlation_id
+
+
 class AsyncPublish:
     """`POST /artifacts`: publish and answer at once."""
 
@@ -96,13 +120,8 @@ class AsyncPublish:
         return self._accepted(artifact.id, artifact.correlation_id)
 
     async def refresh(self, record: IdempotencyRecord) -> Response | None:
-        response = record.response
-        if response is None or response.status_code < 500 or not record.artifact_id:
-            return None
-        if await self.service.flock.store.get(record.artifact_id) is None:
-            return None
-        assert record.correlation_id is not None
-        return self._accepted(record.artifact_id, record.correlation_id)
+        published = await published_before_failing(self.service, record)
+        return None if published is None else self._accepted(*published)
 
     @staticmethod
     def _accepted(artifact_id: str, correlation_id: str) -> Response:
@@ -193,8 +212,8 @@ async def run_keyed(
     service: ServiceDep,
     request: Request,
     principal: Principal,
-    body: PublishRequest,
-    operation: AsyncPublish | SyncPublish,
+    body: BaseModel,
+    operation: IdempotentOperation,
     wait_seconds: float | None = None,
 ) -> Response:
     """Run a publish operation, through the idempotency guard when the request has a key."""
@@ -202,8 +221,8 @@ async def run_keyed(
     if key is None:
         return await operation.execute(None)
     scoped = scoped_key(principal.scope, request.method, route_template(request), key)
-    # A sync `timeout` only says how long this call waits: a retry that waits longer (or
-    # less) is the same request, re-attached to the same outcome, not a conflict.
+    # A `timeout` (sync publish, batch) only says how long this call waits: a retry that
+    # waits longer (or less) is the same request, re-attached to the same outcome.
     fingerprint = fingerprint_of(body.model_dump(mode="json", exclude={"timeout"}))
     return await service.guard.run(
         scoped,
@@ -325,6 +344,7 @@ __all__ = [
     "answer_completed",
     "json_response",
     "publish_once",
+    "published_before_failing",
     "router",
     "run_keyed",
 ]

@@ -44,7 +44,12 @@ from flock.api.models import (
     BatchPublishResponse,
     PublishRequest,
 )
-from flock.api.routes.artifacts import json_response, publish_once
+from flock.api.routes.artifacts import (
+    json_response,
+    publish_once,
+    published_before_failing,
+    run_keyed,
+)
 from flock.api.routing import JSONBodyRoute
 
 router = APIRouter(prefix="/api/v1", tags=["artifacts"], route_class=JSONBodyRoute)
@@ -146,13 +151,8 @@ class ItemPublish:
 
     async def refresh(self, record: IdempotencyRecord) -> Response | None:
         """A 5xx stored after publishing is answered from the artifact that was published."""
-        response = record.response
-        if response is None or response.status_code < 500 or not record.artifact_id:
-            return None
-        if await self.service.flock.store.get(record.artifact_id) is None:
-            return None
-        assert record.correlation_id is not None
-        return self._accepted(record.artifact_id, record.correlation_id)
+        published = await published_before_failing(self.service, record)
+        return None if published is None else self._accepted(*published)
 
     @staticmethod
     def _accepted(artifact_id: str, correlation_id: str) -> Response:
@@ -283,18 +283,10 @@ async def publish_batch(
     (up to `timeout`) and answer each item's artifacts, like a sync publish does."""
     slot = service.sync_slot(principal) if body.wait else contextlib.nullcontext()
     async with slot:
-        key = parse_idempotency_key(request.headers)
-        operation = BatchPublish(service, body, principal, request, key)
-        if key is None:
-            return await operation.execute(None)
-        return await service.guard.run(
-            scoped_key(principal.scope, request.method, route_template(request), key),
-            # `timeout` only says how long this call waits; a retry may wait longer or less.
-            fingerprint_of(body.model_dump(mode="json", exclude={"timeout"})),
-            operation,
-            wait_seconds=body.timeout if body.wait else None,
-            correlation_id=request.scope["state"].get("correlation_id"),
-        )
+        batch_key = parse_idempotency_key(request.headers)
+        operation = BatchPublish(service, body, principal, request, batch_key)
+        wait_seconds = body.timeout if body.wait else None
+        return await run_keyed(service, request, principal, body, operation, wait_seconds)
 
 
 __all__ = ["BatchPublish", "ItemOutcome", "ItemPublish", "router"]
