@@ -9,6 +9,8 @@ Anything outside that shape takes FastAPI's own handler, unchanged: other endpoi
 that are missing, not JSON or invalid (so error responses stay exactly FastAPI's), and apps
 that override one of the endpoint's dependencies. The OpenAPI schema is built from the same
 endpoint signature either way.
+
+`add_routes` puts a router's routes on the app itself rather than including the router.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import fastapi.routing
+from fastapi import APIRouter, FastAPI
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
@@ -91,6 +94,27 @@ class JSONBodyRoute(APIRoute):
             return await plan.endpoint(**kwargs)
 
         return handler
+
+
+def add_routes(app: FastAPI, router: APIRouter) -> None:
+    """Add the router's routes to the app itself, each with the options it was declared with.
+
+    What `app.include_router(router)` does when given no options of its own (the app's
+    responses, dependency overrides and OpenAPI apply the same), except that requests are
+    then matched once: FastAPI matches the routes of an included router twice per request.
+    """
+    options = [
+        name
+        for name in inspect.signature(app.router.add_api_route).parameters
+        if name not in ("path", "endpoint", "route_class_override")
+    ]
+    for route in router.routes:
+        if not isinstance(route, APIRoute):
+            raise TypeError(f"add_routes() takes API routes only, not {route!r}")
+        declared = {name: getattr(route, name) for name in options if hasattr(route, name)}
+        app.router.add_api_route(
+            route.path, route.endpoint, route_class_override=type(route), **declared
+        )
 
 
 def _as_included(route: APIRoute) -> Any:
@@ -169,4 +193,4 @@ def _returns_response(endpoint: Callable[..., Any]) -> bool:
     return inspect.isclass(returned) and issubclass(returned, Response)
 
 
-__all__ = ["JSONBodyRoute", "is_json_media_type"]
+__all__ = ["JSONBodyRoute", "add_routes", "is_json_media_type"]

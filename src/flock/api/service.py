@@ -22,6 +22,7 @@ from flock.api.middleware import RequestContextMiddleware
 from flock.api.models import ErrorResponse
 from flock.api.publishing import CascadeWaiter
 from flock.api.routes import agents, artifacts, batch, correlations, health
+from flock.api.routing import add_routes
 from flock.api.settings import ServiceSettings
 from flock.core.orchestrator import Flock
 
@@ -79,7 +80,7 @@ class BlackboardHTTPService:
         app.state.flock_service = self
         install_error_handlers(app)
         for module in (artifacts, batch, agents, correlations, health):
-            app.include_router(module.router)
+            add_routes(app, module.router)
         install_docs(app, title)
         app.add_middleware(RequestContextMiddleware, service=self)
         return app
