@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from datetime import datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 import httpx
 from pydantic import BaseModel
 
-from flock.client._base import BaseClient, ClientOptions
+from flock.client._base import ArtifactQuery, BaseClient, ClientOptions
 from flock.client.calls import ArtifactRef, BatchItem, Call, Outcome, TypeRef, VisibilityArg
 from flock.client.results import BatchResult, CorrelationInfo, PublishResult, SyncResult
 from flock.core.artifacts import Artifact
@@ -120,31 +119,12 @@ class AsyncFlockClient(BaseClient):
     async def correlation(self, correlation_id: str) -> CorrelationInfo:
         return await self._run(self._correlation_call(correlation_id))
 
-    async def list_artifacts(
-        self,
-        *,
-        type: TypeRef | Iterable[TypeRef] | None = None,
-        produced_by: str | Iterable[str] | None = None,
-        correlation_id: str | None = None,
-        tag: str | Iterable[str] | None = None,
-        start: datetime | None = None,
-        end: datetime | None = None,
-        visibility: str | Iterable[str] | None = None,
-        page_size: int = 100,
-        limit: int | None = None,
-    ) -> AsyncIterator[Artifact]:
-        """Every matching artifact (up to `limit`), fetched a page at a time as you iterate."""
-        pager = self._pager(
-            type=type,
-            produced_by=produced_by,
-            correlation_id=correlation_id,
-            tag=tag,
-            start=start,
-            end=end,
-            visibility=visibility,
-            page_size=page_size,
-            limit=limit,
-        )
+    async def list_artifacts(self, **query: Unpack[ArtifactQuery]) -> AsyncIterator[Artifact]:
+        """Every matching artifact (up to `limit`), fetched a page at a time as you iterate.
+
+        The filters and paging options are those of `ArtifactQuery`.
+        """
+        pager = self._pager(**query)
         while (call := pager.next_call()) is not None:
             for artifact in pager.take(await self._run(call)):
                 yield artifact

@@ -63,6 +63,25 @@ class ClientOptions(TypedDict, total=False):
     rng: random.Random | None
 
 
+class ArtifactQuery(TypedDict, total=False):
+    """What `list_artifacts` takes: the filters of `GET /api/v1/artifacts`, and paging.
+
+    `type`, `produced_by`, `tag` and `visibility` take one value or several; `start` and
+    `end` are the query's `from` and `to`. `page_size` is the number of artifacts fetched
+    per request (1-500, default 100); `limit` caps how many are returned in all.
+    """
+
+    type: TypeRef | Iterable[TypeRef] | None
+    produced_by: str | Iterable[str] | None
+    correlation_id: str | None
+    tag: str | Iterable[str] | None
+    start: datetime | None
+    end: datetime | None
+    visibility: str | Iterable[str] | None
+    page_size: int
+    limit: int | None
+
+
 class BaseClient:
     """Configuration and the sans-IO half of `FlockClient` / `AsyncFlockClient`.
 
@@ -253,16 +272,17 @@ class BaseClient:
     def _pager(
         self,
         *,
-        type: TypeRef | Iterable[TypeRef] | None,
-        produced_by: str | Iterable[str] | None,
-        correlation_id: str | None,
-        tag: str | Iterable[str] | None,
-        start: datetime | None,
-        end: datetime | None,
-        visibility: str | Iterable[str] | None,
-        page_size: int,
-        limit: int | None,
+        type: TypeRef | Iterable[TypeRef] | None = None,
+        produced_by: str | Iterable[str] | None = None,
+        correlation_id: str | None = None,
+        tag: str | Iterable[str] | None = None,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        visibility: str | Iterable[str] | None = None,
+        page_size: int = 100,
+        limit: int | None = None,
     ) -> Pager:
+        """The pager of a `list_artifacts` call (see `ArtifactQuery`)."""
         if not 1 <= page_size <= 500:
             raise ValueError("page_size must be between 1 and 500")
         params: list[tuple[str, str]] = []
@@ -335,4 +355,4 @@ class BaseClient:
         return ref if isinstance(ref, str) else self.registry.name_for(ref)
 
 
-__all__ = ["BaseClient", "ClientOptions"]
+__all__ = ["ArtifactQuery", "BaseClient", "ClientOptions"]
