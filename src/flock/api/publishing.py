@@ -18,6 +18,8 @@ from flock.core.store.protocol import FilterConfig
 from flock.core.visibility import PUBLIC
 from flock.registry import type_registry
 
+_NO_TAGS: frozenset[str] = frozenset()  # shared: a stored artifact keeps one object less
+
 
 def build_artifact(
     request: PublishRequest,
@@ -43,7 +45,7 @@ def build_artifact(
         payload=value.model_dump(mode="json"),
         correlation_id=correlation_id or new_id(),
         id=artifact_id or new_id(),
-        tags=frozenset(request.tags),
+        tags=frozenset(request.tags) if request.tags else _NO_TAGS,
         partition_key=request.partition_key,
         visibility=request.visibility or PUBLIC,
         _model=value,

@@ -11,6 +11,8 @@ from typing import Any
 from flock.core.artifacts import AgentError, Artifact, ArtifactEnvelope, ConsumptionRecord
 from flock.core.store.protocol import CorrelationRecord, CorrelationState, FilterConfig
 
+_Consumption = tuple[datetime, str, str]
+
 
 def _order(artifact: Artifact) -> tuple[datetime, str]:
     return (artifact.created_at, artifact.id)
@@ -23,7 +25,10 @@ class InMemoryBlackboardStore:
         self._by_id: dict[str, Artifact] = {}
         self._ordered: list[Artifact] = []
         self._by_correlation: dict[str, list[Artifact]] = {}
-        self._consumptions: dict[str, list[ConsumptionRecord]] = {}
+        # Per artifact, its consumptions as (consumed_at, consumer, correlation_id) tuples in
+        # that order: the garbage collector stops tracking tuples of strings and datetimes,
+        # so a store holding many runs does not lengthen every full collection.
+        self._consumptions: dict[str, tuple[_Consumption, ...]] = {}
         self._correlations: dict[str, CorrelationRecord] = {}
         self._seqs: dict[str, int] = {}
 
@@ -75,26 +80,31 @@ class InMemoryBlackboardStore:
         selected = self._select(filters)
         page = selected[offset : offset + limit] if limit >= 0 else selected[offset:]
         if embed_meta:
-            return [
-                ArtifactEnvelope(a, tuple(self._consumptions.get(a.id, ()))) for a in page
-            ], len(selected)
+            return [ArtifactEnvelope(a, tuple(self._records_of(a.id))) for a in page], len(selected)
         return list(page), len(selected)
 
     async def summarize_artifacts(self, filters: FilterConfig | None = None) -> dict[str, Any]:
         return summarize(self._select(filters))
 
     async def get_consumptions(self, artifact_id: str) -> list[ConsumptionRecord]:
-        return list(self._consumptions.get(artifact_id, ()))
+        return self._records_of(artifact_id)
+
+    def _records_of(self, artifact_id: str) -> list[ConsumptionRecord]:
+        return [
+            ConsumptionRecord(artifact_id, consumer, correlation_id, consumed_at)
+            for consumed_at, consumer, correlation_id in self._consumptions.get(artifact_id, ())
+        ]
 
     async def record_consumptions(self, records: Sequence[ConsumptionRecord]) -> None:
         self._add_consumptions(records)
 
     def _add_consumptions(self, records: Sequence[ConsumptionRecord]) -> None:
         for record in records:
-            existing = self._consumptions.setdefault(record.artifact_id, [])
-            if all(c.consumer != record.consumer for c in existing):
+            existing = self._consumptions.get(record.artifact_id, ())
+            if all(consumer != record.consumer for _, consumer, _ in existing):
                 # Kept in (consumed_at, consumer) order, as the SQL stores return them.
-                bisect.insort(existing, record, key=lambda c: (c.consumed_at, c.consumer))
+                entry = (record.consumed_at, record.consumer, record.correlation_id)
+                self._consumptions[record.artifact_id] = tuple(sorted((*existing, entry)))
 
     async def set_correlation_state(
         self, correlation_id: str, state: CorrelationState, seq: int, at: datetime
