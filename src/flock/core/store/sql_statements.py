@@ -11,7 +11,19 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, bindparam, case, exists, func, or_, select
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    TextClause,
+    and_,
+    bindparam,
+    case,
+    exists,
+    func,
+    or_,
+    select,
+    text,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.dml import Insert
 
@@ -144,17 +156,25 @@ INSERT_AUDIENCE = artifact_audience.insert()
 
 @dataclass(frozen=True, slots=True)
 class Upserts:
-    """The writes that need the dialect's `INSERT ... ON CONFLICT`; run with row parameters."""
+    """The writes that need the dialect's `INSERT ... ON CONFLICT`; run with row parameters.
 
-    artifacts: Insert  # returns the ids it inserted
-    consumptions: Insert
-    touch_correlation: Insert  # creates the row, or raises updated_at
-    ensure_correlation: Insert  # creates the row if missing
-    correlation_state: Insert  # applies a state write unless a later seq is stored
+    SQLAlchemy cannot cache the compiled form of a dialect's `INSERT ... ON CONFLICT`
+    ("no key"): run as constructs, they were compiled again on every execution, which took
+    about as long as running them. So they are compiled once, per dialect and schema, into
+    SQL text with named parameters; only `artifacts`, for many rows at once, stays a
+    construct (its rows go in one statement, RETURNING the new ids).
+    """
+
+    artifact: TextClause  # one artifact row; returns its id if it was new
+    artifacts: Insert  # the same for many rows; returns the ids it inserted
+    consumptions: TextClause
+    touch_correlation: TextClause  # creates the row, or raises updated_at
+    ensure_correlation: TextClause  # creates the row if missing
+    correlation_state: TextClause  # applies a state write unless a later seq is stored
 
 
 @cache
-def upserts(dialect: str) -> Upserts:
+def upserts(dialect: str, schema: str | None = None) -> Upserts:
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     stored = correlations.c
     by_id = [stored.correlation_id]
@@ -164,22 +184,48 @@ def upserts(dialect: str) -> Upserts:
         (state.excluded.updated_at > stored.updated_at, state.excluded.updated_at),
         else_=stored.updated_at,
     )
-    return Upserts(
-        artifacts=insert(artifacts)
+    new_artifacts = (
+        insert(artifacts)
         .on_conflict_do_nothing(index_elements=[artifacts.c.id])
-        .returning(artifacts.c.id),
-        consumptions=insert(consumptions).on_conflict_do_nothing(
-            index_elements=[consumptions.c.artifact_id, consumptions.c.consumer]
+        .returning(artifacts.c.id)
+    )
+
+    def as_text(statement: Insert) -> TextClause:
+        target = (postgresql if dialect == "postgresql" else sqlite).dialect(paramstyle="named")
+        if schema is None:
+            return text(str(statement.compile(dialect=target)))
+        compiled = statement.compile(
+            dialect=target, schema_translate_map={None: schema}, render_schema_translate=True
+        )
+        return text(str(compiled))
+
+    return Upserts(
+        artifact=as_text(new_artifacts),
+        artifacts=new_artifacts,
+        consumptions=as_text(
+            insert(consumptions).on_conflict_do_nothing(
+                index_elements=[consumptions.c.artifact_id, consumptions.c.consumer]
+            )
         ),
-        touch_correlation=touch.on_conflict_do_update(
-            index_elements=by_id,
-            set_={"updated_at": touch.excluded.updated_at},
-            where=stored.updated_at < touch.excluded.updated_at,
+        touch_correlation=as_text(
+            touch.on_conflict_do_update(
+                index_elements=by_id,
+                set_={"updated_at": touch.excluded.updated_at},
+                where=stored.updated_at < touch.excluded.updated_at,
+            )
         ),
-        ensure_correlation=insert(correlations).on_conflict_do_nothing(index_elements=by_id),
-        correlation_state=state.on_conflict_do_update(
-            index_elements=by_id,
-            set_={"state": state.excluded.state, "seq": state.excluded.seq, "updated_at": later},
-            where=stored.seq < state.excluded.seq,
+        ensure_correlation=as_text(
+            insert(correlations).on_conflict_do_nothing(index_elements=by_id)
+        ),
+        correlation_state=as_text(
+            state.on_conflict_do_update(
+                index_elements=by_id,
+                set_={
+                    "state": state.excluded.state,
+                    "seq": state.excluded.seq,
+                    "updated_at": later,
+                },
+                where=stored.seq < state.excluded.seq,
+            )
         ),
     )
