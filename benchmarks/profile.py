@@ -119,6 +119,7 @@ def main() -> None:
     parser.add_argument("--pyinstrument", action="store_true")
     parser.add_argument("--sort", default="tottime")
     parser.add_argument("--limit", type=int, default=40)
+    parser.add_argument("--no-profile", action="store_true", help="only the unprofiled rate")
     args = parser.parse_args()
     app = make_app(args.case)
     make = request_factory(args.case)
@@ -126,6 +127,8 @@ def main() -> None:
         runner.run(drive(app, make, 500, args.concurrency))  # warm up (and the replay's key)
         plain = runner.run(drive(app, make, args.requests, args.concurrency))
         print(f"{args.case}: {args.requests / plain:,.0f} req/s unprofiled, in-process")
+        if args.no_profile:
+            return
         if args.pyinstrument:
             from pyinstrument import Profiler
 

@@ -1,15 +1,17 @@
 """HTTP: the baseline route, async publish, sync publish (plain, keyed first call, replay).
 
-Each case runs against a fresh `flock serve` (memory stores), after a short warm-up, and is
-compared with the bare FastAPI route at the same number of connections, measured in the
-same run. With `--repeat N` every case is measured N times, interleaved with the baseline,
-and the medians are reported.
+Each case runs against a fresh `flock serve` (memory stores unless said otherwise), after a
+short warm-up, and is compared with the bare FastAPI route at the same number of
+connections, measured in the same run. With `--repeat N` every case is measured N times,
+interleaved with the baseline, and the medians are reported. One more case serves the
+cascade from SQLite files (the CLI's default stores), for scale: it is bound by the writes.
 """
 
 from __future__ import annotations
 
 import json
 import statistics
+import tempfile
 import uuid
 from dataclasses import dataclass
 
@@ -38,6 +40,7 @@ class Case:
     connections: int
     replay: bool = False  # send the request once first, then load it with the same key
     target: float | None = None
+    sqlite: bool = False  # SQLite files for both stores instead of memory
 
 
 CASES = [
@@ -49,6 +52,7 @@ CASES = [
     Case("sync publish, replay (same key & body)", SYNC_PUBLISH, 1, replay=True),
     Case("sync publish, replay (same key & body)", SYNC_PUBLISH, 16, replay=True,
          target=REPLAY_TARGET),
+    Case("sync publish, SQLite stores", SYNC_PUBLISH, 16, sqlite=True),
 ]  # fmt: skip
 
 
@@ -81,11 +85,14 @@ def check_served(url: str, request: Request) -> None:
 
 
 def measure_case(ctx: Context, case: Case) -> LoadResult:
-    with Server.flock(store="memory://", idempotency="memory://") as server:
-        check_served(server.url, case.request)
-        request = prepare_replay(server.url, case.request) if case.replay else case.request
-        run_load(server.url, request, case.connections, WARMUP_SECONDS, ctx.loadgen)
-        return run_load(server.url, request, case.connections, ctx.seconds, ctx.loadgen)
+    with tempfile.TemporaryDirectory() as tmp:
+        stores = (f"sqlite:///{tmp}/blackboard.db", f"sqlite:///{tmp}/idempotency.db")
+        store, idempotency = stores if case.sqlite else ("memory://", "memory://")
+        with Server.flock(store=store, idempotency=idempotency) as server:
+            check_served(server.url, case.request)
+            request = prepare_replay(server.url, case.request) if case.replay else case.request
+            run_load(server.url, request, case.connections, WARMUP_SECONDS, ctx.loadgen)
+            return run_load(server.url, request, case.connections, ctx.seconds, ctx.loadgen)
 
 
 def median_result(results: list[LoadResult]) -> LoadResult:
