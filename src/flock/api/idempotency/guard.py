@@ -81,10 +81,13 @@ def _bad_key(message: str) -> APIError:
     )
 
 
+# One encoder for every fingerprint: json.dumps() with options builds a new one per call.
+_CANONICAL_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def fingerprint_of(body: Any) -> str:
     """SHA-256 of the canonical JSON form (sorted keys, no whitespace)."""
-    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    return hashlib.sha256(_CANONICAL_JSON.encode(body).encode()).hexdigest()
 
 
 def scoped_key(principal_scope: str, method: str, route: str, key: str) -> str:
