@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import time
 import traceback
@@ -42,7 +43,18 @@ def main(argv: list[str] | None = None) -> int:
         "--repeat", type=int, default=None,
         help="measure each HTTP case this many times, report the median (default 3, quick 1)",
     )  # fmt: skip
+    parser.add_argument(
+        "--src", metavar="DIR",
+        help="benchmark the flock package under DIR (e.g. an older commit's src/) instead",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    if args.src:
+        # Servers and in-process scenarios alike import flock from DIR first.
+        src = os.path.abspath(args.src)
+        sys.path.insert(0, src)
+        os.environ["PYTHONPATH"] = os.pathsep.join(
+            p for p in (src, os.environ.get("PYTHONPATH")) if p
+        )
     if args.loadgen == "wrk" and wrk_path() is None:
         parser.error("--loadgen wrk: wrk is not installed")
     tool = args.loadgen if args.loadgen != "auto" else ("wrk" if wrk_path() else "python")
@@ -55,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         "mode": "quick" if args.quick else "full",
         "loadgen": "wrk" if tool == "wrk" else "python-asyncio",
         "repeat": repeat,
+        "flock_source": args.src or "the working tree",
         "machine": machine.describe(),
     }
     print(f"machine: {meta['machine']['cpu']}, {meta['machine']['cores']} cores, "

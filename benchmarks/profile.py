@@ -2,6 +2,7 @@
 
     uv run python -m benchmarks.profile sync [--requests 5000] [--concurrency 16]
     uv run --with pyinstrument python -m benchmarks.profile sync --pyinstrument
+    uv run python -m benchmarks.profile sync --no-profile --gc   # time in garbage collection
 
 Cases: baseline, async, sync, keyed, replay. cProfile gives deterministic call counts;
 pyinstrument (sampling) shows where the time goes across awaits. What uvicorn does (HTTP
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import gc
 import io
 import json
 import pstats
@@ -111,6 +113,41 @@ async def drive(app: Any, make: Callable[[], tuple[Message, bytes]], n: int, con
     return time.perf_counter() - started
 
 
+class GCTimer:
+    """Times the garbage collector's passes, by generation, while entered."""
+
+    def __init__(self, *, enabled: bool) -> None:
+        self.enabled = enabled
+        self.seconds = [0.0, 0.0, 0.0]
+        self.counts = [0, 0, 0]
+        self._started = 0.0
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            generation = info["generation"]
+            self.seconds[generation] += time.perf_counter() - self._started
+            self.counts[generation] += 1
+
+    def __enter__(self) -> GCTimer:
+        if self.enabled:
+            gc.callbacks.append(self._callback)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.enabled:
+            gc.callbacks.remove(self._callback)
+
+    def report(self, elapsed: float) -> str:
+        parts = [
+            f"gen{g}: {n} passes, {t * 1000:.0f} ms"
+            for g, (n, t) in enumerate(zip(self.counts, self.seconds, strict=True))
+        ]
+        share = sum(self.seconds) / elapsed * 100
+        return f"garbage collection: {share:.0f}% of {elapsed:.2f} s ({'; '.join(parts)})"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.profile")
     parser.add_argument("case", choices=list(PATHS))
@@ -120,13 +157,17 @@ def main() -> None:
     parser.add_argument("--sort", default="tottime")
     parser.add_argument("--limit", type=int, default=40)
     parser.add_argument("--no-profile", action="store_true", help="only the unprofiled rate")
+    parser.add_argument("--gc", action="store_true", help="report the time spent collecting")
     args = parser.parse_args()
     app = make_app(args.case)
     make = request_factory(args.case)
     with new_loop_runner() as runner:
         runner.run(drive(app, make, 500, args.concurrency))  # warm up (and the replay's key)
-        plain = runner.run(drive(app, make, args.requests, args.concurrency))
+        with GCTimer(enabled=args.gc) as collecting:
+            plain = runner.run(drive(app, make, args.requests, args.concurrency))
         print(f"{args.case}: {args.requests / plain:,.0f} req/s unprofiled, in-process")
+        if args.gc:
+            print(collecting.report(plain))
         if args.no_profile:
             return
         if args.pyinstrument:
