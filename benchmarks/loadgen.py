@@ -43,6 +43,7 @@ class LoadResult:
     p50_ms: float
     p95_ms: float
     p99_ms: float
+    cpu_us: float | None = None  # the server's CPU time per request, when measured
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)

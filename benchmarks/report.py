@@ -61,6 +61,7 @@ _SHOWN = {
     "mean_ms": "mean ms",
     "rss_mib": "MiB",
     "api_p50_ms": "p50 ms as the API asks",
+    "cpu_us": "us server CPU/req",
 }
 
 
@@ -113,3 +114,18 @@ def write_json(rows: list[Row], meta: dict[str, Any]) -> Path:
 
 
 __all__ = ["RESULTS_DIR", "Row", "markdown", "table", "write_json"]
+
+
+def _main() -> None:
+    """`python -m benchmarks.report [results.json]`: a results file as a Markdown table."""
+    import sys
+
+    path = Path(sys.argv[1]) if len(sys.argv) > 1 else RESULTS_DIR / "latest.json"
+    data = json.loads(path.read_text())
+    fields = Row.__dataclass_fields__
+    rows = [Row(**{k: v for k, v in row.items() if k in fields}) for row in data["rows"]]
+    print(markdown(rows))
+
+
+if __name__ == "__main__":
+    _main()

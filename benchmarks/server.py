@@ -110,6 +110,11 @@ class Server:
         assert self.process is not None
         return sum(_rss_kib(pid) for pid in _tree(self.process.pid)) / 1024
 
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) used so far by the server process and its children."""
+        assert self.process is not None
+        return sum(_cpu_seconds(pid) for pid in _tree(self.process.pid))
+
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
@@ -141,6 +146,14 @@ def _tree(pid: int) -> list[int]:
     for child in children:
         pids += _tree(int(child))
     return pids
+
+
+def _cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _rss_kib(pid: int) -> int:

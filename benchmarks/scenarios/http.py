@@ -92,7 +92,15 @@ def measure_case(ctx: Context, case: Case) -> LoadResult:
             check_served(server.url, case.request)
             request = prepare_replay(server.url, case.request) if case.replay else case.request
             run_load(server.url, request, case.connections, WARMUP_SECONDS, ctx.loadgen)
-            return run_load(server.url, request, case.connections, ctx.seconds, ctx.loadgen)
+            return measure(server, request, case.connections, ctx)
+
+
+def measure(server: Server, request: Request, connections: int, ctx: Context) -> LoadResult:
+    """One load run; also records the server's CPU time per request (`cpu_us`)."""
+    before = server.cpu_seconds()
+    result = run_load(server.url, request, connections, ctx.seconds, ctx.loadgen)
+    result.cpu_us = (server.cpu_seconds() - before) / max(result.requests, 1) * 1e6
+    return result
 
 
 def median_result(results: list[LoadResult]) -> LoadResult:
@@ -102,7 +110,10 @@ def median_result(results: list[LoadResult]) -> LoadResult:
 
 
 def figures(result: LoadResult) -> dict[str, float]:
-    return {"rps": result.rps, "p50_ms": result.p50_ms, "p95_ms": result.p95_ms}
+    shown = {"rps": result.rps, "p50_ms": result.p50_ms, "p95_ms": result.p95_ms}
+    if result.cpu_us is not None:
+        shown["cpu_us"] = result.cpu_us
+    return shown
 
 
 def run(ctx: Context) -> list[Row]:
@@ -113,7 +124,7 @@ def run(ctx: Context) -> list[Row]:
             run_load(baseline.url, BASELINE, connections, WARMUP_SECONDS, ctx.loadgen)
         for _ in range(ctx.repeat):
             for connections, runs in baseline_runs.items():
-                runs.append(run_load(baseline.url, BASELINE, connections, ctx.seconds, ctx.loadgen))
+                runs.append(measure(baseline, BASELINE, connections, ctx))
             for case, runs in zip(CASES, case_runs, strict=True):
                 runs.append(measure_case(ctx, case))
     base = {c: median_result(runs) for c, runs in baseline_runs.items()}

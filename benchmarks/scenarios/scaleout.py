@@ -16,13 +16,19 @@ from benchmarks import services
 from benchmarks.context import Context
 from benchmarks.loadgen import LoadResult, run_load
 from benchmarks.report import Row
-from benchmarks.scenarios.http import KEYED_SYNC, SYNC_PUBLISH, WARMUP_SECONDS, check_served
+from benchmarks.scenarios.http import (
+    KEYED_SYNC,
+    SYNC_PUBLISH,
+    WARMUP_SECONDS,
+    check_served,
+    measure,
+)
 from benchmarks.server import Server
 
 CASES = (("sync publish", SYNC_PUBLISH), ("sync publish, keyed first call", KEYED_SYNC))
 
 
-def measure(ctx: Context, workers: int) -> dict[str, LoadResult]:
+def measure_workers(ctx: Context, workers: int) -> dict[str, LoadResult]:
     schema = services.unique_name("bench_scale")
     prefix = services.unique_name("flock-bench-scale") + ":"
     store = services.with_query(ctx.postgres_url, schema=schema)
@@ -33,7 +39,7 @@ def measure(ctx: Context, workers: int) -> dict[str, LoadResult]:
             for name, request in CASES:
                 check_served(server.url, request)
                 run_load(server.url, request, 16, WARMUP_SECONDS, ctx.loadgen)
-                results[name] = run_load(server.url, request, 16, ctx.seconds, ctx.loadgen)
+                results[name] = measure(server, request, 16, ctx)
             return results
     finally:
         asyncio.run(services.drop_schema(ctx.postgres_url, schema))
@@ -50,15 +56,16 @@ def run(ctx: Context) -> list[Row]:
     runs: dict[int, list[dict[str, LoadResult]]] = {1: [], 2: []}
     for _ in range(ctx.repeat):
         for workers in runs:
-            runs[workers].append(measure(ctx, workers))
+            runs[workers].append(measure_workers(ctx, workers))
     rows = []
     for name, _ in CASES:
         one = statistics.median(r[name].rps for r in runs[1])
         for workers, results in runs.items():
             rps = statistics.median(r[name].rps for r in results)
             p50 = statistics.median(r[name].p50_ms for r in results)
+            cpu = statistics.median(r[name].cpu_us or 0.0 for r in results)
             row = Row("scale-out", f"{name}, 16 conn, --workers {workers}",
-                      {"rps": rps, "p50_ms": p50})  # fmt: skip
+                      {"rps": rps, "p50_ms": p50, "cpu_us": cpu})  # fmt: skip
             if workers != 1:
                 row.ratio, row.ratio_of = rps / one, "of --workers 1"
             errors = sum(r[name].errors for r in results)
