@@ -11,6 +11,7 @@ engines are trivial on purpose: the figures measure Flock, not the agents' work.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 
 from pydantic import BaseModel
@@ -21,6 +22,11 @@ from flock import Flock, flock_type
 # stages' store writes across concurrent requests on the SQL stores).
 STAGE_CONCURRENCY = 64
 SLOW_SECONDS = float(os.environ.get("FLOCK_BENCH_SLOW_SECONDS", "3"))
+
+if os.environ.get("FLOCK_BENCH_GC") == "off":
+    # A diagnostic only (the http scenario's "collector off" case): how much of a request's
+    # cost is the garbage collector's, with the memory store keeping every artifact.
+    gc.disable()
 
 
 @flock_type(name="BenchStart")

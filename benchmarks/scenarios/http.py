@@ -5,6 +5,8 @@ short warm-up, and is compared with the bare FastAPI route at the same number of
 connections, measured in the same run. With `--repeat N` every case is measured N times,
 interleaved with the baseline, and the medians are reported. One more case serves the
 cascade from SQLite files (the CLI's default stores), for scale: it is bound by the writes.
+Another, a diagnostic, runs the memory-store sync case with the server's garbage collector
+disabled, to show how much of the request cost is the collector's.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ class Case:
     replay: bool = False  # send the request once first, then load it with the same key
     target: float | None = None
     sqlite: bool = False  # SQLite files for both stores instead of memory
+    gc_off: bool = False  # a diagnostic: the server's garbage collector disabled
 
 
 CASES = [
@@ -53,6 +56,7 @@ CASES = [
     Case("sync publish, replay (same key & body)", SYNC_PUBLISH, 16, replay=True,
          target=REPLAY_TARGET),
     Case("sync publish, SQLite stores", SYNC_PUBLISH, 16, sqlite=True),
+    Case("sync publish, collector off (diagnostic)", SYNC_PUBLISH, 16, gc_off=True),
 ]  # fmt: skip
 
 
@@ -88,7 +92,8 @@ def measure_case(ctx: Context, case: Case) -> LoadResult:
     with tempfile.TemporaryDirectory() as tmp:
         stores = (f"sqlite:///{tmp}/blackboard.db", f"sqlite:///{tmp}/idempotency.db")
         store, idempotency = stores if case.sqlite else ("memory://", "memory://")
-        with Server.flock(store=store, idempotency=idempotency) as server:
+        env = {"FLOCK_BENCH_GC": "off"} if case.gc_off else None
+        with Server.flock(store=store, idempotency=idempotency, env=env) as server:
             check_served(server.url, case.request)
             request = prepare_replay(server.url, case.request) if case.replay else case.request
             run_load(server.url, request, case.connections, WARMUP_SECONDS, ctx.loadgen)
