@@ -23,6 +23,9 @@ from flock.core.store.sql import store_from_url
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Flock: agents on a blackboard.")
 
+# Longer than the idle timeout of common load balancers (60 s), so the server never closes
+# a kept-alive connection just as a client sends its next request on it.
+KEEP_ALIVE_SECONDS = 75
 DEFAULT_STORE = "sqlite:///.flock/blackboard.db"
 DEFAULT_IDEMPOTENCY = "sqlite:///.flock/idempotency.db"
 _SHARED_SCHEMES = ("postgresql://", "postgres://", "postgresql+asyncpg://", "redis://", "rediss://")
@@ -167,6 +170,7 @@ def serve(
                 workers=workers,
                 log_level=log_level,
                 access_log=False,
+                timeout_keep_alive=KEEP_ALIVE_SECONDS,
             )
             return
         service = build_service(
@@ -182,6 +186,7 @@ def serve(
         port=port,
         log_level=log_level,
         access_log=False,
+        timeout_keep_alive=KEEP_ALIVE_SECONDS,
         timeout_graceful_shutdown=None,
     )
     server = _Server(config, service)
