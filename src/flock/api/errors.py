@@ -62,18 +62,10 @@ ERROR_CATALOG: dict[ErrorCode, tuple[int, str, bool]] = {
     ErrorCode.SERVICE_UNAVAILABLE: (503, "Service unavailable", True),
     ErrorCode.TIMEOUT: (504, "Timeout", True),
 }
-_STATUS_TO_CODE = {
-    400: ErrorCode.VALIDATION_ERROR,
-    401: ErrorCode.UNAUTHORIZED,
-    403: ErrorCode.FORBIDDEN,
-    404: ErrorCode.NOT_FOUND,
-    405: ErrorCode.METHOD_NOT_ALLOWED,
-    413: ErrorCode.PAYLOAD_TOO_LARGE,
-    415: ErrorCode.UNSUPPORTED_MEDIA_TYPE,
-    422: ErrorCode.VALIDATION_ERROR,
-    429: ErrorCode.RATE_LIMITED,
-    503: ErrorCode.SERVICE_UNAVAILABLE,
-    504: ErrorCode.TIMEOUT,
+# An HTTP status raised by the framework (404, 405, 413, ...) -> its code. 409 is left out:
+# two codes share it, and only Flock's own errors (which carry their code) use it.
+_STATUS_TO_CODE = {400: ErrorCode.VALIDATION_ERROR} | {
+    status: code for code, (status, _, _) in ERROR_CATALOG.items() if status != 409
 }
 
 

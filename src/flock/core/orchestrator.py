@@ -190,9 +190,13 @@ class Flock:
         if tracker.started(corr, len(agents)):
             await self._mark_running(corr)
         for agent in agents:
-            task = asyncio.get_running_loop().create_task(self._run(agent, artifact, corr))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._spawn(agent, artifact, corr)
+
+    def _spawn(self, agent: Agent, artifact: Artifact, corr: Correlation) -> None:
+        """Start one counted run as its own task, kept referenced until it ends."""
+        task = asyncio.get_running_loop().create_task(self._run(agent, artifact, corr))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _run(self, agent: Agent, artifact: Artifact, corr: Correlation) -> None:
         outputs: list[Artifact] = []
@@ -368,9 +372,7 @@ class Flock:
                     continue
                 if self._tracker.started(corr, 1):
                     await self._mark_running(corr)
-                task = asyncio.get_running_loop().create_task(self._run(agent, artifact, corr))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+                self._spawn(agent, artifact, corr)
                 scheduled += 1
         return scheduled
 
