@@ -361,6 +361,22 @@ async def test_instances_share_records(open_store: Factory) -> None:
     assert record is not None and record.response == RESPONSE
 
 
+async def test_sqlite_new_file_opened_by_many_stores_at_once(tmp_path: Path) -> None:
+    # Every instance's first call creates the table and switches the new file to WAL, which
+    # SQLite refuses at once ("database is locked") to a racing connection: each call must
+    # still answer, and exactly one claim win.
+    for round_ in range(5):
+        stores = [SQLiteIdempotencyStore(tmp_path / f"new-{round_}.db") for _ in range(8)]
+        try:
+            results = await asyncio.gather(
+                *(claim(s, f"{n}-{i}") for i in range(6) for n, s in enumerate(stores))
+            )
+            assert sum(r.acquired for r in results) == 1
+        finally:
+            for s in stores:
+                await s.close()
+
+
 async def test_sqlite_records_survive_a_new_store(tmp_path: Path) -> None:
     path = tmp_path / "persist.db"
     store = SQLiteIdempotencyStore(path)

@@ -8,6 +8,7 @@ other operation is a single conditional UPDATE/DELETE/SELECT, run in autocommit.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import time
@@ -31,11 +32,11 @@ from flock.api.idempotency.protocol import (
     IdempotencyStoreUnavailableError,
     RecordState,
 )
+from flock.core.store.sql_backends import retry_ddl
 
 TABLE_NAME = "flock_idempotency"
 CONNECT_TIMEOUT_SECONDS = 10.0
-# Serialises table creation when several PostgreSQL clients start at once: concurrent
-# `CREATE TABLE IF NOT EXISTS` can still fail there on the catalog's unique index.
+# The advisory lock PostgreSQL starters take turns on while creating the table.
 _DDL_LOCK_ID = 0x466C6F636B4944  # "FlockID"
 
 # A claim that keeps finding its key freed between its two statements gives up eventually.
@@ -152,6 +153,7 @@ class SQLIdempotencyStore:
         self._schema = schema
         self._table = _make_table(schema)
         self._ready = False
+        self._ready_lock = asyncio.Lock()
         self._statements()
 
     def _statements(self) -> None:
@@ -207,12 +209,11 @@ class SQLIdempotencyStore:
     async def _ensure_table(self) -> None:
         if self._ready:
             return
-        with _unavailable_on_error():
-            async with self._engine.connect() as conn:
-                # Look before creating: IF NOT EXISTS still needs the CREATE privilege.
-                if not await conn.run_sync(self._table_exists):
-                    await self._create_table(conn)
-        self._ready = True
+        async with self._ready_lock:
+            if not self._ready:
+                with _unavailable_on_error():
+                    await retry_ddl(self._create_table)
+                self._ready = True
 
     def _table_exists(self, conn: sa.Connection) -> bool:
         return sa.inspect(conn).has_table(TABLE_NAME, schema=self._schema)
@@ -220,19 +221,38 @@ class SQLIdempotencyStore:
     def _schema_exists(self, conn: sa.Connection) -> bool:
         return self._schema is None or sa.inspect(conn).has_schema(self._schema)
 
-    async def _create_table(self, conn: AsyncConnection) -> None:
-        postgres = self._engine.dialect.name == "postgresql"
-        if postgres:
-            await conn.execute(sa.select(sa.func.pg_advisory_lock(_DDL_LOCK_ID)))
-        try:
-            if self._schema is not None and not await conn.run_sync(self._schema_exists):
-                await conn.execute(CreateSchema(self._schema, if_not_exists=True))
-            await conn.execute(CreateTable(self._table, if_not_exists=True))
-            for index in self._table.indexes:
-                await conn.execute(CreateIndex(index, if_not_exists=True))
-        finally:
-            if postgres:
-                await conn.execute(sa.select(sa.func.pg_advisory_unlock(_DDL_LOCK_ID)))
+    async def _create_table(self) -> None:
+        async with self._engine.connect() as conn:
+            # Look before creating: IF NOT EXISTS still needs the CREATE privilege.
+            if await conn.run_sync(self._table_exists):
+                return
+            if self._engine.dialect.name == "postgresql":
+                # Concurrent `CREATE TABLE IF NOT EXISTS` can still collide on PostgreSQL's
+                # catalog: starters take turns on an advisory lock.
+                await conn.execute(sa.select(sa.func.pg_advisory_lock(_DDL_LOCK_ID)))
+                try:
+                    await self._create_ddl(conn)
+                finally:
+                    await conn.execute(sa.select(sa.func.pg_advisory_unlock(_DDL_LOCK_ID)))
+                return
+            # SQLite: WAL sticks to the file once set (readers then run beside the writer);
+            # the DDL runs in one write-locked transaction, so a concurrent starter waits for
+            # it and never sees the table without its index.
+            await conn.exec_driver_sql("PRAGMA journal_mode = WAL")
+            await conn.exec_driver_sql("BEGIN IMMEDIATE")
+            try:
+                await self._create_ddl(conn)
+            except BaseException:
+                await conn.exec_driver_sql("ROLLBACK")
+                raise
+            await conn.exec_driver_sql("COMMIT")
+
+    async def _create_ddl(self, conn: AsyncConnection) -> None:
+        if self._schema is not None and not await conn.run_sync(self._schema_exists):
+            await conn.execute(CreateSchema(self._schema, if_not_exists=True))
+        await conn.execute(CreateTable(self._table, if_not_exists=True))
+        for index in self._table.indexes:
+            await conn.execute(CreateIndex(index, if_not_exists=True))
 
     async def _execute(
         self, statement: sa.Executable, params: Mapping[str, Any]
@@ -354,7 +374,6 @@ class SQLiteIdempotencyStore(SQLIdempotencyStore):
         @event.listens_for(self._engine.sync_engine, "connect")
         def _configure(dbapi_connection: Any, _record: Any) -> None:
             cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_seconds * 1000)}")
             # Safe with WAL: a commit survives a crash of the process, if not of the machine.
             cursor.execute("PRAGMA synchronous=NORMAL")

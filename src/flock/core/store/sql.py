@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection
-from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 from sqlalchemy.schema import CreateSchema
@@ -38,6 +37,7 @@ from flock.core.store.sql_backends import (
     asyncpg_url,
     configure_sqlite,
     is_unavailable,
+    retry_ddl,
     unavailable,
 )
 from flock.core.store.sql_schema import (
@@ -55,7 +55,6 @@ from flock.core.store.sql_schema import (
     to_micros,
 )
 
-_CREATE_ATTEMPTS = 8
 _IN_CHUNK = 1000  # ids per `IN (...)`, far below SQLite's and asyncpg's parameter limits
 # A correlation row created by an artifact or an error, before any state write: any seq wins.
 _NO_SEQ = -1
@@ -278,19 +277,13 @@ class SQLBlackboardStore:
 
     async def _create_tables(self) -> None:
         async with self._ready_lock:
-            for attempt in range(_CREATE_ATTEMPTS):
-                if self._ready:
-                    return
-                try:
-                    async with self._engine.begin() as conn:
-                        await conn.run_sync(self._create_tables_sync)
-                    self._ready = True
-                except sa_exc.DBAPIError as exc:
-                    # Another process is creating the same tables (PostgreSQL: duplicate
-                    # table) or switching the new SQLite file to WAL (busy): look again.
-                    if exc.connection_invalidated or attempt == _CREATE_ATTEMPTS - 1:
-                        raise
-                    await asyncio.sleep(0.05 * (attempt + 1))
+            if not self._ready:
+                await retry_ddl(self._create_tables_once)
+                self._ready = True
+
+    async def _create_tables_once(self) -> None:
+        async with self._engine.begin() as conn:
+            await conn.run_sync(self._create_tables_sync)
 
     def _create_tables_sync(self, conn: Connection) -> None:
         if not self._postgres:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from sqlalchemy import event
@@ -12,6 +14,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from flock.core.store.protocol import StoreUnavailableError
 
 POSTGRES_SCHEMES = frozenset({"postgresql", "postgres", "postgresql+asyncpg"})
+# How often table creation is tried while concurrent starters race it.
+DDL_ATTEMPTS = 8
 
 # SQLSTATE classes meaning "not now": connection, auth, unknown database, resources,
 # operator intervention (shutdown, cancel), transaction rollback (deadlock, serialization).
@@ -33,6 +37,23 @@ def configure_sqlite(engine: AsyncEngine, busy_timeout: float) -> None:
         cursor.execute(f"PRAGMA busy_timeout = {timeout_ms}")
         cursor.execute("PRAGMA synchronous = NORMAL")
         cursor.close()
+
+
+async def retry_ddl(create: Callable[[], Awaitable[None]]) -> None:
+    """Run `create` (which looks before it creates), again while a concurrent starter races it.
+
+    Another process may be creating the same tables (PostgreSQL: duplicate object), or
+    switching a new SQLite file to WAL, which SQLite answers with "database is locked" at once
+    rather than through its busy handler. A lost connection is not a race: it is raised.
+    """
+    for attempt in range(DDL_ATTEMPTS):
+        try:
+            await create()
+            return
+        except sa_exc.DBAPIError as exc:
+            if exc.connection_invalidated or attempt == DDL_ATTEMPTS - 1:
+                raise
+            await asyncio.sleep(0.05 * (attempt + 1))
 
 
 def asyncpg_url(dsn: str | URL) -> URL:
