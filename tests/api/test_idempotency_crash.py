@@ -73,16 +73,25 @@ async def test_a_retry_after_sigkill_resumes_the_published_cascade(
             assert asyncio.get_running_loop().time() < deadline, "the input was never stored"
             await asyncio.sleep(0.02)
         doomed.kill()
+        lease_lapsed = asyncio.get_running_loop().time() + 1.2
         with pytest.raises(httpx.TransportError):
             await inflight
 
         restarted = serve(app_file, **urls, FLOCK_IDEMPOTENCY_LEASE="1")
         await restarted.wait_healthy()
+        # The abandoned claim stays bound to its body: another body cannot take it over.
+        await asyncio.sleep(max(0.0, lease_lapsed - asyncio.get_running_loop().time()))
+        other_body = {**body, "payload": {"n": 22}}
+        conflict = await client.post(
+            f"{restarted.url}/api/v1/artifacts/sync", json=other_body, headers=key
+        )
         retry = await client.post(f"{restarted.url}/api/v1/artifacts/sync", json=body, headers=key)
         replay = await client.post(f"{restarted.url}/api/v1/artifacts/sync", json=body, headers=key)
         jobs = await artifacts_of(client, restarted.url, JOB)
         dones = await artifacts_of(client, restarted.url, DONE)
 
+    assert conflict.status_code == 409, conflict.text
+    assert conflict.json()["code"] == "IDEMPOTENCY_CONFLICT"
     assert retry.status_code == 200, retry.text
     result = retry.json()
     assert result["completed"] is True

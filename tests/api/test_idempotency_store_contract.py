@@ -200,15 +200,20 @@ async def test_takeover_keeps_what_was_published(store: IdempotencyStore) -> Non
     assert await store.complete("k", "b", RESPONSE, TTL)
 
 
-async def test_lapsed_lease_with_another_body_is_replaced(store: IdempotencyStore) -> None:
+async def test_lapsed_lease_stays_bound_to_its_body(store: IdempotencyStore) -> None:
     held = (await claim(store, "a", lease=SHORT)).record
     assert await store.record_publish("k", "a", "corr-1", "art-1")
     await sleep_past(held.lease_expires_at)
 
     other = await claim(store, "b", fingerprint="fp-2")
-    assert other.acquired and not other.taken_over
-    assert other.record.fingerprint == "fp-2"
-    assert other.record.correlation_id is None and other.record.artifact_id is None
+    assert not other.acquired and not other.taken_over
+    assert (other.record.fingerprint, other.record.owner) == ("fp-1", "a")
+    assert (other.record.correlation_id, other.record.artifact_id) == ("corr-1", "art-1")
+
+    # The first body can still take it over, and finds what was published.
+    same = await claim(store, "c")
+    assert same.acquired and same.taken_over
+    assert same.record.correlation_id == "corr-1"
 
 
 async def test_renew_prevents_takeover(store: IdempotencyStore) -> None:

@@ -180,14 +180,16 @@ class IdempotencyGuard:
                 return await self._execute(call, operation, correlation_id)
             record: IdempotencyRecord | None = claim.record
             while True:
-                if record is None or record.lease_expired(time.time()):
-                    break  # released or abandoned: try to claim it
+                if record is None:
+                    break  # released: try to claim it
                 if record.fingerprint != fingerprint:
                     self._count("conflict")
                     raise APIError(
                         ErrorCode.IDEMPOTENCY_CONFLICT,
                         "this idempotency key was used with a different request body",
                     )
+                if record.lease_expired(time.time()):
+                    break  # abandoned by its holder: take it over
                 if record.state == "completed":
                     return await self._replay(record, operation)
                 remaining = deadline - time.monotonic()

@@ -49,9 +49,9 @@ class InMemoryIdempotencyStore:
         now = time.time()
         current = self._records.get(key)
         live = current if current is not None and current.expires_at > now else None
-        if live is not None and not live.lease_expired(now):
+        if live is not None and (live.fingerprint != fingerprint or not live.lease_expired(now)):
             return ClaimResult(acquired=False, record=live)
-        if live is not None and live.fingerprint == fingerprint:
+        if live is not None:
             taken = replace(
                 live,
                 owner=owner,

@@ -80,9 +80,9 @@ class IdempotencyStore(Protocol):
     ) -> ClaimResult:
         """Atomically take `key` if it is free, expired, or its holder's lease ran out.
 
-        A lapsed lease claimed with the same `fingerprint` is taken over (see `ClaimResult`);
-        claimed with a different one, the record is replaced as if it were free, so a request
-        with another body never re-attaches to what the crashed holder published.
+        A lapsed lease claimed with the same `fingerprint` is taken over (see `ClaimResult`).
+        Claimed with a different one it is not acquired: until its TTL runs out a key stays
+        bound to the body it was first claimed with, whatever became of that claim's holder.
         The owner-checked calls below also fail once the record's TTL has run out.
         """
 

@@ -31,19 +31,17 @@ from flock.api.idempotency.protocol import (
 CONNECT_TIMEOUT_SECONDS = 10.0
 
 # KEYS[1] record; ARGV: now, fingerprint, owner, expires_at, lease_expires_at, expire_ms.
-# Returns {0, fields} when the key is held, {1, fields} fresh, {2, fields} taken over (a
-# lapsed lease with the same fingerprint; with another one the record is replaced).
+# Returns {0, fields} when the key is held (or its lapsed lease was claimed with another
+# fingerprint), {1, fields} fresh, {2, fields} taken over (a lapsed lease, same fingerprint).
 _CLAIM = """
 local now = tonumber(ARGV[1])
 local cur = redis.call('HMGET', KEYS[1], 'expires_at', 'state', 'lease_expires_at', 'fingerprint')
 local outcome = 1
 if cur[1] and tonumber(cur[1]) > now then
-  if cur[2] ~= 'in_progress' or tonumber(cur[3]) > now then
+  if cur[2] ~= 'in_progress' or tonumber(cur[3]) > now or cur[4] ~= ARGV[2] then
     return {0, redis.call('HGETALL', KEYS[1])}
   end
-  if cur[4] == ARGV[2] then
-    outcome = 2
-  end
+  outcome = 2
 end
 if outcome == 1 then
   redis.call('DEL', KEYS[1])

@@ -47,9 +47,10 @@ _COMPLETED: Final = "completed"
 
 
 # The atomic claim, the same on SQLite (>= 3.35) and PostgreSQL: insert, or update a row whose
-# TTL ran out (fresh record) or whose holder's lease lapsed (take-over, keeping what it
-# recorded, unless the fingerprint differs: then it is fresh too). RETURNING yields no row
-# when the key is held. Plain SQL because SQLAlchemy 2.0 cannot cache a compiled
+# TTL ran out (fresh record) or whose holder's lease lapsed with the same fingerprint
+# (take-over, keeping what it recorded). RETURNING yields no row when the key is held, which
+# includes a lapsed lease claimed with another body: the key stays bound to its first body.
+# Plain SQL because SQLAlchemy 2.0 cannot cache a compiled
 # dialect-specific upsert, and recompiling it took about as long as running it.
 _CLAIM_SQL = """
 INSERT INTO {table} AS t ("key", fingerprint, state, owner, created_at, expires_at,
@@ -70,11 +71,12 @@ ON CONFLICT ("key") DO UPDATE SET
     headers = NULL,
     takeovers = CASE WHEN {fresh} THEN 0 ELSE t.takeovers + 1 END
 WHERE t.expires_at <= :p_now
-   OR (t.state = 'in_progress' AND t.lease_expires_at <= :p_now)
+   OR (t.state = 'in_progress' AND t.lease_expires_at <= :p_now
+       AND t.fingerprint = excluded.fingerprint)
 RETURNING "key", fingerprint, state, owner, created_at, expires_at, lease_expires_at,
           correlation_id, artifact_id, status_code, body, headers, takeovers
 """
-_FRESH = "(t.expires_at <= :p_now OR t.fingerprint <> excluded.fingerprint)"
+_FRESH = "t.expires_at <= :p_now"
 
 
 def _make_table(schema: str | None) -> sa.Table:
@@ -294,9 +296,9 @@ class SQLIdempotencyStore:
                     now = time.time()
                     if row is not None and row.expires_at > now:
                         held = _record(row)
-                        if not held.lease_expired(now):
+                        if held.fingerprint != fingerprint or not held.lease_expired(now):
                             return ClaimResult(acquired=False, record=held)
-                    # Released or expired since the upsert: try again.
+                    # Released, expired or abandoned since the upsert: try again.
         raise IdempotencyStoreUnavailableError(f"could not settle a claim on {key!r}; retry")
 
     async def record_publish(
