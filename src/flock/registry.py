@@ -33,10 +33,12 @@ class TypeRegistry:
                 # The defining module was loaded again (`flock serve app.py`): the new class wins.
                 del self._by_model[existing]
             else:
+                newcomer = _path(model)
+                if newcomer == _path(existing):
+                    newcomer = f"another definition of {newcomer} (its fields differ)"
                 raise RegistryError(
-                    f"type name {type_name!r} is already registered to "
-                    f"{existing.__module__}.{existing.__qualname__}; "
-                    f"cannot register {model.__module__}.{model.__qualname__} under it"
+                    f"type name {type_name!r} is already registered to {_path(existing)}; "
+                    f"cannot register {newcomer} under it"
                 )
         previous_name = self._by_model.get(model)
         if previous_name is not None and previous_name != type_name:
@@ -71,7 +73,23 @@ class TypeRegistry:
 
 
 def _same_definition(a: type[BaseModel], b: type[BaseModel]) -> bool:
-    return a.__module__ == b.__module__ and a.__qualname__ == b.__qualname__
+    """The same class defined again: same module, name and fields (a module loaded twice)."""
+    return (
+        a.__module__ == b.__module__
+        and a.__qualname__ == b.__qualname__
+        and _fields(a) == _fields(b)
+    )
+
+
+def _path(model: type[BaseModel]) -> str:
+    return f"{model.__module__}.{model.__qualname__}"
+
+
+def _fields(model: type[BaseModel]) -> dict[str, tuple[str, bool]]:
+    return {
+        name: (repr(field.annotation), field.is_required())
+        for name, field in model.model_fields.items()
+    }
 
 
 type_registry = TypeRegistry()

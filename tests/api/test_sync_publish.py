@@ -477,3 +477,28 @@ async def test_results_beyond_the_cap_are_truncated(api_client: Any) -> None:
         FilterConfig(correlation_id=body["correlation_id"]), limit=1
     )
     assert total == 4
+
+
+@pytest.mark.parametrize("route", ["/api/v1/artifacts", SYNC])
+async def test_a_raising_where_predicate_is_an_agent_failure_not_a_500(
+    api_client: Any, route: str
+) -> None:
+    def judge(idea: Idea) -> bool:
+        raise KeyError("no opinion")
+
+    flock = Flock()
+    flock.agent("judge").consumes(Idea, where=judge).publishes(Note).with_engines(
+        lambda idea: Note(text=idea.topic)
+    )
+    flock.agent("writer").consumes(Idea).publishes(Draft).with_engines(write)
+    client = await api_client(flock)
+
+    response = await client.post(route, json=sync_body())
+
+    assert response.status_code == 200, response.text
+    correlation_id = response.json()["correlation_id"]
+    await flock.run_until_idle(correlation_id, timeout=10)
+    status = (await client.get(f"/api/v1/correlations/{correlation_id}")).json()
+    assert status["artifact_count"] == 2  # the input and the writer's draft
+    (error,) = status["errors"]
+    assert error["agent"] == "judge" and "KeyError" in error["message"]

@@ -75,6 +75,37 @@ async def test_a_failing_agent_does_not_stop_its_sibling_or_the_cascade() -> Non
     assert flock.stats.artifacts_published == 3
 
 
+def picky(order: Order) -> bool:
+    raise ValueError(f"cannot judge {order.item}")
+
+
+async def test_a_raising_where_predicate_fails_its_agent_alone() -> None:
+    flock = Flock()
+    flock.agent("picky").consumes(Order, where=picky).publishes(Invoice).with_engines(
+        lambda o: Invoice(item=o.item)
+    )
+    flock.agent("shipping").consumes(Order).publishes(Invoice).with_engines(
+        lambda o: Invoice(item=o.item)
+    )
+    flock.agent("receipts").consumes(Invoice).publishes(Receipt).with_engines(
+        lambda i: Receipt(item=i.item)
+    )
+
+    order = await flock.publish(Order(item="tea"))
+    await flock.run_until_idle(order.correlation_id, timeout=10)
+
+    items, _ = await flock.store.query_artifacts(FilterConfig(correlation_id=order.correlation_id))
+    assert sorted(a.produced_by for a in items) == ["external", "receipts", "shipping"]
+    status = await flock.correlation_status(order.correlation_id)
+    assert status is not None and status.state == "idle"
+    (error,) = status.errors
+    assert (error.agent, error.artifact_id) == ("picky", order.id)
+    assert "where" in error.message and "ValueError: cannot judge tea" in error.message
+    # Kept by the store too, not only by this process's live record.
+    record = await flock.store.get_correlation(order.correlation_id)
+    assert record is not None and [e.agent for e in record.errors] == ["picky"]
+
+
 async def test_failures_are_recorded_per_correlation() -> None:
     flock = Flock()
     flock.agent("billing").consumes(Order).publishes(Invoice).with_engines(explode)

@@ -93,6 +93,36 @@ def test_two_different_models_under_one_name_raise() -> None:
         type_registry.name_for(Second)
 
 
+def _defined_twice(name: str, second_field: str) -> tuple[type[BaseModel], type[BaseModel]]:
+    """Two classes with the same module and qualified name, as a module loaded twice makes."""
+
+    def define(field: str) -> type[BaseModel]:
+        class Model(BaseModel):
+            __annotations__ = {field: int}
+
+        return Model
+
+    return define("x"), define(second_field)
+
+
+def test_a_module_loaded_again_replaces_its_own_model() -> None:
+    name = unique("Reloaded")
+    old, new = _defined_twice(name, "x")
+    assert old.__qualname__ == new.__qualname__ and old is not new
+    type_registry.register(old, name=name)
+    type_registry.register(new, name=name)
+    assert type_registry.resolve(name) is new
+
+
+def test_a_different_model_of_the_same_qualified_name_raises() -> None:
+    name = unique("Redefined")
+    old, new = _defined_twice(name, "y")
+    type_registry.register(old, name=name)
+    with pytest.raises(RegistryError, match=r"another definition of .* fields differ"):
+        type_registry.register(new, name=name)
+    assert type_registry.resolve(name) is old
+
+
 def test_decorator_clash_raises_too() -> None:
     name = unique("DecoClash")
 

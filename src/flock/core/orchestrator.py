@@ -167,7 +167,21 @@ class Flock:
         candidates = self._by_type.get(artifact.type)
         if not candidates:
             return
-        agents = [a for a in candidates if a.subscribes_to(artifact)]
+        agents = []
+        for agent in candidates:
+            try:
+                if agent.subscribes_to(artifact):
+                    agents.append(agent)
+            except Exception as exc:  # a `where` predicate that raises fails its agent alone
+                await self._record_error(
+                    corr,
+                    AgentError(
+                        agent.name,
+                        artifact.id,
+                        f"its `where` predicate raised {describe_exception(exc)}",
+                        artifact.correlation_id,
+                    ),
+                )
         if not agents:
             return
         room = self.max_runs_per_correlation - corr.runs
@@ -322,7 +336,7 @@ class Flock:
 
     def is_running(self, correlation_id: str) -> bool:
         corr = self._tracker.get(correlation_id)
-        return corr is not None and corr.pending > 0
+        return corr is not None and corr.busy
 
     async def correlation_status(self, correlation_id: str) -> CorrelationStatus | None:
         """This process's live record if it has one, else what the store remembers."""
