@@ -171,6 +171,27 @@ async def test_wrong_method_is_405(client: Any, method: str, path: str) -> None:
 
 
 @pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("DELETE", PUBLISH, "GET, POST"),
+        ("PUT", PUBLISH, "GET, POST"),
+        ("PATCH", "/health", "GET"),
+        # `GET /artifacts/sync` is routed too: `GET /artifacts/{artifact_id}` takes it.
+        ("DELETE", SYNC, "GET, POST"),
+    ],
+)
+async def test_405_allow_lists_every_method_of_the_path(
+    client: Any, method: str, path: str, allow: str
+) -> None:
+    response = await client.request(method, path)
+    assert response.status_code == 405
+    assert response.headers["allow"] == allow
+    assert response.json()["code"] == "METHOD_NOT_ALLOWED"
+    for listed in allow.split(", "):
+        assert (await client.request(listed, path)).status_code != 405, listed
+
+
+@pytest.mark.parametrize(
     "content_type", ["text/plain", "application/x-www-form-urlencoded", "application/xml", None]
 )
 async def test_non_json_body_is_415(client: Any, flock: Flock, content_type: str | None) -> None:

@@ -17,6 +17,7 @@ from fastapi.responses import Response
 from pydantic import ValidationError
 from pydantic_core import to_json
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match, Route
 
 from flock.api.idempotency.protocol import IdempotencyStoreUnavailableError
 from flock.core.agent import AgentOutputError
@@ -220,15 +221,35 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     message = exc.detail if isinstance(exc.detail, str) else ERROR_CATALOG[code][1]
     if exc.status_code == 404 and message == "Not Found":
         message = f"no route matches {request.method} {request.url.path}"
-    elif exc.status_code == 405:
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
         message = f"{request.method} is not allowed on {request.url.path}"
+        allowed = _allowed_methods(request)
+        if allowed:
+            headers = {k: v for k, v in headers.items() if k.lower() != "allow"}
+            headers["Allow"] = ", ".join(allowed)
     return create_error_response(
         code,
         message,
         status=exc.status_code,
-        headers=exc.headers,
+        headers=headers,
         correlation_id=request_correlation_id(request),
     )
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method routed on the request's path, sorted.
+
+    Starlette's 405 names only the methods of the first route whose path matched, though
+    other routes may serve the same path with other methods (`GET` and `POST /artifacts`).
+    """
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        if isinstance(route, Route) and route.methods:
+            match, _ = route.matches(request.scope)
+            if match is not Match.NONE:
+                methods |= route.methods
+    return sorted(methods)
 
 
 async def _store_unavailable(request: Request, exc: Exception) -> Response:
