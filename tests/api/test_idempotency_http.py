@@ -419,6 +419,61 @@ async def test_a_key_is_scoped_per_principal(api_client: Any) -> None:
     assert await count(flock) == 2
 
 
+async def test_a_key_is_scoped_by_the_callers_labels_and_allowed_types(api_client: Any) -> None:
+    flock = gated_flock(Gate())
+    keyring = APIKeyring.from_dict(
+        {
+            "keys": [
+                {"key": "ops-key", "principal": "svc", "tenant": "t", "labels": ["ops"]},
+                {"key": "rotated-ops-key", "principal": "svc", "tenant": "t", "labels": ["ops"]},
+                {"key": "plain-key", "principal": "svc", "tenant": "t"},
+                {
+                    "key": "narrow-key",
+                    "principal": "svc",
+                    "tenant": "t",
+                    "labels": ["ops"],
+                    "allowed_types": ["SomethingElse"],
+                },
+            ]
+        }
+    )
+    client = await api_client(flock, api_keys=keyring)
+
+    def as_(api_key: str) -> dict[str, str]:
+        return {**keyed("shared"), "X-API-Key": api_key}
+
+    first = await client.post(PUBLISH, json=ask(), headers=as_("ops-key"))
+    rotated = await client.post(PUBLISH, json=ask(), headers=as_("rotated-ops-key"))
+    fewer_labels = await client.post(PUBLISH, json=ask(), headers=as_("plain-key"))
+    narrower = await client.post(PUBLISH, json=ask(), headers=as_("narrow-key"))
+
+    assert first.status_code == 200
+    assert_replay(first, rotated)  # another key with the same permissions: the same caller
+    assert fewer_labels.status_code == 200 and REPLAYED not in fewer_labels.headers
+    assert fewer_labels.json()["artifact_id"] != first.json()["artifact_id"]
+    # A key that may not publish this type is never replayed what another key published.
+    assert narrower.status_code == 403 and REPLAYED not in narrower.headers
+    await flock.run_until_idle(timeout=15)
+    assert await count(flock) == 2
+
+
+@pytest.mark.parametrize("name", ["X-Idempotency-Key", "Idempotency-Key"])
+async def test_a_key_header_repeated_with_different_keys_is_rejected(
+    api_client: Any, name: str
+) -> None:
+    flock = gated_flock(Gate())
+    client = await api_client(flock)
+
+    twice = await client.post(PUBLISH, json=ask(), headers=[(name, "aa1"), (name, "bb1")])
+    same_twice = await client.post(PUBLISH, json=ask(), headers=[(name, "cc1"), (name, "cc1")])
+
+    assert twice.status_code == 400
+    assert [d["field"] for d in twice.json()["details"]] == ["header.Idempotency-Key"]
+    assert same_twice.status_code == 200
+    await flock.run_until_idle(timeout=15)
+    assert await count(flock) == 1
+
+
 @pytest.mark.parametrize(
     "headers",
     [
@@ -498,7 +553,9 @@ async def test_an_invalid_payload_outcome_is_stored_and_replayed(api_client: Any
     assert await count(flock) == 0 and gate.runs == 0
 
 
-async def test_a_store_failure_before_publishing_releases_the_key(api_client: Any) -> None:
+async def test_a_store_failure_while_publishing_lets_a_retry_publish_once(
+    api_client: Any,
+) -> None:
     gate = Gate()
     down = PostgresBlackboardStore(UNREACHABLE_POSTGRES)
     flock = Flock(store=down)
@@ -508,6 +565,10 @@ async def test_a_store_failure_before_publishing_releases_the_key(api_client: An
     failed = await client.post(SYNC, json=ask(), headers=keyed("outage"))
     assert failed.status_code == 503
     assert failed.json()["code"] == "SERVICE_UNAVAILABLE" and failed.json()["retryable"] is True
+
+    # Whether the failed publish went through is unknown: only the same body may go on.
+    other = await client.post(SYNC, json=ask("coffee"), headers=keyed("outage"))
+    assert other.status_code == 409 and other.json()["code"] == "IDEMPOTENCY_CONFLICT"
 
     await down.close()
     flock.store = InMemoryBlackboardStore()  # the database is back

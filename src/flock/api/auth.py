@@ -30,11 +30,15 @@ class Principal:
     def __post_init__(self) -> None:
         name = None if self.anonymous else self.name
         object.__setattr__(self, "identity", Identity(name, self.labels, self.tenant))
-        object.__setattr__(self, "_scope", json.dumps([self.tenant, self.name]))
+        types = None if self.allowed_types is None else sorted(self.allowed_types)
+        scope = json.dumps([self.tenant, self.name, sorted(self.labels), types])
+        object.__setattr__(self, "_scope", scope)
 
     @property
     def scope(self) -> str:
-        """The idempotency scope part for this caller (tenant included)."""
+        """The idempotency scope part for this caller: everything that decides what it may see
+        and do (tenant, name, labels, allowed types), so no caller is ever replayed an answer
+        its own permissions would not give it. Two keys of the same principal share it."""
         return self._scope
 
     def check_may_publish(self, type_name: str) -> None:

@@ -33,9 +33,12 @@ _KEPT_HEADERS = ("content-type", "content-location", "x-correlation-id", "locati
 
 
 def parse_idempotency_key(headers: Mapping[str, str]) -> str | None:
-    """The request's key from `X-Idempotency-Key` / `Idempotency-Key`, or None (400 if bad)."""
-    plain = headers.get("x-idempotency-key")
-    standard = headers.get("idempotency-key")
+    """The request's key from `X-Idempotency-Key` / `Idempotency-Key`, or None (400 if bad).
+
+    `headers` may repeat a name (Starlette's `Headers`): differing repeats are a 400 too.
+    """
+    plain = _one_value(headers, "x-idempotency-key")
+    standard = _one_value(headers, "idempotency-key")
     if standard is not None:
         standard = _unquote_sf_string(standard.strip())
     if plain is not None and standard is not None and plain != standard:
@@ -48,6 +51,14 @@ def parse_idempotency_key(headers: Mapping[str, str]) -> str | None:
     if not (key.isascii() and key.isprintable()) or not key.strip():  # " " to "~" only
         raise _bad_key("an idempotency key must be printable ASCII")
     return key
+
+
+def _one_value(headers: Mapping[str, str], name: str) -> str | None:
+    getlist = getattr(headers, "getlist", None)
+    values = set(getlist(name)) if getlist is not None else set()
+    if len(values) > 1:
+        raise _bad_key(f"{name} was sent more than once with different keys; send one key")
+    return headers.get(name)
 
 
 def _unquote_sf_string(value: str) -> str:
