@@ -8,19 +8,15 @@ suite also proves that its error answers are well-formed problem documents.
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import httpx
 import pytest
-from pydantic import ValidationError
 
 from flock import Flock
-from flock.api.models import ErrorResponse
 from flock.api.service import BlackboardHTTPService
-
-PROBLEM_JSON = "application/problem+json"
+from support.contract import check_response_contract
 
 
 class ServiceClient(httpx.AsyncClient):
@@ -32,37 +28,6 @@ class ServiceClient(httpx.AsyncClient):
 
 
 ServiceClientFactory = Callable[..., Awaitable[ServiceClient]]
-
-
-async def check_response_contract(response: httpx.Response) -> None:
-    """Assert what SPEC section 4 promises of a response (an httpx `response` event hook).
-
-    Every response carries `X-Correlation-ID`. Every error response (status >= 400) is an
-    `application/problem+json` body that parses as `ErrorResponse`, whose `status` equals
-    the HTTP status and whose `correlation_id` equals the `X-Correlation-ID` header.
-    Retryable 429/503 answers also carry `Retry-After`.
-    """
-    request = response.request
-    where = f"{request.method} {request.url.path} -> {response.status_code}"
-    cid = response.headers.get("x-correlation-id")
-    assert cid, f"{where}: no X-Correlation-ID header"
-    if response.status_code < 400:
-        return
-    await response.aread()
-    content_type = response.headers.get("content-type", "")
-    assert content_type.split(";")[0].strip() == PROBLEM_JSON, (
-        f"{where}: error content-type is {content_type!r}, not {PROBLEM_JSON}"
-    )
-    try:
-        problem = ErrorResponse.model_validate(json.loads(response.content))
-    except (ValueError, ValidationError) as exc:
-        raise AssertionError(f"{where}: body is not an ErrorResponse: {response.text!r}") from exc
-    assert problem.status == response.status_code, f"{where}: body status {problem.status}"
-    assert problem.correlation_id == cid, (
-        f"{where}: body correlation_id {problem.correlation_id!r} != header {cid!r}"
-    )
-    if response.status_code in (429, 503):
-        assert "retry-after" in response.headers, f"{where}: no Retry-After header"
 
 
 @pytest.fixture

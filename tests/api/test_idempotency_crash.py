@@ -15,12 +15,15 @@ import httpx
 import pytest
 
 from support.apps import job_app, write_app
+from support.contract import check_response_contract
 from support.serve import ServerFactory
 
 pytestmark = pytest.mark.timeout(90)
 
 JOB = "IdemCrashJob"
 DONE = "IdemCrashDone"
+# Every response, the 409 conflict among them, is checked against the error contract.
+CONTRACT_CHECK = {"response": [check_response_contract]}
 
 APP = job_app(
     job=JOB,
@@ -63,7 +66,7 @@ async def test_a_retry_after_sigkill_resumes_the_published_cascade(
     doomed = serve(app_file, **urls, FLOCK_IDEMPOTENCY_LEASE="1", CRASH_AGENT_BLOCKS="1")
     await doomed.wait_healthy()
 
-    async with httpx.AsyncClient(timeout=60) as client:
+    async with httpx.AsyncClient(timeout=60, event_hooks=CONTRACT_CHECK) as client:
         inflight = asyncio.ensure_future(
             client.post(f"{doomed.url}/api/v1/artifacts/sync", json=body, headers=key)
         )
@@ -115,7 +118,7 @@ async def test_a_stored_outcome_survives_a_restart(
     first_server = serve(app_file, **urls)
     await first_server.wait_healthy()
 
-    async with httpx.AsyncClient(timeout=60) as client:
+    async with httpx.AsyncClient(timeout=60, event_hooks=CONTRACT_CHECK) as client:
         first = await client.post(
             f"{first_server.url}/api/v1/artifacts/sync", json=body, headers=key
         )

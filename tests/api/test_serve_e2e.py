@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from support.contract import check_response_contract
 from support.serve import ServeProcess, free_port, server_env
 
 pytestmark = pytest.mark.timeout(120)
@@ -61,7 +62,9 @@ APP_SOURCE = textwrap.dedent(
 
 @contextlib.asynccontextmanager
 async def http(base_url: str) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
+    """A client of a real server whose every response is checked against the error contract."""
+    hooks = {"response": [check_response_contract]}
+    async with httpx.AsyncClient(base_url=base_url, timeout=30, event_hooks=hooks) as client:
         yield client
 
 

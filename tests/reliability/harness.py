@@ -7,7 +7,6 @@ Redis until a test cuts it; the `flock serve` processes come from `support.serve
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 from collections.abc import Coroutine
 from concurrent.futures import Future
@@ -16,39 +15,25 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
+from support.contract import PROBLEM_FIELDS, PROBLEM_JSON, assert_response_contract
 from support.serve import free_port
 
 T = TypeVar("T")
-
-PROBLEM_JSON = "application/problem+json"
-PROBLEM_FIELDS = {
-    "type",
-    "title",
-    "status",
-    "code",
-    "message",
-    "correlation_id",
-    "retryable",
-    "details",
-}
 
 
 def assert_problem(
     response: httpx.Response, status: int, code: str | None = None
 ) -> dict[str, Any]:
-    """Assert `response` is an RFC 9457 problem document as SPEC section 4 has it."""
+    """Assert `response` is a problem document with this `status` (and `code`, if given),
+    through the suite's contract check (`support.contract`); returns the document."""
     where = f"{response.request.method} {response.request.url.path} -> {response.status_code}"
     assert response.status_code == status, f"{where}, expected {status}: {response.text}"
-    media = response.headers.get("content-type", "").split(";")[0].strip()
-    assert media == PROBLEM_JSON, f"{where}: content-type {media!r}"
-    problem = json.loads(response.content)
-    assert isinstance(problem, dict) and problem.keys() >= PROBLEM_FIELDS, f"{where}: {problem}"
-    assert problem["status"] == response.status_code, f"{where}: {problem}"
+    problem = assert_response_contract(response)
+    assert problem is not None, f"{where}: not an error response"
     if code is not None:
-        assert problem["code"] == code, f"{where}: {problem}"
-    if problem["retryable"]:
-        assert int(response.headers["retry-after"]) >= 1, f"{where}: no Retry-After"
-    return problem
+        assert problem.code == code, f"{where}: {problem}"
+    document: dict[str, Any] = response.json()
+    return document
 
 
 class TCPProxy:
@@ -197,3 +182,12 @@ class RawHTTPConnection:
 
     def close(self) -> None:
         self.writer.transport.abort()
+
+
+__all__ = [
+    "PROBLEM_FIELDS",
+    "PROBLEM_JSON",
+    "RawHTTPConnection",
+    "TCPProxy",
+    "assert_problem",
+]
