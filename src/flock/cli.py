@@ -35,11 +35,11 @@ class CLIError(Exception):
     """A user-facing configuration error (printed without a traceback)."""
 
 
-def demo_path() -> Path:
-    packaged = Path(__file__).parent / "_examples" / "demo.py"
-    if packaged.exists():
-        return packaged
-    return Path(__file__).resolve().parents[2] / "examples" / "demo.py"
+def demo_flock() -> Flock:
+    """The demo cascade of `--demo`, from the installed package (`flock.demo`)."""
+    from flock import demo  # imported on demand: it registers the demo's types
+
+    return demo.build()
 
 
 def load_flock(ref: str) -> Flock:
@@ -88,7 +88,7 @@ def build_service(
     """Everything `flock serve` does before uvicorn starts (also used by each worker)."""
     if demo == (app_ref is not None):
         raise CLIError("give either an APP (path/to/app.py or module:attr) or --demo")
-    flock = load_flock(str(demo_path()) if demo else str(app_ref))
+    flock = demo_flock() if demo else load_flock(str(app_ref))
     store_url = store or (DEFAULT_STORE if flock.store_is_default else None)
     if store_url:
         _ensure_sqlite_dir(store_url)

@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, Phase, settings
 from flock.api.errors import ERROR_CATALOG, ERROR_TYPE_BASE, ErrorCode
 from flock.api.service import BlackboardHTTPService
 from flock.api.settings import ServiceSettings
-from flock.cli import demo_path, load_flock
+from flock.cli import demo_flock
 
 from .harness import PROBLEM_FIELDS, PROBLEM_JSON, assert_problem
 
@@ -86,7 +86,7 @@ def aim_at_demo_agents(context: Any, path_parameters: Any) -> Any:
 # Loaded when the module is imported, as schemathesis's pytest integration expects (its
 # lazy `from_fixture` loader does not run on pytest 9). The app's lifespan runs in
 # schemathesis's event-loop thread until the process exits.
-SERVICE = BlackboardHTTPService(load_flock(str(demo_path())), settings=ServiceSettings())
+SERVICE = BlackboardHTTPService(demo_flock(), settings=ServiceSettings())
 schema = schemathesis.openapi.from_asgi("/openapi.json", SERVICE.app)
 schema.hook("map_body")(aim_at_registered_types)
 schema.hook("map_path_parameters")(aim_at_demo_agents)
@@ -139,7 +139,7 @@ def test_every_route_answers_with_its_contract(case: Any) -> None:
 
 async def test_a_direct_run_on_an_input_its_agent_does_not_consume_is_422() -> None:
     """Found by the run above: the agent got a model it was not written for and crashed."""
-    service = BlackboardHTTPService(load_flock(str(demo_path())), settings=ServiceSettings())
+    service = BlackboardHTTPService(demo_flock(), settings=ServiceSettings())
     transport = httpx.ASGITransport(app=service.app)
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
         summary = {"type": "Summary", "payload": VALID_PAYLOADS["Summary"]}
