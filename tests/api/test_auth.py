@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import subprocess
@@ -91,6 +92,7 @@ ALICE, BOB, ALICE_T2, CAROL = (
     {"X-API-Key": "carol-key-abcd"},
 )
 ALL_KEYS = [k["key"] for k in KEYS["keys"]]
+SYNC = "/api/v1/artifacts/sync"
 
 
 def secretive() -> Flock:
@@ -322,6 +324,34 @@ async def test_another_tenants_idempotency_key_gets_its_own_execution(
     )
     assert total == 3  # bob, alice (t1), alice (t2): one input each
     assert len({a.correlation_id for a in inputs}) == 3  # type: ignore[union-attr]
+
+
+async def test_the_sync_call_limit_is_per_caller(
+    api_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FLOCK_MAX_INFLIGHT_SYNC", "1")  # the service reads its settings here
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def hold(memo: Note) -> None:
+        if memo.text == "hold":
+            started.set()
+            await release.wait()
+
+    flock = Flock()
+    flock.agent("holder").consumes(Note).with_engines(hold).max_concurrency(2)
+    client = await make_client(api_client, flock)
+    held = asyncio.create_task(client.post(SYNC, json=note("hold"), headers=ALICE))
+    try:
+        async with asyncio.timeout(15):
+            await started.wait()
+        alice_again = await client.post(SYNC, json=note(), headers=ALICE)
+        bob = await client.post(SYNC, json=note(), headers=BOB)
+    finally:
+        release.set()
+
+    assert alice_again.status_code == 429 and alice_again.json()["code"] == "RATE_LIMITED"
+    assert bob.status_code == 200 and bob.json()["completed"] is True
+    assert (await held).status_code == 200
 
 
 async def test_batch_item_keys_are_the_callers_own(api_client: Any) -> None:
