@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import shutil
@@ -19,6 +20,7 @@ import httpx
 import pytest
 from pydantic import BaseModel
 
+from flock.api.auth import APIKeyring
 from flock.client import (
     AsyncFlockClient,
     BatchItem,
@@ -488,10 +490,24 @@ def test_the_docs_python_examples_run(server: str, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
 
 
+# In a block's commented sample output: `"key":"text"`, `"key":true|false|null`, `"key":123`
+# (not "..." placeholders, not floats such as durations), and HTTP header lines.
+_SAMPLE_FIELD = re.compile(r'"\w+":\s*(?:"[^".]+"|true|false|null|\d+(?![\d.]))')
+_SAMPLE_HEADER = re.compile(r"^(HTTP/1\.1 \d+ \w+|[a-z-]+: \S+)$", re.M)
+
+
+def _promised(block: str) -> list[str]:
+    """What the sample output in a block's `# ...` comments says the command prints."""
+    sample = "\n".join(line[2:] for line in block.splitlines() if line.startswith("# "))
+    fields = [re.sub(r":\s+", ":", f) for f in _SAMPLE_FIELD.findall(sample)]
+    return fields + _SAMPLE_HEADER.findall(sample)
+
+
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
-def test_the_docs_curl_examples_run(server: str) -> None:
+def test_the_docs_curl_examples_print_what_they_show(server: str) -> None:
     blocks = [b for b in _doc_blocks("bash") if "curl" in b]
     assert blocks
+    checked = 0
     for block in blocks:
         result = subprocess.run(
             ["bash", "-euo", "pipefail", "-c", block],
@@ -501,3 +517,18 @@ def test_the_docs_curl_examples_run(server: str) -> None:
             timeout=60,
         )
         assert result.returncode == 0, f"{block}\n{result.stderr}"
+        assert result.stdout.strip(), f"{block}\nprinted nothing"
+        printed = result.stdout.replace("\r\n", "\n")
+        for expected in _promised(block):
+            assert expected in printed, f"{block}\nexpected {expected!r} in:\n{printed}"
+            checked += 1
+    assert checked >= 10  # the samples really were compared
+
+
+def test_the_docs_api_keys_file_loads() -> None:
+    (keys,) = [b for b in _doc_blocks("json") if '"keys"' in b]
+    ring = APIKeyring.from_dict(json.loads(keys))
+    billing = ring.lookup("s3cret-billing")
+    assert billing is not None
+    assert (billing.name, billing.tenant, billing.labels) == ("billing", "acme", {"finance"})
+    assert billing.allowed_types == {"Document"}
