@@ -1,9 +1,10 @@
 """Real `flock serve` processes on free ports, for the tests that need a server over HTTP.
 
-`ServeProcess` runs `python -m flock.cli serve ARGS --port <free port>` without the FLOCK_*
-settings of this environment, its output going to a log file. Use it as a context manager
-(`with` from sync code, `async with` from async code: healthy inside, stopped after), or
-through the `serve` fixture (`ServerFactory`), which stops every server it started.
+`ServeProcess` runs `python -m flock.cli serve ARGS --host 127.0.0.1 --port <free port>`
+without the FLOCK_* settings of this environment, its output going to a log file. Use it as
+a context manager (`with` from sync code, `async with` from async code: healthy inside,
+stopped after), or through the `serve` fixture (`ServerFactory`), which stops every server
+it started.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import httpx
@@ -25,11 +26,12 @@ from support.polling import poll_until
 
 STARTUP_SECONDS = 60.0
 STOP_SECONDS = 30.0
+FLOCK_SERVE = ("-m", "flock.cli", "serve")
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((host, 0))
         return int(sock.getsockname()[1])
 
 
@@ -41,10 +43,13 @@ def server_env(**extra: str) -> dict[str, str]:
 
 
 class ServeProcess:
-    """One `flock serve ARGS --port <free port>` subprocess, run in `cwd`.
+    """One `flock serve ARGS --host HOST --port <free port>` subprocess, run in `cwd`.
 
     Its output goes to `log` (default: `serve-<port>.log` in `cwd`); `env` adds variables
-    to the FLOCK_*-free environment.
+    to the FLOCK_*-free environment (FLOCK_* ones included). With `address_in_env`, the
+    address goes to the server as FLOCK_HOST and FLOCK_PORT instead of options. `program`
+    is what Python runs in place of `-m flock.cli serve`, e.g. a script of the test's that
+    takes the same `--host` and `--port` options.
     """
 
     def __init__(
@@ -53,18 +58,26 @@ class ServeProcess:
         cwd: Path,
         log: Path | None = None,
         env: Mapping[str, str] | None = None,
+        host: str = "127.0.0.1",
+        address_in_env: bool = False,
+        program: Sequence[str] = FLOCK_SERVE,
     ) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.port = free_port(host)
+        self.url = f"http://{host}:{self.port}"
         self.log = log or cwd / f"serve-{self.port}.log"
-        command = [sys.executable, "-m", "flock.cli", "serve", *args, "--port", str(self.port)]
+        command = [sys.executable, *program, *args]
+        variables = dict(env or {})
+        if address_in_env:
+            variables.update(FLOCK_HOST=host, FLOCK_PORT=str(self.port))
+        else:
+            command += ["--host", host, "--port", str(self.port)]
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(
                 command,
                 cwd=cwd,
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                env=server_env(**(env or {})),
+                env=server_env(**variables),
             )
 
     @property
