@@ -6,8 +6,6 @@ import importlib
 import importlib.util
 import logging
 import os
-import signal
-import socket
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -20,6 +18,7 @@ from flock.api.idempotency import store_from_url as idempotency_store_from_url
 from flock.api.service import BlackboardHTTPService
 from flock.core.orchestrator import Flock
 from flock.core.store.sql import store_from_url
+from flock.server import DEFAULT_GRACE_SECONDS, DrainingServer, drain_running_server
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Flock: agents on a blackboard.")
 
@@ -110,6 +109,8 @@ def worker_app() -> Any:
         idempotency=os.environ.get("FLOCK_IDEMPOTENCY"),
         api_keys=os.environ.get("FLOCK_API_KEYS"),
     )
+    grace = os.environ.get("FLOCK_SHUTDOWN_GRACE")
+    drain_running_server(service, float(grace) if grace else DEFAULT_GRACE_SECONDS)
     return service.app
 
 
@@ -141,6 +142,15 @@ def serve(
         str | None, typer.Option(envvar="FLOCK_API_KEYS", help="JSON file of API keys")
     ] = None,
     workers: Annotated[int, typer.Option(min=1, help="worker processes (needs shared stores)")] = 1,
+    shutdown_grace: Annotated[
+        float,
+        typer.Option(
+            envvar="FLOCK_SHUTDOWN_GRACE",
+            min=0,
+            help="seconds to keep listening after SIGTERM/SIGINT, answering new requests 503 "
+            "while those in flight finish; then stop listening and exit (0: at once)",
+        ),
+    ] = DEFAULT_GRACE_SECONDS,
     log_level: Annotated[str, typer.Option(envvar="FLOCK_LOG_LEVEL")] = "info",
 ) -> None:
     """Serve the REST API of APP's Flock, or of the demo with --demo."""
@@ -157,6 +167,7 @@ def serve(
                     "FLOCK_STORE": store or "",
                     "FLOCK_IDEMPOTENCY": idempotency or "",
                     "FLOCK_API_KEYS": api_keys or "",
+                    "FLOCK_SHUTDOWN_GRACE": str(shutdown_grace),
                 }
             )
             build_service(
@@ -189,33 +200,7 @@ def serve(
         timeout_keep_alive=KEEP_ALIVE_SECONDS,
         timeout_graceful_shutdown=None,
     )
-    server = _Server(config, service)
-    server.run()
-
-
-class _Server(uvicorn.Server):
-    """uvicorn's server, flipping the service to 503 the moment a stop signal arrives."""
-
-    def __init__(self, config: uvicorn.Config, service: BlackboardHTTPService) -> None:
-        super().__init__(config)
-        self.service = service
-
-    def handle_exit(self, sig: int, frame: Any) -> None:
-        self.service.begin_shutdown()
-        super().handle_exit(sig, frame)
-
-    def run(self, sockets: list[socket.socket] | None = None) -> None:
-        # uvicorn re-raises the stop signal after its graceful shutdown, to the handler in
-        # place before it started: with Python's default, SIGTERM would then kill the
-        # process. Routing it here makes a graceful stop exit 0 (and a signal during
-        # start-up stops the server too).
-        stop_signals = (signal.SIGINT, signal.SIGTERM)
-        previous = {sig: signal.signal(sig, self.handle_exit) for sig in stop_signals}
-        try:
-            super().run(sockets)
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+    DrainingServer(config, service, shutdown_grace).run()
 
 
 def _check_shared(store: str | None, idempotency: str | None) -> None:

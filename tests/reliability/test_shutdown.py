@@ -1,15 +1,20 @@
 """Graceful shutdown: SIGTERM while sync calls are in flight.
 
 The agent blocks until a marker file exists, so the calls are provably still running when
-the signal arrives. After SIGTERM the server takes no new work (new requests are refused,
-or answered 503 while the listening socket is still open), the in-flight calls finish with
-their complete results once the marker appears, and the process exits with status 0.
+the signal arrives. After SIGTERM the server drains: it keeps listening and answers every
+new request 503 SERVICE_UNAVAILABLE (a problem document with Retry-After), on new and on
+kept-alive connections alike, while the calls in flight go on; they finish with their
+complete results once the marker appears, and the process exits with status 0. Past the
+grace period (`FLOCK_SHUTDOWN_GRACE`) it stops listening, and still lets them finish.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +22,11 @@ import httpx
 import pytest
 
 from support.apps import job_app, work_after_marker, write_app
+from support.contract import check_response_contract
 from support.polling import poll_until
-from support.serve import ServerFactory
+from support.serve import ServeProcess, ServerFactory
 
-from .harness import PROBLEM_FIELDS, RawHTTPConnection
+from .harness import PROBLEM_FIELDS, RawHTTPConnection, assert_problem
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -39,19 +45,26 @@ def assert_shutting_down(status: int, headers: dict[str, str], body: bytes) -> N
     assert problem.keys() >= PROBLEM_FIELDS and problem["status"] == 503, problem
     assert problem["code"] == "SERVICE_UNAVAILABLE" and problem["retryable"] is True
     assert int(headers["retry-after"]) >= 1
+    assert headers["connection"] == "close"
 
 
-async def test_sigterm_finishes_inflight_sync_calls_and_exits_0(
-    serve: ServerFactory, tmp_path: Path
-) -> None:
-    marker = tmp_path / "release.marker"
-    app = write_app(tmp_path, "shutdown_app.py", APP)
-    server = serve(app, store="memory://", idempotency="memory://", RELIABILITY_MARKER=str(marker))
-    await server.wait_healthy()
+@asynccontextmanager
+async def new_connections(server: ServeProcess) -> AsyncIterator[httpx.AsyncClient]:
+    """A client that opens a new connection for every request (none is kept alive)."""
+    limits = httpx.Limits(max_keepalive_connections=0)
+    hooks = {"response": [check_response_contract]}
+    async with httpx.AsyncClient(
+        base_url=server.url, timeout=10, limits=limits, event_hooks=hooks
+    ) as client:
+        yield client
 
-    limits = httpx.Limits(max_connections=INFLIGHT + 1)
-    async with httpx.AsyncClient(base_url=server.url, timeout=90, limits=limits) as client:
-        calls = [
+
+class SyncCalls:
+    """INFLIGHT sync calls (every other one with an idempotency key), blocked in the agent."""
+
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self.client = client
+        self.calls = [
             asyncio.ensure_future(
                 client.post(
                     "/api/v1/artifacts/sync",
@@ -62,12 +75,48 @@ async def test_sigterm_finishes_inflight_sync_calls_and_exits_0(
             for i in range(INFLIGHT)
         ]
 
+    async def wait_running(self) -> None:
         async def all_inputs_stored() -> bool:
-            assert not any(call.done() for call in calls), "a call ended before the signal"
-            response = await client.get("/api/v1/artifacts", params={"type": JOB})
+            assert not self.any_done(), "a call ended before the signal"
+            response = await self.client.get("/api/v1/artifacts", params={"type": JOB})
             return bool(response.json()["pagination"]["total"] == INFLIGHT)
 
         await poll_until(all_inputs_stored, seconds=30, what="every call's input artifact")
+
+    def any_done(self) -> bool:
+        return any(call.done() for call in self.calls)
+
+    async def assert_complete(self) -> None:
+        responses = await asyncio.gather(*self.calls)
+        for i, response in enumerate(responses):
+            assert response.status_code == 200, response.text
+            result: dict[str, Any] = response.json()
+            assert result["completed"] is True, result
+            assert [(a["type"], a["payload"]) for a in result["artifacts"]] == [
+                (JOB, {"n": i}),
+                (DONE, {"n": i + 100}),
+            ]
+
+
+async def first_503_on_a_new_connection(server: ServeProcess) -> httpx.Response:
+    """Poll with new connections until the signal took effect: until then requests are
+    served as usual; from then on they get 503. A refused connection fails the test."""
+    async with new_connections(server) as fresh:
+
+        async def refused_with_503() -> httpx.Response | None:
+            response = await fresh.get("/api/v1/agents")
+            return None if response.status_code == 200 else response
+
+        return await poll_until(refused_with_503, seconds=15, what="a 503 after SIGTERM")
+
+
+async def assert_drains_then_exits_0(server: ServeProcess, marker: Path) -> None:
+    """SIGTERM with sync calls in flight: new requests get 503, the calls finish, exit 0."""
+    await server.wait_healthy()
+    limits = httpx.Limits(max_connections=INFLIGHT + 1)
+    async with httpx.AsyncClient(base_url=server.url, timeout=90, limits=limits) as client:
+        calls = SyncCalls(client)
+        await calls.wait_running()
         idle = await RawHTTPConnection.open(server.port)
         try:
             warm = await idle.request("GET", "/health")
@@ -75,34 +124,122 @@ async def test_sigterm_finishes_inflight_sync_calls_and_exits_0(
 
             server.terminate()
 
-            # Sent at once on a keep-alive connection opened before the signal: 503 while
-            # uvicorn has not closed its connections yet (it checks every 0.1 s), else the
-            # connection is closed without an answer. Never served as usual.
+            late = await first_503_on_a_new_connection(server)
+            assert_problem(late, 503, "SERVICE_UNAVAILABLE")
+            assert late.headers["connection"] == "close"
+            server.terminate()  # another SIGTERM changes nothing
+            async with new_connections(server) as fresh:
+                publish = await fresh.post(
+                    "/api/v1/artifacts/sync", json={"type": JOB, "payload": {"n": -1}}
+                )
+                assert_problem(publish, 503, "SERVICE_UNAVAILABLE")
+                assert_problem(await fresh.get("/ready"), 503, "SERVICE_UNAVAILABLE")
+                assert (await fresh.get("/health")).status_code == 200  # liveness holds
+
+            # A connection kept alive from before the signal gets the same answer, and is
+            # closed after it.
             answer = await idle.request("GET", "/api/v1/agents")
-            if answer is not None:
-                assert_shutting_down(*answer)
+            assert answer is not None, "a kept-alive connection was closed during the drain"
+            assert_shutting_down(*answer)
         finally:
             idle.close()
 
-        try:
-            async with httpx.AsyncClient(base_url=server.url, timeout=10) as fresh:
-                late = await fresh.get("/api/v1/agents")
-        except httpx.TransportError:
-            pass  # the listening socket is closed: refused
-        else:
-            assert_shutting_down(late.status_code, dict(late.headers), late.content)
         assert server.process.poll() is None, "the server exited with calls in flight"
-        assert not any(call.done() for call in calls), "a call ended before the marker"
+        assert not calls.any_done(), "a call ended before the marker"
+
+        await asyncio.to_thread(marker.touch)
+        await calls.assert_complete()
+    assert await server.wait_exit(EXIT_SECONDS) == 0, server.output()
+
+
+async def test_sigterm_drains_with_503s_finishes_inflight_sync_calls_and_exits_0(
+    serve: ServerFactory, tmp_path: Path
+) -> None:
+    marker = tmp_path / "release.marker"
+    app = write_app(tmp_path, "shutdown_app.py", APP)
+    server = serve(app, store="memory://", idempotency="memory://", RELIABILITY_MARKER=str(marker))
+    await assert_drains_then_exits_0(server, marker)
+
+
+@pytest.mark.services
+async def test_with_workers_each_process_drains(
+    tmp_path: Path, postgres_url: str, pg_schema: str, redis_url: str, redis_prefix: str
+) -> None:
+    """`--workers 2`: uvicorn's supervisor passes SIGTERM on to its workers, which drain."""
+    marker = tmp_path / "release.marker"
+    app = write_app(tmp_path, "shutdown_app.py", APP)
+    server = ServeProcess(
+        str(app),
+        "--store",
+        f"{postgres_url}?schema={pg_schema}",
+        "--idempotency",
+        f"{redis_url}?prefix={redis_prefix}",
+        "--workers",
+        "2",
+        "--log-level",
+        "warning",
+        cwd=tmp_path,
+        env={"RELIABILITY_MARKER": str(marker)},
+    )
+    try:
+        await assert_drains_then_exits_0(server, marker)
+    finally:
+        server.stop()
+
+
+async def test_past_the_grace_period_it_stops_listening_and_still_finishes_the_calls(
+    serve: ServerFactory, tmp_path: Path
+) -> None:
+    marker = tmp_path / "release.marker"
+    app = write_app(tmp_path, "shutdown_app.py", APP)
+    server = serve(
+        app,
+        store="memory://",
+        idempotency="memory://",
+        RELIABILITY_MARKER=str(marker),
+        FLOCK_SHUTDOWN_GRACE="1",
+    )
+    await server.wait_healthy()
+    async with httpx.AsyncClient(base_url=server.url, timeout=90) as client:
+        calls = SyncCalls(client)
+        await calls.wait_running()
+        server.terminate()
+        assert_problem(await first_503_on_a_new_connection(server), 503, "SERVICE_UNAVAILABLE")
+
+        async def refused() -> bool:
+            try:
+                (await RawHTTPConnection.open(server.port)).close()
+            except ConnectionRefusedError:
+                return True
+            return False
+
+        await poll_until(refused, seconds=15, what="the listening socket to close")
+        assert server.process.poll() is None, "the server exited with calls in flight"
+        assert not calls.any_done(), "a call ended before the marker"
 
         marker.touch()
-        responses = await asyncio.gather(*calls)
-
-    for i, response in enumerate(responses):
-        assert response.status_code == 200, response.text
-        result: dict[str, Any] = response.json()
-        assert result["completed"] is True, result
-        assert [(a["type"], a["payload"]) for a in result["artifacts"]] == [
-            (JOB, {"n": i}),
-            (DONE, {"n": i + 100}),
-        ]
+        await calls.assert_complete()
     assert await server.wait_exit(EXIT_SECONDS) == 0, server.output()
+
+
+async def test_sigint_during_the_drain_forces_an_immediate_exit(
+    serve: ServerFactory, tmp_path: Path
+) -> None:
+    """As a second Ctrl+C does in uvicorn: the calls in flight are abandoned, exit 0."""
+    marker = tmp_path / "release.marker"  # never created: the calls would block for good
+    app = write_app(tmp_path, "shutdown_app.py", APP)
+    server = serve(app, store="memory://", idempotency="memory://", RELIABILITY_MARKER=str(marker))
+    await server.wait_healthy()
+    async with httpx.AsyncClient(base_url=server.url, timeout=90) as client:
+        calls = SyncCalls(client)
+        await calls.wait_running()
+        server.terminate()
+        assert_problem(await first_503_on_a_new_connection(server), 503, "SERVICE_UNAVAILABLE")
+        assert server.process.poll() is None
+
+        server.process.send_signal(signal.SIGINT)
+        assert await server.wait_exit(EXIT_SECONDS) == 0, server.output()
+        outcomes = await asyncio.gather(*calls.calls, return_exceptions=True)
+    assert not any(
+        isinstance(outcome, httpx.Response) and outcome.status_code == 200 for outcome in outcomes
+    ), outcomes

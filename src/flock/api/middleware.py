@@ -64,11 +64,14 @@ class RequestContextMiddleware:
                     headers.append((b"x-correlation-id", state["correlation_id"].encode()))
             await send(message)
 
+        admitted = False
         try:
             early = self._reject_early(scope)
             if early is not None:
                 await early(scope, receive, send_wrapper)
             else:
+                admitted = True
+                self.service.requests_in_flight += 1
                 await self.app(scope, self._limited(scope, receive), send_wrapper)
         except Exception:
             logger.exception(
@@ -80,6 +83,8 @@ class RequestContextMiddleware:
             if not response_started:
                 await internal_error_response(state["correlation_id"])(scope, receive, send_wrapper)
         finally:
+            if admitted:
+                self.service.requests_in_flight -= 1
             route = scope.get("route")
             path = getattr(route, "path", None) or "unmatched"
             self.service.metrics.observe_request(
@@ -91,8 +96,12 @@ class RequestContextMiddleware:
         cid = scope["state"]["correlation_id"]
         path: str = scope.get("path", "")
         if self.service.shutting_down and path not in ("/health", "/metrics"):
+            # Closing the connection sends a client's retry to a new one (another replica).
             return create_error_response(
-                ErrorCode.SERVICE_UNAVAILABLE, "the server is shutting down", correlation_id=cid
+                ErrorCode.SERVICE_UNAVAILABLE,
+                "the server is shutting down",
+                headers={"Connection": "close"},
+                correlation_id=cid,
             )
         if self.service.keyring is not None and (path == "/api/v1" or path.startswith("/api/v1/")):
             # Authenticate before any body is read: a caller without a valid key learns

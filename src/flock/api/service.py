@@ -27,6 +27,7 @@ from flock.api.settings import ServiceSettings
 from flock.core.orchestrator import Flock
 
 logger = logging.getLogger("flock.api")
+_DRAIN_POLL_SECONDS = 0.05
 
 _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "content": {"application/problem+json": {}}}
@@ -63,6 +64,7 @@ class BlackboardHTTPService:
         self.metrics.watch_idempotency(self.guard.outcomes)
         self.waiter = CascadeWaiter(flock, self.settings.max_sync_artifacts)
         self.shutting_down = False
+        self.requests_in_flight = 0  # counted by the middleware (not those it refuses up front)
         self.drain_seconds = drain_seconds
         self._inflight_sync: dict[str, int] = {}
         self.app = self._build_app(title)
@@ -107,6 +109,16 @@ class BlackboardHTTPService:
     def begin_shutdown(self) -> None:
         """From now on new requests get 503; requests in flight go on."""
         self.shutting_down = True
+
+    async def wait_drained(self, seconds: float) -> bool:
+        """Wait until no request is in flight, at most `seconds`; whether none is left."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while self.requests_in_flight:
+            if loop.time() >= deadline:
+                return False
+            await asyncio.sleep(_DRAIN_POLL_SECONDS)
+        return True
 
     def sync_slot(self, principal: Principal) -> SyncSlot:
         """Bound concurrent sync calls per caller (429 RATE_LIMITED past the limit):
