@@ -155,11 +155,6 @@ async def test_flock_serve_method_answers_health_and_a_publish(
     assert "Application shutdown complete" in server.output()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Flock.serve() calls uvicorn.run(), which re-raises SIGTERM after its graceful "
-    "shutdown, so the process dies by the signal (-15); `flock serve` exits 0",
-)
 async def test_flock_serve_method_exits_0_on_sigterm(serve_script: ServeProcess) -> None:
     async with serve_script as server:
         server.terminate()

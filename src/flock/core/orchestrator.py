@@ -426,15 +426,24 @@ class Flock:
         *,
         idempotency: IdempotencyStore | None = None,
         api_keys: APIKeyring | None = None,
+        shutdown_grace: float | None = None,
         **uvicorn_options: Any,
     ) -> None:
-        """Serve the REST API with uvicorn (blocks until the server stops)."""
+        """Serve the REST API with uvicorn (blocks until the server stops).
+
+        It stops as `flock serve` does: SIGTERM/SIGINT first drain (new requests 503, those
+        in flight finish, for up to `shutdown_grace` seconds, default 30), then it returns.
+        """
         import uvicorn
 
-        from flock.api.service import BlackboardHTTPService  # the one place core reaches up
+        # The one place core reaches up: the HTTP layer is optional for library users.
+        from flock.api.service import BlackboardHTTPService
+        from flock.server import DEFAULT_GRACE_SECONDS, DrainingServer
 
-        app = BlackboardHTTPService(self, idempotency=idempotency, api_keys=api_keys).app
-        uvicorn.run(app, host=host, port=port, **uvicorn_options)
+        service = BlackboardHTTPService(self, idempotency=idempotency, api_keys=api_keys)
+        config = uvicorn.Config(service.app, host=host, port=port, **uvicorn_options)
+        grace = DEFAULT_GRACE_SECONDS if shutdown_grace is None else shutdown_grace
+        DrainingServer(config, service, grace).run()
 
     async def close(self) -> None:
         await self._store.close()
