@@ -110,8 +110,15 @@ async def first_503_on_a_new_connection(server: ServeProcess) -> httpx.Response:
         return await poll_until(refused_with_503, seconds=15, what="a 503 after SIGTERM")
 
 
-async def assert_drains_then_exits_0(server: ServeProcess, marker: Path) -> None:
-    """SIGTERM with sync calls in flight: new requests get 503, the calls finish, exit 0."""
+async def assert_drains_then_exits_0(
+    server: ServeProcess, marker: Path, *, check_kept_alive: bool = True
+) -> None:
+    """SIGTERM with sync calls in flight: new requests get 503, the calls finish, exit 0.
+
+    `check_kept_alive`: a connection kept alive from before the signal gets a 503 too. Only
+    meaningful with one process: with workers, the idle connection may belong to a worker
+    with nothing in flight, whose drain rightly ends at once (closing its connections).
+    """
     await server.wait_healthy()
     limits = httpx.Limits(max_connections=INFLIGHT + 1)
     async with httpx.AsyncClient(base_url=server.url, timeout=90, limits=limits) as client:
@@ -136,11 +143,12 @@ async def assert_drains_then_exits_0(server: ServeProcess, marker: Path) -> None
                 assert_problem(await fresh.get("/ready"), 503, "SERVICE_UNAVAILABLE")
                 assert (await fresh.get("/health")).status_code == 200  # liveness holds
 
-            # A connection kept alive from before the signal gets the same answer, and is
-            # closed after it.
-            answer = await idle.request("GET", "/api/v1/agents")
-            assert answer is not None, "a kept-alive connection was closed during the drain"
-            assert_shutting_down(*answer)
+            if check_kept_alive:
+                # A connection kept alive from before the signal gets the same answer, and
+                # is closed after it.
+                answer = await idle.request("GET", "/api/v1/agents")
+                assert answer is not None, "a kept-alive connection was closed during the drain"
+                assert_shutting_down(*answer)
         finally:
             idle.close()
 
@@ -182,7 +190,7 @@ async def test_with_workers_each_process_drains(
         env={"RELIABILITY_MARKER": str(marker)},
     )
     try:
-        await assert_drains_then_exits_0(server, marker)
+        await assert_drains_then_exits_0(server, marker, check_kept_alive=False)
     finally:
         server.stop()
 
