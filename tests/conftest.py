@@ -87,6 +87,18 @@ async def redis_prefix(redis_url: str) -> AsyncIterator[str]:
 
 
 @pytest.fixture
+def shared_store_urls(
+    postgres_url: str, pg_schema: str, redis_url: str, redis_prefix: str
+) -> dict[str, str]:
+    """`store` (PostgreSQL, this test's schema) and `idempotency` (Redis, this test's prefix)
+    URLs for `flock serve`: what replicas share in production."""
+    return {
+        "store": f"{postgres_url}?schema={pg_schema}",
+        "idempotency": f"{redis_url}?prefix={redis_prefix}",
+    }
+
+
+@pytest.fixture
 def serve(tmp_path: Path) -> Iterator[ServerFactory]:
     """`serve(app, store=..., idempotency=..., **env)` starts `flock serve`; all are stopped."""
     factory = ServerFactory(tmp_path)

@@ -96,16 +96,9 @@ async def test_a_storm_across_two_servers_sharing_postgres(
 
 
 async def test_a_storm_across_two_servers_sharing_redis_keys(
-    serve: ServerFactory,
-    app_file: Path,
-    postgres_url: str,
-    pg_schema: str,
-    redis_url: str,
-    redis_prefix: str,
+    serve: ServerFactory, app_file: Path, shared_store_urls: dict[str, str]
 ) -> None:
-    store = f"{postgres_url}?schema={pg_schema}"
-    idempotency = f"{redis_url}?prefix={redis_prefix}"
-    await storm_two_servers(serve, app_file, store=store, idempotency=idempotency)
+    await storm_two_servers(serve, app_file, **shared_store_urls)
 
 
 def child_pids(pid: int) -> list[str]:
@@ -113,25 +106,8 @@ def child_pids(pid: int) -> list[str]:
 
 
 async def test_a_storm_on_one_server_with_two_workers(
-    app_file: Path,
-    tmp_path: Path,
-    postgres_url: str,
-    pg_schema: str,
-    redis_url: str,
-    redis_prefix: str,
+    serve: ServerFactory, app_file: Path, shared_store_urls: dict[str, str]
 ) -> None:
-    server = ServeProcess(
-        str(app_file),
-        "--store",
-        f"{postgres_url}?schema={pg_schema}",
-        "--idempotency",
-        f"{redis_url}?prefix={redis_prefix}",
-        "--workers",
-        "2",
-        "--log-level",
-        "warning",
-        cwd=tmp_path,
-    )
-    async with server:
+    async with serve(app_file, **shared_store_urls, workers=2) as server:
         assert len(child_pids(server.pid)) >= 2, server.output()  # uvicorn's two workers
         await storm((server,))

@@ -171,28 +171,18 @@ async def test_sigterm_drains_with_503s_finishes_inflight_sync_calls_and_exits_0
 
 @pytest.mark.services
 async def test_with_workers_each_process_drains(
-    tmp_path: Path, postgres_url: str, pg_schema: str, redis_url: str, redis_prefix: str
+    serve: ServerFactory, tmp_path: Path, shared_store_urls: dict[str, str]
 ) -> None:
     """`--workers 2`: uvicorn's supervisor passes SIGTERM on to its workers, which drain."""
     marker = tmp_path / "release.marker"
     app = write_app(tmp_path, "shutdown_app.py", APP)
-    server = ServeProcess(
-        str(app),
-        "--store",
-        f"{postgres_url}?schema={pg_schema}",
-        "--idempotency",
-        f"{redis_url}?prefix={redis_prefix}",
-        "--workers",
-        "2",
-        "--log-level",
-        "warning",
-        cwd=tmp_path,
-        env={"RELIABILITY_MARKER": str(marker)},
+    server = serve(
+        app,
+        **shared_store_urls,
+        workers=2,
+        RELIABILITY_MARKER=str(marker),
     )
-    try:
-        await assert_drains_then_exits_0(server, marker, check_kept_alive=False)
-    finally:
-        server.stop()
+    await assert_drains_then_exits_0(server, marker, check_kept_alive=False)
 
 
 async def test_past_the_grace_period_it_stops_listening_and_still_finishes_the_calls(

@@ -179,13 +179,17 @@ class ServerFactory:
         self.workdir = workdir
         self.started: list[ServeProcess] = []
 
-    def __call__(self, app: Path, *, store: str, idempotency: str, **env: str) -> ServeProcess:
+    def __call__(
+        self, app: Path, *, store: str, idempotency: str, workers: int = 1, **env: str
+    ) -> ServeProcess:
         server = ServeProcess(
             str(app),
             "--store",
             store,
             "--idempotency",
             idempotency,
+            "--workers",
+            str(workers),
             "--log-level",
             "warning",
             cwd=app.parent,
