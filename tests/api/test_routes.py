@@ -372,6 +372,9 @@ async def test_metrics(api_client: Any) -> None:
     await client.get("/api/v1/nowhere")
     await client.post("/api/v1/artifacts/sync", json={"type": ALPHA, "payload": {}})
     await client.get(f"/api/v1/artifacts/{uuid.uuid4()}")
+    # refused before routing, yet counted under their route
+    await client.post("/api/v1/artifacts", content=b"x", headers={"Content-Type": "text/plain"})
+    await client.delete("/api/v1/artifacts")
 
     response = await client.get("/metrics")
 
@@ -388,6 +391,8 @@ async def test_metrics(api_client: Any) -> None:
     assert requests("POST", "/api/v1/artifacts/sync", "422") == 1
     assert requests("GET", "/api/v1/artifacts/{artifact_id}", "404") == 1
     assert requests("GET", "unmatched", "404") == 1
+    assert requests("POST", "/api/v1/artifacts", "415") == 1
+    assert requests("DELETE", "/api/v1/artifacts", "405") == 1
     latency_key = (("method", "GET"), ("route", "/health"), ("status", "200"))
     assert samples[("flock_http_request_duration_seconds_count", latency_key)] == 2
     assert samples[("flock_sync_requests_total", (("outcome", "completed"),))] == 1

@@ -17,9 +17,9 @@ from fastapi.responses import Response
 from pydantic import ValidationError
 from pydantic_core import to_json
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match, Route
 
 from flock.api.idempotency.protocol import IdempotencyStoreUnavailableError
+from flock.api.routing import routes_on_path
 from flock.core.agent import AgentOutputError
 from flock.core.store.protocol import StoreUnavailableError
 from flock.registry import RegistryError
@@ -244,11 +244,8 @@ def _allowed_methods(request: Request) -> list[str]:
     other routes may serve the same path with other methods (`GET` and `POST /artifacts`).
     """
     methods: set[str] = set()
-    for route in request.app.router.routes:
-        if isinstance(route, Route) and route.methods:
-            match, _ = route.matches(request.scope)
-            if match is not Match.NONE:
-                methods |= route.methods
+    for route in routes_on_path(request.app.router.routes, request.scope):
+        methods |= route.methods or set()
     return sorted(methods)
 
 

@@ -13,7 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from flock.api.auth import authenticate
 from flock.api.errors import APIError, ErrorCode, create_error_response, internal_error_response
-from flock.api.routing import is_json_media_type
+from flock.api.routing import is_json_media_type, routes_on_path
 from flock.core.artifacts import new_id
 
 if TYPE_CHECKING:
@@ -85,11 +85,18 @@ class RequestContextMiddleware:
         finally:
             if admitted:
                 self.service.requests_in_flight -= 1
-            route = scope.get("route")
-            path = getattr(route, "path", None) or "unmatched"
-            self.service.metrics.observe_request(
-                scope.get("method", ""), path, status, time.perf_counter() - started
-            )
+            elapsed = time.perf_counter() - started
+            method = scope.get("method", "")
+            self.service.metrics.observe_request(method, self._route_label(scope), status, elapsed)
+
+    def _route_label(self, scope: Scope) -> str:
+        """The route template a request is counted under; "unmatched" when no route has its
+        path. Requests refused before routing (413, 415, 401, 503) are looked up here."""
+        path = getattr(scope.get("route"), "path", None)
+        if path is None:
+            matched = routes_on_path(self.service.app.router.routes, scope)
+            path = matched[0].path if matched else "unmatched"
+        return str(path)
 
     def _reject_early(self, scope: Scope) -> Any:
         """A response for requests refused before any body is read, else None."""

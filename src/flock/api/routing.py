@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import inspect
 import typing
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +29,8 @@ from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import BaseRoute, Match, Route
+from starlette.types import Scope
 
 Handler = Callable[[Request], Coroutine[Any, Any, Response]]
 
@@ -193,4 +195,9 @@ def _returns_response(endpoint: Callable[..., Any]) -> bool:
     return inspect.isclass(returned) and issubclass(returned, Response)
 
 
-__all__ = ["JSONBodyRoute", "add_routes", "is_json_media_type"]
+def routes_on_path(routes: Iterable[BaseRoute], scope: Scope) -> list[Route]:
+    """The routes whose path template matches the request's path, whatever their methods."""
+    return [r for r in routes if isinstance(r, Route) and r.matches(scope)[0] is not Match.NONE]
+
+
+__all__ = ["JSONBodyRoute", "add_routes", "is_json_media_type", "routes_on_path"]
