@@ -314,6 +314,19 @@ async def test_a_503_is_retried_no_sooner_than_retry_after(server: str, flavour:
     assert len(documents_titled(server, title)) == 1
 
 
+def test_a_retry_after_beyond_the_limit_is_not_waited_for(server: str) -> None:
+    events: list[RetryEvent] = []
+    with (
+        FaultProxy(server, ["503"]) as proxy,
+        client_for(proxy.url, events, max_retry_after=0.5) as client,
+        pytest.raises(FlockAPIError) as raised,
+    ):
+        client.publish(Document(title=unique("patient"), text=TEXT))
+
+    assert raised.value.code == "SERVICE_UNAVAILABLE" and raised.value.retryable is True
+    assert events == [] and len(proxy.log) == 1  # Retry-After: 1 > 0.5: raised, not retried
+
+
 def test_a_5xx_without_a_body_is_retried(server: str) -> None:
     events: list[RetryEvent] = []
     with FaultProxy(server, ["500-empty"]) as proxy, client_for(proxy.url, events) as client:

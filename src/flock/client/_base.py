@@ -57,6 +57,7 @@ class ClientOptions(TypedDict, total=False):
     max_retries: int
     backoff_base: float
     backoff_max: float
+    max_retry_after: float
     headers: Mapping[str, str] | None
     registry: TypeRegistry | None
     on_retry: Callable[[RetryEvent], None] | None
@@ -87,7 +88,7 @@ class BaseClient:
 
     - api_key: sent as `Authorization: Bearer KEY`.
     - timeout: seconds per HTTP request (waiting calls get their wait plus a margin).
-    - max_retries, backoff_base, backoff_max: the `RetryPolicy`.
+    - max_retries, backoff_base, backoff_max, max_retry_after: the `RetryPolicy`.
     - registry: maps models to type names and back (default: the global `type_registry`).
     - on_retry: called with a `RetryEvent` before each retry (logging, metrics).
     """
@@ -101,6 +102,7 @@ class BaseClient:
         max_retries: int = 3,
         backoff_base: float = 0.2,
         backoff_max: float = 10.0,
+        max_retry_after: float = 60.0,
         headers: Mapping[str, str] | None = None,
         registry: TypeRegistry | None = None,
         on_retry: Callable[[RetryEvent], None] | None = None,
@@ -110,7 +112,7 @@ class BaseClient:
             raise ValueError("timeout must be positive")
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
-        self.retry = RetryPolicy(max_retries, backoff_base, backoff_max)
+        self.retry = RetryPolicy(max_retries, backoff_base, backoff_max, max_retry_after)
         self.registry = registry or type_registry
         self.on_retry = on_retry
         self._rng = rng or random.Random()
@@ -141,7 +143,7 @@ class BaseClient:
                     retryable=not isinstance(outcome, httpx.UnsupportedProtocol),
                 )
                 retry_after = None
-            if not error.retryable or attempt >= self.retry.max_retries:
+            if not error.retryable or self.retry.gives_up(attempt, retry_after):
                 raise error from cause
             delay = self.retry.delay(attempt, retry_after, self._rng)
             attempt += 1

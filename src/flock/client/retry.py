@@ -16,16 +16,25 @@ class RetryPolicy:
 
     Attempt n (0-based) waits a random time in [0, min(backoff_max, backoff_base * 2**n)]
     ("full jitter", so many clients do not retry in lockstep), or the server's `Retry-After`
-    if that is longer.
+    if that is longer. A `Retry-After` beyond `max_retry_after` seconds is not waited for:
+    the error is raised at once, for the caller to decide.
     """
 
     max_retries: int = 3
     backoff_base: float = 0.2
     backoff_max: float = 10.0
+    max_retry_after: float = 60.0
 
     def __post_init__(self) -> None:
-        if self.max_retries < 0 or self.backoff_base < 0 or self.backoff_max < 0:
-            raise ValueError("max_retries, backoff_base and backoff_max must not be negative")
+        if min(self.max_retries, self.backoff_base, self.backoff_max, self.max_retry_after) < 0:
+            raise ValueError(
+                "max_retries, backoff_base, backoff_max and max_retry_after must not be negative"
+            )
+
+    def gives_up(self, attempt: int, retry_after: float | None) -> bool:
+        """True once `attempt` retries were made, or the server asks for too long a wait."""
+        too_long = retry_after is not None and retry_after > self.max_retry_after
+        return attempt >= self.max_retries or too_long
 
     def delay(self, attempt: int, retry_after: float | None, rng: random.Random) -> float:
         ceiling = min(self.backoff_max, self.backoff_base * 2**attempt)
