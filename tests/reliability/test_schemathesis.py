@@ -64,11 +64,12 @@ def aim_at_registered_types(context: Any, body: Any) -> Any:
             if isinstance(item, dict):
                 _aim(item, seed + i)
     elif isinstance(inputs, list):
-        # One input only: a run with several hands a function engine a list, which the
-        # demo's one-model functions cannot take; an agent failure in a direct run is
-        # answered 500 INTERNAL_ERROR, a design question left to the API's owners.
-        if len(inputs) == 1 and isinstance(inputs[0], dict):
-            _aim(inputs[0], seed)
+        # Every input aimed at a registered type: a run with several hands the demo's
+        # one-model functions a list, which they cannot take; that agent failure must come
+        # back as 200 with `errors`, never as a 5xx.
+        for i, item in enumerate(inputs):
+            if isinstance(item, dict):
+                _aim(item, seed + i)
     else:
         _aim(body, seed)
     return body
