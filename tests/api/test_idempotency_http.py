@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 from fastapi import HTTPException, Request
@@ -24,8 +25,14 @@ from pydantic import BaseModel, Field
 
 from flock import FilterConfig, Flock, RunContext, flock_type
 from flock.api.auth import ANONYMOUS_PRINCIPAL, APIKeyring
-from flock.api.idempotency import ClaimResult, InMemoryIdempotencyStore, idempotent
+from flock.api.idempotency import (
+    ClaimResult,
+    InMemoryIdempotencyStore,
+    PostgresIdempotencyStore,
+    idempotent,
+)
 from flock.api.idempotency.guard import scoped_key
+from flock.api.service import BlackboardHTTPService
 from flock.api.settings import ServiceSettings
 from flock.core.store import InMemoryBlackboardStore
 from flock.core.store.sql import PostgresBlackboardStore
@@ -656,6 +663,46 @@ async def test_the_service_purges_in_the_background(api_client: Any) -> None:
     await until(lambda: len(store) == 0)
     # ten outcomes went into the store, and nothing but the purge takes them out
     assert client.service.guard.outcomes == {"executed": 10}
+
+
+@pytest.mark.services
+async def test_a_shutdown_during_the_purgers_table_creation_ends_the_purger(
+    postgres_url: str, pg_schema: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The shutdown cancels the purger while the SQL store creates its table: the
+    cancellation ends the purger, it does not turn into a failed purge the task outlives."""
+    blocker = await asyncpg.connect(postgres_url)
+    watcher = await asyncpg.connect(postgres_url)  # outside the blocker's transaction
+    try:
+        # An uncommitted table of the same name: the store's CREATE TABLE waits on it.
+        await blocker.execute("BEGIN")
+        await blocker.execute(f'CREATE TABLE "{pg_schema}".flock_idempotency (key text)')
+        store = PostgresIdempotencyStore(postgres_url, schema=pg_schema)
+        service = BlackboardHTTPService(
+            gated_flock(Gate()), idempotency=store, settings=ServiceSettings()
+        )
+
+        async def creating_the_table() -> bool:
+            waiting = await watcher.fetchval(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE wait_event_type = 'Lock' AND query LIKE $1",
+                f"%CREATE TABLE%{pg_schema}%",
+            )
+            return bool(waiting)
+
+        async with service.app.router.lifespan_context(service.app):
+            await until(creating_the_table)
+            (purger,) = [
+                task
+                for task in asyncio.all_tasks()
+                if getattr(task.get_coro(), "__qualname__", "") == "purge_periodically"
+            ]
+        await until(purger.done, seconds=5)
+        assert purger.cancelled()
+        assert "idempotency purge failed" not in caplog.text
+    finally:
+        await watcher.close()
+        await blocker.close()  # rolls the blocking table back
 
 
 async def test_the_in_memory_store_stays_within_its_bound(api_client: Any) -> None:

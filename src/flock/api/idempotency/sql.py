@@ -235,7 +235,8 @@ class SQLIdempotencyStore:
                 try:
                     await self._create_ddl(conn)
                 finally:
-                    await conn.execute(sa.select(sa.func.pg_advisory_unlock(_DDL_LOCK_ID)))
+                    if not conn.invalidated:  # else the lock went with the session
+                        await conn.execute(sa.select(sa.func.pg_advisory_unlock(_DDL_LOCK_ID)))
                 return
             # SQLite: WAL sticks to the file once set (readers then run beside the writer);
             # the DDL runs in one write-locked transaction, so a concurrent starter waits for
@@ -245,7 +246,11 @@ class SQLIdempotencyStore:
             try:
                 await self._create_ddl(conn)
             except BaseException:
-                await conn.exec_driver_sql("ROLLBACK")
+                # An interrupted statement (a cancellation, a lost connection) invalidates the
+                # connection: closing it discarded the transaction, and another statement on
+                # it would raise in place of the original error, a CancelledError included.
+                if not conn.invalidated:
+                    await conn.exec_driver_sql("ROLLBACK")
                 raise
             await conn.exec_driver_sql("COMMIT")
 
