@@ -1,11 +1,8 @@
 """Idempotency keys over HTTP (SPEC section 3), in process through `httpx.ASGITransport`.
 
-Every service here is real: the orchestrator, the blackboard store, the guard and the
-idempotency store. Every behaviour that does not depend on the store runs once per
-idempotency store (memory, SQLite, PostgreSQL, Redis) through the `idem_store` fixture;
-the in-memory store's own bound and purge keep to it. The only instrument is
-`ClaimWatchingStore`, which passes every call to a real store and counts the claims that
-found their key held, so a test can release a blocked agent once its duplicates are waiting.
+Every service here is real: the orchestrator, the in-memory stores and the guard. The only
+instrument is `ClaimWatchingStore`, the real in-memory store counting the claims that found
+their key held, so a test can release a blocked agent once its duplicates are waiting.
 """
 
 from __future__ import annotations
@@ -15,7 +12,7 @@ import importlib.util
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +27,8 @@ from flock import FilterConfig, Flock, RunContext, flock_type
 from flock.api.auth import ANONYMOUS_PRINCIPAL, APIKeyring
 from flock.api.idempotency import (
     ClaimResult,
-    IdempotencyStore,
     InMemoryIdempotencyStore,
     PostgresIdempotencyStore,
-    RedisIdempotencyStore,
-    SQLiteIdempotencyStore,
     idempotent,
 )
 from flock.api.idempotency.guard import scoped_key
@@ -92,58 +86,12 @@ def gated_flock(gate: Gate, concurrency: int = 1) -> Flock:
     return flock
 
 
-STORES = [
-    pytest.param("memory", id="memory"),
-    pytest.param("sqlite", id="sqlite"),
-    pytest.param("postgres", id="postgres", marks=pytest.mark.services),
-    pytest.param("redis", id="redis", marks=pytest.mark.services),
-]
+class ClaimWatchingStore(InMemoryIdempotencyStore):
+    """The real in-memory store; it only counts claims that found their key already held."""
 
-
-@pytest.fixture(params=STORES)
-def new_idem_store(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> Callable[[], IdempotencyStore]:
-    """Builds a store of the parameter's kind, on this test's own file, schema or key prefix.
-
-    A sync fixture: it reaches the async `pg_schema` / `redis_prefix` fixtures by name.
-    """
-    if request.param == "memory":
-        return InMemoryIdempotencyStore
-    if request.param == "sqlite":
-        return lambda: SQLiteIdempotencyStore(tmp_path / "idempotency.db")
-    if request.param == "postgres":
-        url = request.getfixturevalue("postgres_url")
-        schema = request.getfixturevalue("pg_schema")
-        return lambda: PostgresIdempotencyStore(url, schema=schema)
-    url = request.getfixturevalue("redis_url")
-    prefix = request.getfixturevalue("redis_prefix")
-    return lambda: RedisIdempotencyStore(url, prefix=prefix)
-
-
-@pytest.fixture
-async def idem_store(
-    new_idem_store: Callable[[], IdempotencyStore],
-) -> AsyncIterator[IdempotencyStore]:
-    """A fresh idempotency store of each kind: memory, SQLite, PostgreSQL, Redis.
-
-    The service closes it when its lifespan ends; it is closed here too, in case the test
-    failed before that (closing twice is harmless on every store).
-    """
-    store = new_idem_store()
-    yield store
-    await store.close()
-
-
-class ClaimWatchingStore:
-    """A real store, every call passed through; it only counts claims that found their key held."""
-
-    def __init__(self, store: IdempotencyStore) -> None:
-        self.store = store
+    def __init__(self) -> None:
+        super().__init__()
         self.held_claims = 0
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.store, name)
 
     async def claim(
         self,
@@ -154,7 +102,7 @@ class ClaimWatchingStore:
         lease_seconds: float,
         ttl_seconds: float,
     ) -> ClaimResult:
-        result = await self.store.claim(
+        result = await super().claim(
             key, fingerprint, owner=owner, lease_seconds=lease_seconds, ttl_seconds=ttl_seconds
         )
         if not result.acquired:
@@ -207,11 +155,9 @@ def assert_replay(original: httpx.Response, replay: httpx.Response) -> None:
 # -- replay -------------------------------------------------------------------------------
 
 
-async def test_async_publish_replays_byte_for_byte(
-    idem_store: IdempotencyStore, api_client: Any
-) -> None:
+async def test_async_publish_replays_byte_for_byte(api_client: Any) -> None:
     flock = gated_flock(Gate())
-    client = await api_client(flock, idempotency=idem_store)
+    client = await api_client(flock)
 
     first = await client.post(PUBLISH, json=ask(), headers=keyed("async-1"))
     second = await client.post(PUBLISH, json=ask(), headers=keyed("async-1"))
@@ -222,12 +168,10 @@ async def test_async_publish_replays_byte_for_byte(
     assert await count(flock) == 1
 
 
-async def test_sync_publish_replays_byte_for_byte(
-    idem_store: IdempotencyStore, api_client: Any
-) -> None:
+async def test_sync_publish_replays_byte_for_byte(api_client: Any) -> None:
     gate = Gate()
     flock = gated_flock(gate)
-    client = await api_client(flock, idempotency=idem_store)
+    client = await api_client(flock)
 
     first = await client.post(SYNC, json=ask(), headers=keyed("sync-1"))
     second = await client.post(SYNC, json=ask(), headers=keyed("sync-1"))
@@ -242,11 +186,9 @@ async def test_sync_publish_replays_byte_for_byte(
     assert gate.runs == 1 and await count(flock) == 1
 
 
-async def test_key_order_and_whitespace_do_not_change_the_fingerprint(
-    idem_store: IdempotencyStore, api_client: Any
-) -> None:
+async def test_key_order_and_whitespace_do_not_change_the_fingerprint(api_client: Any) -> None:
     flock = gated_flock(Gate())
-    client = await api_client(flock, idempotency=idem_store)
+    client = await api_client(flock)
     headers = {**keyed("canonical"), "content-type": "application/json"}
 
     compact = '{"type":"ASK","payload":{"topic":"x"}}'.replace("ASK", ASK)
@@ -272,13 +214,10 @@ async def test_key_order_and_whitespace_do_not_change_the_fingerprint(
     ],
 )
 async def test_both_key_headers_name_the_same_key(
-    idem_store: IdempotencyStore,
-    api_client: Any,
-    first_headers: dict[str, str],
-    retry_headers: dict[str, str],
+    api_client: Any, first_headers: dict[str, str], retry_headers: dict[str, str]
 ) -> None:
     flock = gated_flock(Gate())
-    client = await api_client(flock, idempotency=idem_store)
+    client = await api_client(flock)
 
     first = await client.post(PUBLISH, json=ask(), headers=first_headers)
     retry = await client.post(PUBLISH, json=ask(), headers=retry_headers)
@@ -288,11 +227,9 @@ async def test_both_key_headers_name_the_same_key(
     assert await count(flock) == 1
 
 
-async def test_a_different_body_with_the_same_key_is_a_conflict(
-    idem_store: IdempotencyStore, api_client: Any
-) -> None:
+async def test_a_different_body_with_the_same_key_is_a_conflict(api_client: Any) -> None:
     flock = gated_flock(Gate())
-    client = await api_client(flock, idempotency=idem_store)
+    client = await api_client(flock)
 
     first = await client.post(SYNC, json=ask("tea"), headers=keyed("conflict"))
     other = await client.post(SYNC, json=ask("coffee"), headers=keyed("conflict"))
@@ -325,12 +262,10 @@ async def test_without_a_key_every_request_runs(api_client: Any) -> None:
 # -- concurrency --------------------------------------------------------------------------
 
 
-async def test_fifty_concurrent_duplicates_execute_once(
-    idem_store: IdempotencyStore, api_client: Any
-) -> None:
+async def test_fifty_concurrent_duplicates_execute_once(api_client: Any) -> None:
     gate = Gate(blocked=True)
     flock = gated_flock(gate)
-    store = ClaimWatchingStore(idem_store)
+    store = ClaimWatchingStore()
     client = await api_client(flock, idempotency=store)
 
     calls = [client.post(SYNC, json=ask(), headers=keyed("storm")) for _ in range(50)]
@@ -350,12 +285,10 @@ async def test_fifty_concurrent_duplicates_execute_once(
     assert await count(flock) == 1 and await count(flock, ANSWER) == 1
 
 
-async def test_concurrent_requests_with_different_keys_each_run_once(
-    idem_store: IdempotencyStore, api_client: Any
-) -> None:
+async def test_concurrent_requests_with_different_keys_each_run_once(api_client: Any) -> None:
     gate = Gate(blocked=True)
     flock = gated_flock(gate, concurrency=10)
-    store = ClaimWatchingStore(idem_store)
+    store = ClaimWatchingStore()
     client = await api_client(flock, idempotency=store)
 
     calls = [
@@ -377,12 +310,10 @@ async def test_concurrent_requests_with_different_keys_each_run_once(
     assert gate.runs == 10 and await count(flock) == 10
 
 
-async def test_a_duplicate_of_a_running_request_waits_for_its_outcome(
-    idem_store: IdempotencyStore, api_client: Any
-) -> None:
+async def test_a_duplicate_of_a_running_request_waits_for_its_outcome(api_client: Any) -> None:
     gate = Gate(blocked=True)
     flock = gated_flock(gate)
-    store = ClaimWatchingStore(idem_store)
+    store = ClaimWatchingStore()
     client = await api_client(flock, idempotency=store)
 
     first = asyncio.ensure_future(client.post(SYNC, json=ask(), headers=keyed("wait")))
@@ -398,12 +329,10 @@ async def test_a_duplicate_of_a_running_request_waits_for_its_outcome(
     assert gate.runs == 1 and await count(flock) == 1
 
 
-async def test_a_duplicate_past_its_own_deadline_is_told_to_retry(
-    idem_store: IdempotencyStore, api_client: Any
-) -> None:
+async def test_a_duplicate_past_its_own_deadline_is_told_to_retry(api_client: Any) -> None:
     gate = Gate(blocked=True)
     flock = gated_flock(gate)
-    client = await api_client(flock, idempotency=idem_store)
+    client = await api_client(flock)
 
     first = asyncio.ensure_future(client.post(SYNC, json=ask(timeout=30), headers=keyed("slow")))
     await wait_for(gate.started)
@@ -425,12 +354,11 @@ async def test_a_duplicate_past_its_own_deadline_is_told_to_retry(
 
 
 async def test_an_incomplete_sync_outcome_is_answered_again_from_its_correlation(
-    idem_store: IdempotencyStore,
     api_client: Any,
 ) -> None:
     gate = Gate(blocked=True)
     flock = gated_flock(gate)
-    client = await api_client(flock, idempotency=idem_store)
+    client = await api_client(flock)
 
     first = await client.post(SYNC, json=ask(timeout=1), headers=keyed("partial"))
     body = first.json()
@@ -458,9 +386,9 @@ async def test_an_incomplete_sync_outcome_is_answered_again_from_its_correlation
 # -- scope --------------------------------------------------------------------------------
 
 
-async def test_a_key_is_scoped_per_route(idem_store: IdempotencyStore, api_client: Any) -> None:
+async def test_a_key_is_scoped_per_route(api_client: Any) -> None:
     flock = gated_flock(Gate())
-    client = await api_client(flock, idempotency=idem_store)
+    client = await api_client(flock)
 
     accepted = await client.post(PUBLISH, json=ask(), headers=keyed("shared"))
     synced = await client.post(SYNC, json=ask(), headers=keyed("shared"))
@@ -472,7 +400,7 @@ async def test_a_key_is_scoped_per_route(idem_store: IdempotencyStore, api_clien
     assert await count(flock) == 2
 
 
-async def test_a_key_is_scoped_per_principal(idem_store: IdempotencyStore, api_client: Any) -> None:
+async def test_a_key_is_scoped_per_principal(api_client: Any) -> None:
     flock = gated_flock(Gate())
     keyring = APIKeyring.from_dict(
         {
@@ -482,7 +410,7 @@ async def test_a_key_is_scoped_per_principal(idem_store: IdempotencyStore, api_c
             ]
         }
     )
-    client = await api_client(flock, api_keys=keyring, idempotency=idem_store)
+    client = await api_client(flock, api_keys=keyring)
     alice = {**keyed("mine"), "X-API-Key": "alice-key"}
     bob = {**keyed("mine"), "X-API-Key": "bob-key"}
 
@@ -498,9 +426,7 @@ async def test_a_key_is_scoped_per_principal(idem_store: IdempotencyStore, api_c
     assert await count(flock) == 2
 
 
-async def test_a_key_is_scoped_by_the_callers_labels_and_allowed_types(
-    idem_store: IdempotencyStore, api_client: Any
-) -> None:
+async def test_a_key_is_scoped_by_the_callers_labels_and_allowed_types(api_client: Any) -> None:
     flock = gated_flock(Gate())
     keyring = APIKeyring.from_dict(
         {
@@ -518,7 +444,7 @@ async def test_a_key_is_scoped_by_the_callers_labels_and_allowed_types(
             ]
         }
     )
-    client = await api_client(flock, api_keys=keyring, idempotency=idem_store)
+    client = await api_client(flock, api_keys=keyring)
 
     def as_(api_key: str) -> dict[str, str]:
         return {**keyed("shared"), "X-API-Key": api_key}
@@ -599,12 +525,10 @@ async def test_a_key_of_255_printable_characters_is_accepted(api_client: Any) ->
 # -- which outcomes are stored ------------------------------------------------------------
 
 
-async def test_a_not_found_outcome_is_stored_and_replayed(
-    idem_store: IdempotencyStore, api_client: Any
-) -> None:
+async def test_a_not_found_outcome_is_stored_and_replayed(api_client: Any) -> None:
     flock = gated_flock(Gate())
-    client = await api_client(flock, idempotency=idem_store)
-    late = f"IdemHttpLate_{uuid.uuid4().hex[:8]}"  # registered below: one per run
+    client = await api_client(flock)
+    late = f"IdemHttpLate_{_SUFFIX}"
     body = {"type": late, "payload": {}}
 
     first = await client.post(PUBLISH, json=body, headers=keyed("unknown-type"))
@@ -622,12 +546,10 @@ async def test_a_not_found_outcome_is_stored_and_replayed(
     assert await count(flock, late) == 1
 
 
-async def test_an_invalid_payload_outcome_is_stored_and_replayed(
-    idem_store: IdempotencyStore, api_client: Any
-) -> None:
+async def test_an_invalid_payload_outcome_is_stored_and_replayed(api_client: Any) -> None:
     gate = Gate()
     flock = gated_flock(gate)
-    client = await api_client(flock, idempotency=idem_store)
+    client = await api_client(flock)
 
     first = await client.post(SYNC, json=ask(""), headers=keyed("invalid"))
     replay = await client.post(SYNC, json=ask(""), headers=keyed("invalid"))
@@ -639,14 +561,13 @@ async def test_an_invalid_payload_outcome_is_stored_and_replayed(
 
 
 async def test_a_store_failure_while_publishing_lets_a_retry_publish_once(
-    idem_store: IdempotencyStore,
     api_client: Any,
 ) -> None:
     gate = Gate()
     down = PostgresBlackboardStore(UNREACHABLE_POSTGRES)
     flock = Flock(store=down)
     flock.agent("answerer").consumes(Ask).publishes(Answer).with_engines(gate)
-    client = await api_client(flock, idempotency=idem_store)
+    client = await api_client(flock)
 
     failed = await client.post(SYNC, json=ask(), headers=keyed("outage"))
     assert failed.status_code == 503
@@ -672,36 +593,31 @@ async def test_a_store_failure_while_publishing_lets_a_retry_publish_once(
 # -- expiry -------------------------------------------------------------------------------
 
 
-async def test_records_live_for_a_day_by_default(
-    idem_store: IdempotencyStore, api_client: Any
-) -> None:
-    client = await api_client(
-        gated_flock(Gate()), idempotency=idem_store, settings=ServiceSettings()
-    )
+async def test_records_live_for_a_day_by_default(api_client: Any) -> None:
+    store = InMemoryIdempotencyStore()
+    client = await api_client(gated_flock(Gate()), idempotency=store, settings=ServiceSettings())
 
     response = await client.post(PUBLISH, json=ask(), headers=keyed("daily"))
-    record = await idem_store.get(scoped_key(ANONYMOUS_PRINCIPAL.scope, "POST", PUBLISH, "daily"))
+    record = await store.get(scoped_key(ANONYMOUS_PRINCIPAL.scope, "POST", PUBLISH, "daily"))
 
     assert response.status_code == 200
     assert record is not None and record.state == "completed"
     assert 86_000 < record.expires_at - time.time() <= 86_400
 
 
-async def test_after_the_ttl_the_same_key_executes_anew(
-    idem_store: IdempotencyStore, api_client: Any
-) -> None:
+async def test_after_the_ttl_the_same_key_executes_anew(api_client: Any) -> None:
     flock = gated_flock(Gate())
+    store = InMemoryIdempotencyStore()
     client = await api_client(
-        flock, idempotency=idem_store, settings=ServiceSettings(idempotency_ttl=1.0)
+        flock, idempotency=store, settings=ServiceSettings(idempotency_ttl=0.5)
     )
     scoped = scoped_key(ANONYMOUS_PRINCIPAL.scope, "POST", PUBLISH, "short-lived")
 
     first = await client.post(PUBLISH, json=ask(), headers=keyed("short-lived"))
-    stored = await idem_store.get(scoped)
-    assert stored is not None and stored.state == "completed"
+    assert len(store) == 1  # stored (the background purge runs once a minute here)
 
     async def expired() -> bool:
-        return await idem_store.get(scoped) is None
+        return await store.get(scoped) is None
 
     await until(expired)
     again = await client.post(PUBLISH, json=ask(), headers=keyed("short-lived"))
@@ -818,10 +734,8 @@ class Receipt(BaseModel):
     number: int
 
 
-async def test_the_decorator_replays_a_user_route(
-    idem_store: IdempotencyStore, api_client: Any
-) -> None:
-    client = await api_client(Flock(), idempotency=idem_store)
+async def test_the_decorator_replays_a_user_route(api_client: Any) -> None:
+    client = await api_client(Flock())
     executions: list[int] = []
 
     @client.service.app.post("/tallies", status_code=201)
@@ -884,10 +798,8 @@ async def test_the_decorator_keeps_parsing_and_openapi(api_client: Any) -> None:
     assert ok_schema == {"$ref": "#/components/schemas/Receipt"}
 
 
-async def test_the_decorator_stores_a_4xx_and_releases_on_a_crash(
-    idem_store: IdempotencyStore, api_client: Any
-) -> None:
-    client = await api_client(Flock(), idempotency=idem_store)
+async def test_the_decorator_stores_a_4xx_and_releases_on_a_crash(api_client: Any) -> None:
+    client = await api_client(Flock())
     attempts: list[str] = []
 
     @client.service.app.post("/flaky")
@@ -918,10 +830,8 @@ async def test_the_decorator_stores_a_4xx_and_releases_on_a_crash(
     assert attempts == ["missing", "c", "c"]
 
 
-async def test_the_decorator_makes_concurrent_duplicates_wait(
-    idem_store: IdempotencyStore, api_client: Any
-) -> None:
-    store = ClaimWatchingStore(idem_store)
+async def test_the_decorator_makes_concurrent_duplicates_wait(api_client: Any) -> None:
+    store = ClaimWatchingStore()
     client = await api_client(Flock(), idempotency=store)
     release = asyncio.Event()
     executions = 0
@@ -945,9 +855,7 @@ async def test_the_decorator_makes_concurrent_duplicates_wait(
     assert executions == 1
 
 
-async def test_the_decorator_scopes_keys_per_principal(
-    idem_store: IdempotencyStore, api_client: Any
-) -> None:
+async def test_the_decorator_scopes_keys_per_principal(api_client: Any) -> None:
     keyring = APIKeyring.from_dict(
         {
             "keys": [
@@ -956,7 +864,7 @@ async def test_the_decorator_scopes_keys_per_principal(
             ]
         }
     )
-    client = await api_client(Flock(), api_keys=keyring, idempotency=idem_store)
+    client = await api_client(Flock(), api_keys=keyring)
     callers: list[str] = []
 
     @client.service.app.post("/notes")
