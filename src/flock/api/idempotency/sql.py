@@ -12,8 +12,8 @@ import asyncio
 import json
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
-from contextlib import asynccontextmanager, contextmanager, suppress
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final
 
@@ -36,8 +36,6 @@ from flock.core.store.sql_backends import retry_ddl
 
 TABLE_NAME = "flock_idempotency"
 CONNECT_TIMEOUT_SECONDS = 10.0
-# How long `close()` waits for connections still in use before disposing of the pool.
-CLOSE_WAIT_SECONDS = 10.0
 # The advisory lock PostgreSQL starters take turns on while creating the table.
 _DDL_LOCK_ID = 0x466C6F636B4944  # "FlockID"
 
@@ -158,9 +156,6 @@ class SQLIdempotencyStore:
         self._table = _make_table(schema)
         self._ready = False
         self._ready_lock = asyncio.Lock()
-        self._in_use = 0
-        self._all_returned = asyncio.Event()
-        self._all_returned.set()
         self._statements()
 
     def _statements(self) -> None:
@@ -229,7 +224,7 @@ class SQLIdempotencyStore:
         return self._schema is None or sa.inspect(conn).has_schema(self._schema)
 
     async def _create_table(self) -> None:
-        async with self._connection() as conn:
+        async with self._engine.connect() as conn:
             # Look before creating: IF NOT EXISTS still needs the CREATE privilege.
             if await conn.run_sync(self._table_exists):
                 return
@@ -271,7 +266,7 @@ class SQLIdempotencyStore:
     ) -> sa.CursorResult[Any]:
         await self._ensure_table()
         with _unavailable_on_error():
-            async with self._connection() as conn:
+            async with self._engine.connect() as conn:
                 return await conn.execute(statement, params)
 
     async def claim(
@@ -285,7 +280,7 @@ class SQLIdempotencyStore:
     ) -> ClaimResult:
         await self._ensure_table()
         with _unavailable_on_error():
-            async with self._connection() as conn:
+            async with self._engine.connect() as conn:
                 for _ in range(_CLAIM_ATTEMPTS):
                     now = time.time()
                     params = {
@@ -362,29 +357,10 @@ class SQLIdempotencyStore:
 
     async def ping(self) -> None:
         with _unavailable_on_error():
-            async with self._connection() as conn:
+            async with self._engine.connect() as conn:
                 await conn.execute(sa.text("SELECT 1"))
 
-    @asynccontextmanager
-    async def _connection(self) -> AsyncIterator[AsyncConnection]:
-        """A pooled connection, counted until it is given back (see `close`)."""
-        self._in_use += 1
-        self._all_returned.clear()
-        try:
-            async with self._engine.connect() as conn:
-                yield conn
-        finally:
-            self._in_use -= 1
-            if not self._in_use:
-                self._all_returned.set()
-
     async def close(self) -> None:
-        # An operation cancelled just before (a service's purger at shutdown) may still be
-        # closing its connection; disposing of the pool under it abandons that connection,
-        # and with aiosqlite the pending close can then hang the event loop's shutdown.
-        with suppress(TimeoutError):
-            async with asyncio.timeout(CLOSE_WAIT_SECONDS):
-                await self._all_returned.wait()
         await self._engine.dispose()
 
 
