@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from pydantic import BaseModel
 
 from flock.core.artifacts import Artifact
+from flock.core.runs import Usage
 from flock.core.visibility import PUBLIC, AnyVisibility, Identity
 from flock.registry import type_registry
 
@@ -28,14 +29,27 @@ class AgentOutputError(TypeError):
     """An agent's engine returned something it did not declare in `publishes`."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RunContext:
-    """What an engine is told about the run it serves."""
+    """What an engine is told about the run it serves.
+
+    `run_id` is stable across the run's attempts: key side effects on it to make them
+    idempotent. `attempt` is 1-based. Engines that call models add what they spent to
+    `usage`; it is stored with the run.
+    """
 
     agent: str
     correlation_id: str
     artifacts: tuple[Artifact, ...]
     flock: Flock
+    run_id: str = ""
+    attempt: int = 1
+    usage: Usage = field(default_factory=Usage)
+
+    @property
+    def inputs(self) -> tuple[Artifact, ...]:
+        """The input artifacts, in the order the engine receives their models."""
+        return self.artifacts
 
 
 @runtime_checkable
