@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
 from flock.core.agent import Agent, AgentBuilder, AgentConfigError, RunContext
 from flock.core.artifacts import AgentError, Artifact, ConsumptionRecord, new_id
+from flock.core.stats import FlockStats
 from flock.core.store.memory import InMemoryBlackboardStore
 from flock.core.store.protocol import BlackboardStore, FilterConfig
 from flock.core.tracking import Correlation, CorrelationStatus, CorrelationTracker
@@ -23,15 +23,6 @@ if TYPE_CHECKING:
     from flock.api.idempotency import IdempotencyStore
 
 logger = logging.getLogger("flock.orchestrator")
-
-
-@dataclass(slots=True)
-class FlockStats:
-    """Counters since the orchestrator was created (exported as Prometheus metrics)."""
-
-    artifacts_published: int = 0
-    agent_runs: int = 0
-    agent_failures: int = 0
 
 
 class Flock:
