@@ -3,8 +3,7 @@
 from flock.core.agent import Agent, AgentBuilder, AgentConfigError, AgentOutputError, RunContext
 from flock.core.artifacts import AgentError, Artifact, ArtifactEnvelope, ConsumptionRecord
 from flock.core.orchestrator import Flock, FlockStats
-from flock.core.store.protocol import FilterConfig
-from flock.core.tracking import CorrelationStatus
+from flock.core.store.protocol import CorrelationStatus, FilterConfig
 from flock.core.visibility import (
     Identity,
     LabelledVisibility,

@@ -1,7 +1,10 @@
-"""The demo served by `flock serve --demo`: a document cascade with a branch and a join.
+"""The demo served by `flock serve --demo`: a three-stage document cascade.
 
-    Document --summarizer--> Summary  --+
-             --keywords----> Keywords --+--reporter--> Report
+    Document --summarizer--> Summary --keywords--> Keywords --reporter--> Report
+
+Each stage is one run per document, so a Report is written exactly once per Document
+however many documents run at once (no concurrency limit needed). The later stages read
+what they need of the earlier artifacts from the blackboard.
 
 Try it:  flock serve --demo   then   curl (see README.md). It ships inside the package, so
 an installed Flock can serve it; importing this module registers its four types, and
@@ -64,24 +67,29 @@ def extract_keywords(doc: Document) -> Keywords:
     return Keywords(title=doc.title, keywords=[w for w, _ in Counter(words).most_common(5)])
 
 
-class Reporter:
-    """Joins the two branches: writes one Report once both Summary and Keywords exist.
+async def _one(ctx: RunContext, model: type[BaseModel]) -> Any:
+    """The correlation's (single) artifact of `model`'s type, as its model."""
+    wanted = FilterConfig(correlation_id=ctx.correlation_id, type_names=frozenset({model.__name__}))
+    found, _ = await ctx.flock.store.query_artifacts(wanted, limit=1)
+    return found[0].model() if found else None  # type: ignore[union-attr]
 
-    It runs one input at a time (max_concurrency 1), so whichever branch lands second
-    sees the other and writes the report; the first finds its partner missing and waits.
-    """
+
+class KeywordFinder:
+    """Runs on the Summary and extracts the keywords of the whole Document it came from."""
 
     async def evaluate(self, ctx: RunContext, inputs: list[BaseModel]) -> Any:
-        wanted = FilterConfig(
-            correlation_id=ctx.correlation_id,
-            type_names=frozenset({"Summary", "Keywords", "Report"}),
-        )
-        found, _ = await ctx.flock.store.query_artifacts(wanted, limit=-1)
-        latest = {item.type: item.model() for item in found}  # type: ignore[union-attr]
-        if "Report" in latest or "Summary" not in latest or "Keywords" not in latest:
-            return None
-        summary, keywords = latest["Summary"], latest["Keywords"]
-        assert isinstance(summary, Summary) and isinstance(keywords, Keywords)
+        doc = await _one(ctx, Document)
+        return extract_keywords(doc) if isinstance(doc, Document) else None
+
+
+class Reporter:
+    """Runs on the Keywords and joins them with the Summary into a Report."""
+
+    async def evaluate(self, ctx: RunContext, inputs: list[BaseModel]) -> Any:
+        (keywords,) = inputs
+        summary = await _one(ctx, Summary)
+        if not isinstance(keywords, Keywords) or not isinstance(summary, Summary):
+            return None  # Keywords published on their own: nothing to join them with
         return Report(title=summary.title, summary=summary.summary, keywords=keywords.keywords)
 
 
@@ -91,12 +99,12 @@ def build() -> Flock:
     flock.agent("summarizer").description("Summarizes a document in two sentences.").consumes(
         Document
     ).publishes(Summary).with_engines(summarize)
-    flock.agent("keywords").description("Extracts the five most frequent keywords.").consumes(
-        Document
-    ).publishes(Keywords).with_engines(extract_keywords)
+    flock.agent("keywords").description(
+        "Extracts the five most frequent keywords of the summarized document."
+    ).consumes(Summary).publishes(Keywords).with_engines(KeywordFinder())
     flock.agent("reporter").description("Joins summary and keywords into a report.").consumes(
-        Summary, Keywords
-    ).publishes(Report).with_engines(Reporter()).max_concurrency(1)
+        Keywords
+    ).publishes(Report).with_engines(Reporter())
     return flock
 
 

@@ -65,13 +65,18 @@ class Drain:
         self._task = loop.create_task(self._drain())
 
     async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.grace_seconds
         if self.service.requests_in_flight:
             logger.info(
                 "draining: %d request(s) in flight, new requests get 503 (up to %g s)",
                 self.service.requests_in_flight,
                 self.grace_seconds,
             )
-        if not await self.service.wait_drained(self.grace_seconds):
+        # Running engines get the grace period; then their runs are released (another
+        # process takes them at once) and sync calls still waiting answer completed=false.
+        await self.service.stop_runs(self.grace_seconds)
+        if not await self.service.wait_drained(max(deadline - loop.time(), 0.0)):
             logger.warning(
                 "shutdown grace period of %g s over with %d request(s) still in flight; "
                 "stopping (uvicorn waits for them)",

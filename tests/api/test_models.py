@@ -108,7 +108,14 @@ def test_sync_response_serializes_to_the_documented_shape() -> None:
         completed=True,
         duration_ms=12.5,
         errors=[
-            AgentErrorModel(agent="critic", artifact_id="a1", message="boom", at="2025-01-01Z")
+            AgentErrorModel(
+                run_id="r1",
+                agent="critic",
+                artifact_id="a1",
+                message="boom",
+                attempts=3,
+                at="2025-01-01Z",
+            )
         ],
         truncated=False,
     )
@@ -124,7 +131,14 @@ def test_sync_response_serializes_to_the_documented_shape() -> None:
     assert data["artifacts"][0] == _artifact()
     assert [a["id"] for a in data["artifacts"]] == ["a1", "a2"]
     assert data["errors"] == [
-        {"agent": "critic", "artifact_id": "a1", "message": "boom", "at": "2025-01-01Z"}
+        {
+            "run_id": "r1",
+            "agent": "critic",
+            "artifact_id": "a1",
+            "message": "boom",
+            "attempts": 3,
+            "at": "2025-01-01Z",
+        }
     ]
     assert data["completed"] is True and data["truncated"] is False
     assert SyncPublishResponse.model_validate_json(response.model_dump_json()) == response

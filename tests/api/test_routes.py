@@ -362,7 +362,9 @@ async def test_metrics(api_client: Any) -> None:
         raise ValueError("no")
 
     flock = chain_flock()
-    flock.agent("broken").consumes(Alpha).publishes(Gamma).with_engines(broken)
+    flock.agent("broken").consumes(Alpha).publishes(Gamma).with_engines(broken).retry(
+        max_attempts=1
+    )
     client = await api_client(flock)
 
     for _ in range(2):
@@ -440,6 +442,10 @@ SPEC_OPERATIONS = {
     ("get", "/api/v1/agents"),
     ("post", "/api/v1/agents/{name}/run"),
     ("get", "/api/v1/correlations/{correlation_id}"),
+    ("post", "/api/v1/correlations/{correlation_id}/cancel"),
+    ("get", "/api/v1/runs"),
+    ("get", "/api/v1/runs/{run_id}"),
+    ("post", "/api/v1/runs/{run_id}/retry"),
     ("get", "/health"),
     ("get", "/ready"),
     ("get", "/metrics"),

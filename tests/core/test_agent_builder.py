@@ -63,7 +63,7 @@ def test_defaults() -> None:
     flock = Flock()
     flock.agent("plain").consumes(In).publishes(Out).with_engines(double)
     agent = flock.get_agent("plain")
-    assert agent.max_concurrency == 1
+    assert agent.max_concurrency is None
     assert agent.prevent_self_trigger is True
     assert agent.labels == frozenset()
     assert agent.tenant is None
@@ -113,7 +113,7 @@ def test_max_concurrency_must_be_a_positive_int(bad: object) -> None:
     builder = flock.agent("a").consumes(In).publishes(Out).with_engines(double)
     with pytest.raises(AgentConfigError, match="max_concurrency"):
         builder.max_concurrency(bad)  # type: ignore[arg-type]
-    assert flock.get_agent("a").max_concurrency == 1
+    assert flock.get_agent("a").max_concurrency is None
 
 
 def test_consumes_needs_a_type() -> None:

@@ -13,6 +13,7 @@ import pytest
 from pydantic import BaseModel
 
 from flock import Flock, flock_type
+from flock.core.worker import WorkerSettings
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -92,17 +93,51 @@ async def test_max_concurrency_caps_parallel_runs(limit: int) -> None:
     assert total == 12
 
 
-async def test_default_concurrency_is_one() -> None:
+async def test_no_per_agent_limit_by_default() -> None:
     flock = Flock()
     engine = GatedEngine()
     flock.agent("worker").consumes(Job).publishes(Result).with_engines(engine)
-    for n in range(4):
+    for n in range(8):
         await flock.publish(Job(n=n))
 
-    await drain_one_at_a_time(engine, 1, total=4)
+    gates = [await engine.next_run() for _ in range(8)]
+    assert engine.active == 8  # every caller's run at once: no head-of-line blocking
+    for _, gate in gates:
+        gate.set()
     await flock.run_until_idle(timeout=10)
-    assert engine.peak == 1
-    assert flock.stats.agent_runs == 4
+    assert engine.peak == 8
+    assert flock.stats.agent_runs == 8
+
+
+async def test_the_worker_concurrency_caps_runs_of_every_agent_in_a_process() -> None:
+    flock = Flock(worker=WorkerSettings(concurrency=2))
+    first, second = GatedEngine(), GatedEngine()
+    flock.agent("first").consumes(Job).publishes(Result).with_engines(first)
+    flock.agent("second").consumes(Job).publishes(Result).with_engines(second)
+    for n in range(3):
+        await flock.publish(Job(n=n))  # six runs, two slots
+
+    released = 0
+    while released < 6:
+        gates = [await _next_of(first, second) for _ in range(2)]
+        # a slot frees only when a run has ended: never more than two at once
+        assert first.active + second.active == 2
+        for gate in gates:
+            gate.set()
+            released += 1
+        await asyncio.sleep(0)
+    await flock.run_until_idle(timeout=10)
+    assert first.peak + second.peak <= 4 and flock.stats.agent_runs == 6
+
+
+async def _next_of(*engines: GatedEngine) -> asyncio.Event:
+    """The gate of the next run that enters any of the engines."""
+    async with asyncio.timeout(5):
+        while True:
+            for engine in engines:
+                if not engine.entered.empty():
+                    return engine.entered.get_nowait()[1]
+            await asyncio.sleep(0.001)
 
 
 async def test_different_agents_do_not_share_a_limit() -> None:

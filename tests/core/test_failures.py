@@ -45,7 +45,9 @@ def explode(order: Order) -> Invoice:
 
 async def test_a_failing_agent_does_not_stop_its_sibling_or_the_cascade() -> None:
     flock = Flock()
-    flock.agent("billing").consumes(Order).publishes(Invoice).with_engines(explode)
+    flock.agent("billing").consumes(Order).publishes(Invoice).with_engines(explode).retry(
+        max_attempts=1
+    )
     flock.agent("shipping").consumes(Order).publishes(Invoice).with_engines(
         lambda o: Invoice(item=o.item)
     )
@@ -108,7 +110,9 @@ async def test_a_raising_where_predicate_fails_its_agent_alone() -> None:
 
 async def test_failures_are_recorded_per_correlation() -> None:
     flock = Flock()
-    flock.agent("billing").consumes(Order).publishes(Invoice).with_engines(explode)
+    flock.agent("billing").consumes(Order).publishes(Invoice).with_engines(explode).retry(
+        max_attempts=1
+    )
     bad = await flock.publish(Order(item="a"))
     also_bad = await flock.publish(Order(item="b"))
     await flock.run_until_idle(timeout=10)
@@ -129,7 +133,9 @@ async def test_async_engine_failure_and_the_orchestrator_keeps_working() -> None
             raise ValueError("bad item")
         return Invoice(item=order.item)
 
-    flock.agent("flaky").consumes(Order).publishes(Invoice).with_engines(flaky)
+    flock.agent("flaky").consumes(Order).publishes(Invoice).with_engines(flaky).retry(
+        max_attempts=1
+    )
     bad = await flock.publish(Order(item="bad"))
     await flock.run_until_idle(timeout=10)
     good = await flock.publish(Order(item="good"))
@@ -146,7 +152,9 @@ async def test_async_engine_failure_and_the_orchestrator_keeps_working() -> None
 async def test_a_failed_run_is_still_marked_consumed() -> None:
     """A failure is an outcome: `resume` must not run the same input again."""
     flock = Flock()
-    flock.agent("billing").consumes(Order).publishes(Invoice).with_engines(explode)
+    flock.agent("billing").consumes(Order).publishes(Invoice).with_engines(explode).retry(
+        max_attempts=1
+    )
     order = await flock.publish(Order(item="x"))
     await flock.run_until_idle(order.correlation_id, timeout=10)
     assert [c.consumer for c in await flock.store.get_consumptions(order.id)] == ["billing"]
@@ -155,7 +163,9 @@ async def test_a_failed_run_is_still_marked_consumed() -> None:
 
 async def test_errors_are_kept_by_the_store_too() -> None:
     flock = Flock()
-    flock.agent("billing").consumes(Order).publishes(Invoice).with_engines(explode)
+    flock.agent("billing").consumes(Order).publishes(Invoice).with_engines(explode).retry(
+        max_attempts=1
+    )
     order = await flock.publish(Order(item="x"))
     await flock.run_until_idle(order.correlation_id, timeout=10)
     record = await flock.store.get_correlation(order.correlation_id)

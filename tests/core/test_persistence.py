@@ -6,7 +6,6 @@ store a "new process" reopens).
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -171,28 +170,22 @@ async def test_the_store_says_idle_once_the_wait_returns(
         assert status is not None and status.state == "idle", cid
 
 
-async def test_resume_finishes_the_runs_a_dead_flock_left_undone(
+async def test_runs_a_dead_worker_held_are_taken_over_without_resume(
     open_flock: Callable[[], Flock],
 ) -> None:
-    entered, release = asyncio.Event(), asyncio.Event()
-
-    async def stuck(job: Job) -> None:
-        # Stands in for a process that dies mid-run: it never finishes while the test looks.
-        entered.set()
-        await release.wait()
-
+    """A worker that claimed a run and died never renews its lease: once the lease is out,
+    another flock on the same store runs it, with no resume() call, exactly once."""
     first = open_flock()
-    declare(first, stuck)
-    job = await first.publish(Job(name="resumed"))
-    async with asyncio.timeout(10):
-        await entered.wait()
+    first.worker_enabled = False  # publishes only: its "worker" is the claim below
+    declare(first, lambda job: Result(name=job.name))
+    job = await first.publish(Job(name="taken over"))
+    (held,) = await first.store.claim_runs("dead-worker", 10, 0.3, {})  # never renewed
+    assert held.run.agent == "worker" and held.run.attempt == 1
 
     second = open_flock()
     finished = declare(second, lambda job: Result(name=job.name))
     before = await second.correlation_status(job.correlation_id)
-    assert before is not None and before.state == "running"  # what the dead flock left behind
-
-    assert await second.resume(job.correlation_id) == 1
+    assert before is not None and before.state == "running"  # what the dead worker left
     await second.run_until_idle(job.correlation_id, timeout=20)
 
     items = await by_correlation(second, job.correlation_id)
@@ -202,57 +195,44 @@ async def test_resume_finishes_the_runs_a_dead_flock_left_undone(
         (f"PersistFinal_{_SUFFIX}", "finisher"),
     ]
     assert items[0].id == job.id  # the input was not published again
-    assert finished == ["resumed"]
-
+    assert finished == ["taken over"]
+    run = await second.get_run(held.run.id)
+    assert run is not None and run.state == "succeeded" and run.attempt == 2
+    assert second.stats.runs_recovered == 1
+    # the dead worker's late commit is fenced: nothing changes
+    assert not await first.store.complete_run(held.run.id, held.run.fence, [], [])
     status = await second.correlation_status(job.correlation_id)
     assert status is not None
-    assert status.state == "idle" and status.pending_runs == 0
-    assert status.artifact_count == 3
+    assert status.state == "idle" and status.pending_runs == 0 and status.artifact_count == 3
     assert [e.agent for e in status.errors] == ["grumpy"]
-    record = await second.store.get_correlation(job.correlation_id)
-    assert record is not None and record.state == "idle"
-
-    # everything is consumed now: resuming again runs nothing and publishes nothing
-    assert await second.resume(job.correlation_id) == 0
-    third = open_flock()
-    declare(third, lambda job: Result(name=job.name))
-    assert await third.resume(job.correlation_id) == 0
-    await third.run_until_idle(timeout=5)
-    assert len(await by_correlation(third, job.correlation_id)) == 3
-
-    # let the stuck run end (publishing nothing) so its task does not outlive the test
-    release.set()
-    await first.run_until_idle(job.correlation_id, timeout=10)
-    assert len(await by_correlation(second, job.correlation_id)) == 3
+    assert await second.resume(job.correlation_id) == 0  # a thin alias: nothing is pending
 
 
-async def test_resume_runs_an_agent_added_since_and_keeps_the_history(
+async def test_an_agent_added_later_runs_on_new_artifacts_only(
     open_flock: Callable[[], Flock],
 ) -> None:
-    """A new deployment adds `finisher`; resume runs it on what is already on the board."""
+    """Runs are created when their input is stored: a new deployment's agent does not run
+    again over the board's history, and the history (errors included) is kept."""
     first = open_flock()
     first.agent("worker").consumes(Job).publishes(Result).with_engines(
         lambda job: Result(name=job.name)
     )
-    first.agent("grumpy").consumes(Result).with_engines(lambda result: 1 / 0)
+    first.agent("grumpy").consumes(Result).with_engines(lambda result: 1 / 0).retry(max_attempts=1)
     job = await first.publish(Job(name="later"))
     await first.run_until_idle(timeout=20)
     await first.close()
 
     second = open_flock()
     finished = declare(second, lambda job: Result(name=job.name))
-    assert await second.resume(job.correlation_id) == 1  # only finisher; worker/grumpy are done
+    assert await second.resume(job.correlation_id) == 0
     await second.run_until_idle(job.correlation_id, timeout=20)
-
-    assert finished == ["later"]
-    items = await by_correlation(second, job.correlation_id)
-    assert [a.produced_by for a in items] == ["external", "worker", "finisher"]
+    assert finished == []
     status = await second.correlation_status(job.correlation_id)
     assert status is not None
-    assert status.state == "idle" and status.pending_runs == 0
-    assert status.artifact_count == 3  # the earlier artifacts count too
+    assert status.state == "idle" and status.artifact_count == 2
     (error,) = status.errors  # the first flock's failure is still reported
     assert error.agent == "grumpy" and "ZeroDivisionError" in error.message
+    assert error.attempts == 1 and error.run_id is not None
 
 
 async def test_resume_of_an_unknown_correlation_runs_nothing(

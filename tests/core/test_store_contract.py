@@ -9,14 +9,15 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from flock.core.artifacts import AgentError, Artifact, ArtifactEnvelope, ConsumptionRecord
+from flock.core.artifacts import AgentError, Artifact, ArtifactEnvelope
+from flock.core.runs import Run
 from flock.core.store import (
     BlackboardStore,
     FilterConfig,
@@ -38,32 +39,6 @@ from flock.core.visibility import (
 
 T0 = datetime(2024, 5, 17, 8, 30, 0, 123456, tzinfo=UTC)
 StoreFactory = Callable[[], BlackboardStore]
-
-
-@pytest.fixture(params=["memory", "sqlite", "postgres"])
-def backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest.fixture
-def make_store(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
-    """Opens a store of the backend under test; every call opens the same data."""
-    if backend == "memory":
-        shared = InMemoryBlackboardStore()
-        return lambda: shared
-    if backend == "sqlite":
-        path = tmp_path / "nested" / "dir" / "board.db"
-        return lambda: SQLiteBlackboardStore(path)
-    url = request.getfixturevalue("postgres_url")
-    schema = request.getfixturevalue("pg_schema")
-    return lambda: PostgresBlackboardStore(url, schema=schema)
-
-
-@pytest.fixture
-async def store(make_store: StoreFactory) -> AsyncIterator[BlackboardStore]:
-    opened = make_store()
-    yield opened
-    await opened.close()
 
 
 def art(n: int, **fields: Any) -> Artifact:
@@ -328,13 +303,20 @@ async def test_visible_to_combines_with_other_filters(store: BlackboardStore) ->
 # -- consumptions and runs -------------------------------------------------------------------
 
 
+async def consume(store: BlackboardStore, agent: str, *inputs: Artifact) -> Run:
+    """Create, claim and complete one run of `agent` on the stored inputs."""
+    run = Run.new(agent, inputs[0].correlation_id, [a.id for a in inputs], max_attempts=3,
+                  principal=None, at=T0)  # fmt: skip
+    await store.publish(art(900, id=f"trigger-{agent}", correlation_id="corr-runs"), [run])
+    (claimed,) = [c for c in await store.claim_runs("w", 100, 30, {}) if c.run.id == run.id]
+    assert await store.complete_run(run.id, claimed.run.fence, [], [])
+    return run
+
+
 async def test_embed_meta_returns_envelopes_with_consumptions(store: BlackboardStore) -> None:
-    await publish_dataset(store)
-    first = ConsumptionRecord("art-001", "critic", "corr-a", T0 + timedelta(minutes=1))
-    second = ConsumptionRecord("art-001", "editor", "corr-a", T0 + timedelta(minutes=2))
-    other = ConsumptionRecord("art-003", "writer", "corr-a", T0 + timedelta(minutes=3))
-    await store.record_consumptions([second, first, other])
-    await store.record_consumptions([ConsumptionRecord("art-001", "critic", "corr-a")])
+    artifacts = {a.id: a for a in await publish_dataset(store)}
+    await consume(store, "critic", artifacts["art-001"])
+    await consume(store, "editor", artifacts["art-001"], artifacts["art-003"])
 
     items, total = await store.query_artifacts(
         FilterConfig(correlation_id="corr-a"), limit=3, embed_meta=True
@@ -345,16 +327,17 @@ async def test_embed_meta_returns_envelopes_with_consumptions(store: BlackboardS
     envelopes = {e.artifact.id: e for e in items}  # type: ignore[union-attr]
     assert list(envelopes) == ["art-000", "art-001", "art-003"]
     assert envelopes["art-000"].consumptions == ()
-    assert envelopes["art-001"].consumptions == (first, second)
-    assert envelopes["art-003"].consumptions == (other,)
-    assert await store.get_consumptions("art-001") == [first, second]
+    assert [c.consumer for c in envelopes["art-001"].consumptions] == ["critic", "editor"]
+    assert [c.consumer for c in envelopes["art-003"].consumptions] == ["editor"]
+    assert [c.consumer for c in await store.get_consumptions("art-001")] == ["critic", "editor"]
     assert envelopes["art-001"].to_dict()["consumptions"][0]["consumer"] == "critic"
 
 
 async def test_embed_meta_for_many_artifacts(store: BlackboardStore) -> None:
     outputs = [art(n, id=f"bulk-{n:05d}", created_at=T0) for n in range(2500)]
-    records = [ConsumptionRecord(a.id, "agent", "corr-a", T0) for a in outputs[::2]]
-    await store.commit_run(outputs, records)
+    for artifact in outputs:
+        await store.publish(artifact)
+    await consume(store, "agent", *outputs[::2])
 
     items, total = await store.query_artifacts(
         FilterConfig(correlation_id="corr-a"), limit=-1, embed_meta=True
@@ -363,34 +346,6 @@ async def test_embed_meta_for_many_artifacts(store: BlackboardStore) -> None:
     assert total == len(items) == 2500
     consumed = [e.artifact.id for e in items if e.consumptions]  # type: ignore[union-attr]
     assert consumed == [a.id for a in outputs[::2]]
-
-
-async def test_commit_run_stores_outputs_and_consumptions(store: BlackboardStore) -> None:
-    source = art(0)
-    await store.publish(source)
-    outputs = [art(1, produced_by="writer"), art(2, produced_by="writer", tags=frozenset({"t"}))]
-    consumed = ConsumptionRecord(source.id, "writer", "corr-a", T0 + timedelta(seconds=3))
-
-    await store.commit_run(outputs, [consumed])
-    await store.commit_run(outputs, [consumed])  # a replayed commit changes nothing
-
-    assert await ids(store) == ["art-000", "art-001", "art-002"]
-    assert await store.get_consumptions(source.id) == [consumed]
-    assert await ids(store, FilterConfig(tags=frozenset({"t"}))) == ["art-002"]
-    record = await store.get_correlation("corr-a")
-    assert record is not None
-    assert record.artifact_count == 3
-    assert (record.started_at, record.updated_at) == (source.created_at, outputs[1].created_at)
-
-
-async def test_commit_run_keeps_the_first_of_duplicate_ids(store: BlackboardStore) -> None:
-    first = art(1, tags=frozenset({"one"}))
-    await store.commit_run([first, art(1, tags=frozenset({"two"})), art(2)], [])
-    await store.commit_run([], [])
-
-    assert await ids(store) == ["art-001", "art-002"]
-    assert await store.get("art-001") == first
-    assert await ids(store, FilterConfig(tags=frozenset({"two"}))) == []
 
 
 async def test_summarize(store: BlackboardStore) -> None:
@@ -415,40 +370,21 @@ async def test_summarize(store: BlackboardStore) -> None:
 # -- correlations ----------------------------------------------------------------------------
 
 
-async def test_correlation_state_ignores_stale_writes(store: BlackboardStore) -> None:
-    await store.publish(art(0))
-    t = T0 + timedelta(seconds=10)
-
-    await store.set_correlation_state("corr-a", "running", 5, t)
-    await store.set_correlation_state("corr-a", "idle", 4, t + timedelta(seconds=1))  # stale
-    await store.set_correlation_state("corr-a", "idle", 5, t + timedelta(seconds=1))  # repeat
-    record = await store.get_correlation("corr-a")
-    assert record is not None
-    assert (record.state, record.started_at, record.updated_at) == ("running", T0, t)
-
-    await store.set_correlation_state("corr-a", "idle", 6, t - timedelta(seconds=5))
-    record = await store.get_correlation("corr-a")
-    assert record is not None
-    assert (record.state, record.started_at, record.updated_at) == ("idle", T0, t)
-
-
-async def test_correlation_state_before_any_artifact(store: BlackboardStore) -> None:
-    t = T0 + timedelta(seconds=1)
-    await store.set_correlation_state("corr-new", "running", 1, t)
-    await store.set_correlation_state("corr-new", "idle", 2, t + timedelta(seconds=1))
+async def test_a_correlation_without_runs_is_idle(store: BlackboardStore) -> None:
     await store.publish(art(5, correlation_id="corr-new"))
+    await store.publish(art(2, correlation_id="corr-new"))
 
     record = await store.get_correlation("corr-new")
 
     assert record is not None
-    assert record.state == "idle"
-    assert record.started_at == t
+    assert (record.state, record.pending_runs, record.artifact_count) == ("idle", 0, 2)
+    assert record.started_at == T0 + timedelta(seconds=2)
     assert record.updated_at == T0 + timedelta(seconds=5)
-    assert record.artifact_count == 1
+    assert await store.get_correlation("corr-unknown") is None
 
 
 async def test_errors_and_artifact_count(store: BlackboardStore) -> None:
-    await publish_dataset(store)
+    in_a = [a.created_at for a in await publish_dataset(store) if a.correlation_id == "corr-a"]
     errors = [
         AgentError("writer", "art-000", "ValueError: bad", "corr-a", T0 + timedelta(seconds=30)),
         AgentError("critic", None, "boom", "corr-a", T0 + timedelta(seconds=20)),
@@ -461,10 +397,10 @@ async def test_errors_and_artifact_count(store: BlackboardStore) -> None:
     record = await store.get_correlation("corr-a")
     assert record is not None
     assert record.artifact_count == 6
-    assert record.errors == errors[:2]  # in the order they were recorded
+    assert record.errors == sorted(errors[:2], key=lambda e: e.at)  # oldest first
     assert record.state == "idle"
-    # publish_dataset stores the newest first: that artifact started the correlation.
-    assert (record.started_at, record.updated_at) == (T0 + timedelta(seconds=8),) * 2
+    # the span of its artifacts' times, whatever order they were stored in
+    assert (record.started_at, record.updated_at) == (min(in_a), max(in_a))
     empty = await store.get_correlation("corr-empty")
     assert empty is not None
     assert (empty.artifact_count, empty.errors[0].message) == (0, "no artifacts")
@@ -479,31 +415,37 @@ async def test_data_is_visible_from_a_new_store_instance(
     backend: str, store: BlackboardStore, make_store: StoreFactory
 ) -> None:
     artifacts = await publish_dataset(store)
-    await store.record_consumptions([ConsumptionRecord("art-000", "writer", "corr-a", T0)])
-    await store.set_correlation_state("corr-a", "running", 3, T0)
+    await consume(store, "writer", artifacts[0])
+    pending = Run.new("critic", "corr-a", ["art-008"], max_attempts=3, principal=None, at=T0)
+    await store.publish(art(50), [pending])
+    stored = await ids(store)
     await store.close()
 
     reopened = make_store()
     try:
-        assert await ids(reopened) == [a.id for a in artifacts]
+        assert await ids(reopened) == stored
+        assert set(stored) >= {a.id for a in artifacts}
         assert await reopened.get("art-008") == artifacts[8]
-        assert len(await reopened.get_consumptions("art-000")) == 1
+        assert len(await reopened.get_consumptions(artifacts[0].id)) == 1
         record = await reopened.get_correlation("corr-a")
-        assert record is not None and record.state == "running"
+        assert record is not None and (record.state, record.pending_runs) == ("running", 1)
     finally:
         await reopened.close()
 
 
 async def test_concurrent_writes(store: BlackboardStore) -> None:
     async def one(n: int) -> None:
-        await store.publish(art(n, correlation_id=f"corr-{n % 3}"))
-        await store.record_consumptions([ConsumptionRecord(f"art-{n:03d}", "a", "c")])
+        artifact = art(n, correlation_id=f"corr-{n % 3}")
+        run = Run.new("a", artifact.correlation_id, [artifact.id], max_attempts=1,
+                      principal=None, at=T0)  # fmt: skip
+        await store.publish(artifact, [run])
 
     await asyncio.gather(*(one(n) for n in range(40)))
 
     assert (await store.query_artifacts(limit=0))[1] == 40
     record = await store.get_correlation("corr-1")
-    assert record is not None and record.artifact_count == 13
+    assert record is not None and (record.artifact_count, record.pending_runs) == (13, 13)
+    assert (await store.progress()).pending == 40
 
 
 async def test_ping_succeeds_when_reachable(store: BlackboardStore) -> None:

@@ -145,10 +145,10 @@ async def test_a_direct_run_on_an_input_its_agent_does_not_consume_is_422() -> N
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
         summary = {"type": "Summary", "payload": VALID_PAYLOADS["Summary"]}
         document = {"type": "Document", "payload": VALID_PAYLOADS["Document"]}
-        refused = await client.post("/api/v1/agents/keywords/run", json={"inputs": [summary]})
-        accepted = await client.post("/api/v1/agents/keywords/run", json={"inputs": [document]})
+        refused = await client.post("/api/v1/agents/summarizer/run", json={"inputs": [summary]})
+        accepted = await client.post("/api/v1/agents/summarizer/run", json={"inputs": [document]})
 
     problem = assert_problem(refused, 422, "VALIDATION_ERROR")
     assert [d["field"] for d in problem["details"]] == ["inputs[0].type"]
     assert accepted.status_code == 200, accepted.text
-    assert [a["type"] for a in accepted.json()["artifacts"]] == ["Keywords"]
+    assert [a["type"] for a in accepted.json()["artifacts"]] == ["Summary"]

@@ -185,10 +185,13 @@ async def test_with_workers_each_process_drains(
     await assert_drains_then_exits_0(server, marker, check_kept_alive=False)
 
 
-async def test_past_the_grace_period_it_stops_listening_and_still_finishes_the_calls(
+async def test_past_the_grace_period_runs_are_released_and_waiting_calls_answer_partial(
     serve: ServerFactory, tmp_path: Path
 ) -> None:
-    marker = tmp_path / "release.marker"
+    """Shutdown is bounded: engines still running after the grace period are stopped and
+    their runs released (never marked done), and the sync calls waiting on them answer
+    `completed: false` before the process exits 0."""
+    marker = tmp_path / "release.marker"  # never created: the engines would block for good
     app = write_app(tmp_path, "shutdown_app.py", APP)
     server = serve(
         app,
@@ -203,20 +206,9 @@ async def test_past_the_grace_period_it_stops_listening_and_still_finishes_the_c
         await calls.wait_running()
         server.terminate()
         assert_problem(await first_503_on_a_new_connection(server), 503, "SERVICE_UNAVAILABLE")
-
-        async def refused() -> bool:
-            try:
-                (await RawHTTPConnection.open(server.port)).close()
-            except ConnectionRefusedError:
-                return True
-            return False
-
-        await poll_until(refused, seconds=15, what="the listening socket to close")
-        assert server.process.poll() is None, "the server exited with calls in flight"
-        assert not calls.any_done(), "a call ended before the marker"
-
-        marker.touch()
-        await calls.assert_complete()
+        outcomes = await asyncio.gather(*calls.calls)
+    assert all(o.status_code == 200 for o in outcomes), outcomes
+    assert all(o.json()["completed"] is False for o in outcomes)
     assert await server.wait_exit(EXIT_SECONDS) == 0, server.output()
 
 

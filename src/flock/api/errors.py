@@ -38,6 +38,7 @@ class ErrorCode(StrEnum):
     NOT_FOUND = "NOT_FOUND"
     METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"
     IDEMPOTENCY_CONFLICT = "IDEMPOTENCY_CONFLICT"
+    INVALID_STATE = "INVALID_STATE"
     IDEMPOTENCY_IN_PROGRESS = "IDEMPOTENCY_IN_PROGRESS"
     PAYLOAD_TOO_LARGE = "PAYLOAD_TOO_LARGE"
     UNSUPPORTED_MEDIA_TYPE = "UNSUPPORTED_MEDIA_TYPE"
@@ -55,6 +56,7 @@ ERROR_CATALOG: dict[ErrorCode, tuple[int, str, bool]] = {
     ErrorCode.NOT_FOUND: (404, "Not found", False),
     ErrorCode.METHOD_NOT_ALLOWED: (405, "Method not allowed", False),
     ErrorCode.IDEMPOTENCY_CONFLICT: (409, "Idempotency key reused with a different body", False),
+    ErrorCode.INVALID_STATE: (409, "Invalid state for this operation", False),
     ErrorCode.IDEMPOTENCY_IN_PROGRESS: (409, "Idempotent request still in progress", True),
     ErrorCode.PAYLOAD_TOO_LARGE: (413, "Payload too large", False),
     ErrorCode.UNSUPPORTED_MEDIA_TYPE: (415, "Unsupported media type", False),

@@ -64,9 +64,14 @@ class ArtifactModel(BaseModel):
 
 
 class AgentErrorModel(BaseModel):
+    """A run that ended `dead` (with its `run_id` and `attempts`), or a correlation-level
+    error such as the run bound (`run_id` and `attempts` null)."""
+
+    run_id: str | None
     agent: str
     artifact_id: str | None
     message: str
+    attempts: int | None
     at: str
 
 
@@ -99,12 +104,44 @@ class ArtifactSummary(BaseModel):
 
 class CorrelationStatusResponse(BaseModel):
     correlation_id: str
-    state: Literal["running", "idle"]
+    state: Literal["running", "idle", "cancelled"]
     pending_runs: int
     artifact_count: int
     errors: list[AgentErrorModel]
     started_at: str
     updated_at: str
+
+
+class UsageModel(BaseModel):
+    requests: int
+    input_tokens: int
+    output_tokens: int
+
+
+class RunModel(BaseModel):
+    """One execution of one agent on its input artifacts (SPEC section 6)."""
+
+    id: str
+    agent: str
+    correlation_id: str
+    input_ids: list[str]
+    output_ids: list[str]
+    state: Literal["queued", "running", "succeeded", "dead", "cancelled"]
+    attempt: int = Field(description="attempts started so far")
+    max_attempts: int
+    error: str | None
+    worker: str | None = Field(description="the worker that ran (or runs) its last attempt")
+    principal: str | None = Field(description="who published the run's correlation")
+    usage: UsageModel | None
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+    next_attempt_at: str | None = Field(description="when a queued run is claimable")
+
+
+class RunListResponse(BaseModel):
+    items: list[RunModel]
+    pagination: Pagination
 
 
 class AgentInput(_Strict):

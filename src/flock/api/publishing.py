@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -80,24 +79,9 @@ class CascadeWaiter:
         self.max_artifacts = max_artifacts
 
     async def wait(self, correlation_id: str, timeout: float) -> bool:
-        """True once the correlation is idle; False after `timeout` seconds.
-
-        Runs of this process are waited on through the scheduler's events; a correlation
-        another replica runs is followed through the store's record, polling with backoff.
-        """
-        deadline = time.monotonic() + timeout
-        delay = 0.005
-        while True:
-            remaining = deadline - time.monotonic()
-            if self.flock.is_running(correlation_id):
-                return await self.flock.wait_for_correlation(correlation_id, max(remaining, 0))
-            record = await self.flock.store.get_correlation(correlation_id)
-            if record is None or record.state == "idle":
-                return True
-            if remaining <= 0:
-                return False
-            await asyncio.sleep(min(delay, remaining))
-            delay = min(delay * 2, 0.25)
+        """True once the correlation is idle; False after `timeout` seconds, once it was
+        cancelled, or once this process stopped executing runs (shutdown)."""
+        return await self.flock.wait_for_correlation(correlation_id, timeout)
 
     async def collect(
         self,

@@ -21,7 +21,7 @@ from flock.api.metrics import ServiceMetrics
 from flock.api.middleware import RequestContextMiddleware
 from flock.api.models import ErrorResponse
 from flock.api.publishing import CascadeWaiter
-from flock.api.routes import agents, artifacts, batch, correlations, health
+from flock.api.routes import agents, artifacts, batch, correlations, health, runs
 from flock.api.routing import add_routes
 from flock.api.settings import ServiceSettings
 from flock.core.orchestrator import Flock
@@ -81,7 +81,7 @@ class BlackboardHTTPService:
         )
         app.state.flock_service = self
         install_error_handlers(app)
-        for module in (artifacts, batch, agents, correlations, health):
+        for module in (artifacts, batch, agents, correlations, runs, health):
             add_routes(app, module.router)
         install_docs(app, title)
         app.add_middleware(RequestContextMiddleware, service=self)
@@ -93,6 +93,9 @@ class BlackboardHTTPService:
         # The app may be started again after a shutdown (test clients run one lifespan per
         # test): a new lifespan serves again instead of answering 503 forever.
         self.shutting_down = False
+        # The worker starts with the app, so runs a crashed process left behind are taken
+        # over without waiting for a request.
+        self.flock.start()
         purger = asyncio.get_running_loop().create_task(
             purge_periodically(self.idempotency, self.settings.purge_interval)
         )
@@ -101,14 +104,21 @@ class BlackboardHTTPService:
         finally:
             self.begin_shutdown()
             purger.cancel()
-            with contextlib.suppress(TimeoutError):
-                await self.flock.run_until_idle(timeout=self.drain_seconds)
+            await asyncio.gather(purger, return_exceptions=True)
+            await self.stop_runs(self.drain_seconds)
             await self.idempotency.close()
             await self.flock.close()
 
     def begin_shutdown(self) -> None:
-        """From now on new requests get 503; requests in flight go on."""
+        """From now on new requests get 503 and no new run is claimed; requests and runs in
+        flight go on."""
         self.shutting_down = True
+        self.flock.worker.stop_claiming()
+
+    async def stop_runs(self, grace: float) -> None:
+        """Give running engines `grace` seconds, then release their runs to other workers;
+        sync calls still waiting answer `completed: false`."""
+        await self.flock.stop(grace)
 
     async def wait_drained(self, seconds: float) -> bool:
         """Wait until no request is in flight, at most `seconds`; whether none is left."""

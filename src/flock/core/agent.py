@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
+import math
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -11,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from pydantic import BaseModel
 
 from flock.core.artifacts import Artifact
-from flock.core.runs import Usage
+from flock.core.runs import RetryPolicy, Usage
 from flock.core.visibility import PUBLIC, AnyVisibility, Identity
 from flock.registry import type_registry
 
@@ -105,7 +107,11 @@ class _CallableEngine:
         arg: Any = inputs[0] if len(inputs) == 1 else inputs
         if self._is_async:
             return await self._fn(arg)
-        result = self._fn(arg)
+        # A plain function may block: it runs on the flock's engine threads, never the loop.
+        loop = asyncio.get_running_loop()
+        result = await loop.run_in_executor(
+            ctx.flock.engine_threads, functools.partial(self._fn, arg)
+        )
         if inspect.isawaitable(result):
             return await result
         return result
@@ -120,11 +126,12 @@ class Agent:
     subscriptions: list[Subscription] = field(default_factory=list)
     outputs: list[Output] = field(default_factory=list)
     engines: list[Engine] = field(default_factory=list)
-    max_concurrency: int = 1
+    max_concurrency: int | None = None  # runs at once across every worker; None: no cap
+    retry_policy: RetryPolicy = field(default_factory=RetryPolicy)
+    timeout: float | None = None  # seconds per attempt; None: the flock's default
     prevent_self_trigger: bool = True
     labels: frozenset[str] = frozenset()
     tenant: str | None = None
-    _semaphore: asyncio.Semaphore | None = field(default=None, repr=False)
     _identity: Identity | None = field(default=None, repr=False)
 
     @property
@@ -139,12 +146,6 @@ class Agent:
         ):
             cached = self._identity = Identity(self.name, self.labels, self.tenant)
         return cached
-
-    @property
-    def semaphore(self) -> asyncio.Semaphore:
-        if self._semaphore is None:
-            self._semaphore = asyncio.Semaphore(self.max_concurrency)
-        return self._semaphore
 
     def subscribes_to(self, artifact: Artifact) -> bool:
         if self.prevent_self_trigger and artifact.produced_by == self.name:
@@ -189,9 +190,15 @@ class Agent:
                 {"type": o.type_name, "visibility": o.visibility.kind} for o in self.outputs
             ],
             "max_concurrency": self.max_concurrency,
+            "max_attempts": self.retry_policy.max_attempts,
+            "timeout": self.timeout,
             "labels": sorted(self.labels),
             "tenant": self.tenant,
         }
+
+
+def _finite(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _type_names(types: Sequence[type[BaseModel] | str]) -> frozenset[str]:
@@ -290,7 +297,44 @@ class AgentBuilder:
                 f"agent {self.agent.name!r}: max_concurrency must be an int >= 1, got {n!r}"
             )
         self.agent.max_concurrency = n
-        self.agent._semaphore = None
+        return self
+
+    def retry(
+        self,
+        max_attempts: int = 3,
+        initial_delay: float = 1.0,
+        max_delay: float = 60.0,
+        backoff: float = 2.0,
+        non_retryable: Iterable[type[BaseException]] = (),
+    ) -> AgentBuilder:
+        """How a failed run is retried: up to `max_attempts` attempts in all, waiting a
+        jittered `initial_delay * backoff**n` (at most `max_delay`) seconds in between;
+        exceptions of a `non_retryable` type end the run at once."""
+        name = self.agent.name
+        if not isinstance(max_attempts, int) or isinstance(max_attempts, bool) or max_attempts < 1:
+            raise AgentConfigError(f"agent {name!r}: max_attempts must be an int >= 1")
+        for label, value in (("initial_delay", initial_delay), ("max_delay", max_delay)):
+            if not _finite(value) or value < 0:
+                raise AgentConfigError(f"agent {name!r}: {label} must be a number >= 0")
+        if not _finite(backoff) or backoff < 1:
+            raise AgentConfigError(f"agent {name!r}: backoff must be a number >= 1")
+        kinds = tuple(non_retryable)
+        for kind in kinds:
+            if not (isinstance(kind, type) and issubclass(kind, BaseException)):
+                raise AgentConfigError(f"agent {name!r}: non_retryable takes exception types")
+        self.agent.retry_policy = RetryPolicy(
+            max_attempts, float(initial_delay), float(max_delay), float(backoff), kinds
+        )
+        return self
+
+    def timeout(self, seconds: float | None) -> AgentBuilder:
+        """Bound one attempt to `seconds`; past it the engine is cancelled and the attempt
+        fails (retryably). None: the flock's default (`FLOCK_RUN_TIMEOUT`, 600 s)."""
+        if seconds is not None and (not _finite(seconds) or seconds <= 0):
+            raise AgentConfigError(
+                f"agent {self.agent.name!r}: timeout must be a number of seconds > 0"
+            )
+        self.agent.timeout = None if seconds is None else float(seconds)
         return self
 
     def prevent_self_trigger(self, enabled: bool = True) -> AgentBuilder:

@@ -129,19 +129,24 @@ class ArtifactEnvelope:
 
 @dataclass(frozen=True, slots=True)
 class AgentError:
-    """An agent run that failed, recorded against its correlation."""
+    """A failure recorded against a correlation: a run that ended `dead` (with its `run_id`
+    and `attempts`), or a correlation-level error such as the run bound (no run)."""
 
     agent: str
     artifact_id: str | None
     message: str
     correlation_id: str
     at: datetime = field(default_factory=_now)
+    run_id: str | None = None
+    attempts: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "run_id": self.run_id,
             "agent": self.agent,
             "artifact_id": self.artifact_id,
             "message": self.message,
+            "attempts": self.attempts,
             "at": self.at.isoformat().replace("+00:00", "Z"),
         }
 

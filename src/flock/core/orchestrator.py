@@ -1,21 +1,26 @@
-"""Flock: publishes artifacts, schedules the agents that consume them, tracks correlations."""
+"""Flock: the public face that ties the store, the triggers and the worker together."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
 from flock.core.agent import Agent, AgentBuilder, AgentConfigError, RunContext
-from flock.core.artifacts import AgentError, Artifact, ConsumptionRecord, new_id
+from flock.core.artifacts import Artifact, new_id
+from flock.core.runs import Run, output_id_for
 from flock.core.stats import FlockStats
 from flock.core.store.memory import InMemoryBlackboardStore
-from flock.core.store.protocol import BlackboardStore, FilterConfig
-from flock.core.tracking import Correlation, CorrelationStatus, CorrelationTracker
+from flock.core.store.protocol import BlackboardStore, CorrelationStatus, RunFilter
+from flock.core.triggers import describe_exception, runs_for
 from flock.core.visibility import PUBLIC, AnyVisibility
+from flock.core.waiting import CorrelationWatch, WaitOutcome
+from flock.core.worker import Worker, WorkerSettings
 from flock.registry import type_registry
 
 if TYPE_CHECKING:
@@ -24,9 +29,17 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("flock.orchestrator")
 
+# How often a waiter re-reads a store other processes may change, at most (until the
+# store's notifications wake it).
+_SHARED_STORE_POLL = 0.25
+
 
 class Flock:
-    """The blackboard orchestrator. See SPEC section 1."""
+    """The blackboard orchestrator. See SPEC sections 1 and 6.
+
+    Every agent run is a record in the store; the flock's worker claims and executes them
+    (`worker=False`, e.g. an HTTP-only server, leaves that to other processes).
+    """
 
     def __init__(
         self,
@@ -34,6 +47,7 @@ class Flock:
         *,
         store: BlackboardStore | None = None,
         max_runs_per_correlation: int = 1000,
+        worker: WorkerSettings | bool = True,
     ) -> None:
         if max_runs_per_correlation < 1:
             raise ValueError("max_runs_per_correlation must be >= 1")
@@ -45,9 +59,26 @@ class Flock:
         self._declared: list[Agent] = []
         self._agents: dict[str, Agent] = {}
         self._by_type: dict[str, list[Agent]] = {}
+        self._caps: dict[str, int] = {}
         self._ready = False
-        self._tracker = CorrelationTracker()
-        self._tasks: set[asyncio.Task[None]] = set()
+        settings = worker if isinstance(worker, WorkerSettings) else WorkerSettings.from_env()
+        self.worker_enabled = worker is not False
+        self.worker = Worker(self, settings)
+        self.watch = CorrelationWatch(poll_seconds=self._poll_for(self._store))
+        self._engine_threads: ThreadPoolExecutor | None = None
+
+    @staticmethod
+    def _poll_for(store: BlackboardStore) -> float | None:
+        return None if isinstance(store, InMemoryBlackboardStore) else _SHARED_STORE_POLL
+
+    @property
+    def engine_threads(self) -> ThreadPoolExecutor:
+        """The threads plain `def` engines run on (as many as the worker runs at once)."""
+        if self._engine_threads is None:
+            self._engine_threads = ThreadPoolExecutor(
+                max_workers=self.worker.settings.concurrency, thread_name_prefix="flock-engine"
+            )
+        return self._engine_threads
 
     # -- declaration ------------------------------------------------------------------------
 
@@ -57,10 +88,11 @@ class Flock:
 
     @store.setter
     def store(self, store: BlackboardStore) -> None:
-        if self.stats.artifacts_published or self._tracker.total_pending:
+        if self.stats.artifacts_published or self.worker.active_runs:
             raise RuntimeError("the store can only be replaced before anything is published")
         self._store = store
         self.store_is_default = False
+        self.watch.poll_seconds = self._poll_for(store)
 
     def agent(self, name: str) -> AgentBuilder:
         """Declare an agent; configure it through the returned fluent builder."""
@@ -101,6 +133,7 @@ class Flock:
             for type_name in {t for sub in agent.subscriptions for t in sub.type_names}:
                 by_type.setdefault(type_name, []).append(agent)
         self._agents, self._by_type, self._ready = agents, by_type, True
+        self._caps = {a.name: a.max_concurrency for a in agents.values() if a.max_concurrency}
 
     # -- publishing -------------------------------------------------------------------------
 
@@ -113,8 +146,14 @@ class Flock:
         partition_key: str | None = None,
         visibility: AnyVisibility | None = None,
         produced_by: str = "external",
+        principal: str | None = None,
     ) -> Artifact:
-        """Validate and store an artifact, then schedule every agent that consumes it."""
+        """Validate and store an artifact together with the runs it triggers.
+
+        Publishing an `Artifact` whose id is stored already returns the stored artifact and
+        triggers nothing: a re-delivered input never starts a second cascade. `principal`
+        (who published it) is recorded on the runs, for fairness and audit.
+        """
         self._ensure_ready()
         if isinstance(obj, Artifact):
             obj.model()  # validates the payload; raises RegistryError / ValidationError
@@ -126,10 +165,13 @@ class Flock:
                 artifact.tags = frozenset(tags)
             artifact.partition_key = partition_key
             artifact.visibility = visibility or PUBLIC
-        await self._store.publish(artifact)
-        self.stats.artifacts_published += 1
-        await self._schedule(artifact)
-        return artifact
+        runs = runs_for(self._by_type, artifact, principal=principal, at=datetime.now(UTC))
+        stored = await self._store.publish(artifact, runs, max_runs=self.max_runs_per_correlation)
+        if stored is artifact:
+            self.stats.artifacts_published += 1
+            if runs:
+                self._runs_queued()
+        return stored
 
     @staticmethod
     def _to_artifact(obj: BaseModel | Mapping[str, Any], produced_by: str) -> Artifact:
@@ -151,126 +193,45 @@ class Flock:
             _model=model,
         )
 
-    async def _schedule(self, artifact: Artifact) -> None:
-        tracker = self._tracker
-        corr = tracker.touch(artifact.correlation_id, artifact.created_at)
-        corr.artifact_count += 1
-        candidates = self._by_type.get(artifact.type)
-        if not candidates:
-            return
-        agents = []
-        for agent in candidates:
-            try:
-                if agent.subscribes_to(artifact):
-                    agents.append(agent)
-            except Exception as exc:  # a `where` predicate that raises fails its agent alone
-                await self._record_error(
-                    corr,
-                    AgentError(
-                        agent.name,
-                        artifact.id,
-                        f"its `where` predicate raised {describe_exception(exc)}",
-                        artifact.correlation_id,
-                    ),
-                )
-        if not agents:
-            return
-        room = self.max_runs_per_correlation - corr.runs
-        if len(agents) > room:
-            agents = agents[: max(room, 0)]
-            if not corr.limit_reported:
-                corr.limit_reported = True
-                await self._record_error(
-                    corr,
-                    AgentError(
-                        "flock",
-                        artifact.id,
-                        f"correlation reached the limit of {self.max_runs_per_correlation} "
-                        "agent runs; further runs were not scheduled (a loop of agents?)",
-                        artifact.correlation_id,
-                    ),
-                )
-            if not agents:
-                return
-        if tracker.started(corr, len(agents)):
-            await self._mark_running(corr)
-        for agent in agents:
-            self._spawn(agent, artifact, corr)
+    def runs_triggered_by(self, outputs: Sequence[Artifact], *, principal: str | None) -> list[Run]:
+        """The runs a run's outputs trigger (created when the run commits)."""
+        self._ensure_ready()
+        now = datetime.now(UTC)
+        return [
+            run for a in outputs for run in runs_for(self._by_type, a, principal=principal, at=now)
+        ]
 
-    def _spawn(self, agent: Agent, artifact: Artifact, corr: Correlation) -> None:
-        """Start one counted run as its own task, kept referenced until it ends."""
-        task = asyncio.get_running_loop().create_task(self._run(agent, artifact, corr))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def caps(self) -> Mapping[str, int]:
+        """`max_concurrency` of every agent that has one."""
+        self._ensure_ready()
+        return self._caps
 
-    async def _run(self, agent: Agent, artifact: Artifact, corr: Correlation) -> None:
-        outputs: list[Artifact] = []
-        try:
-            async with agent.semaphore:
-                try:
-                    outputs = await self._execute(agent, [artifact], artifact.correlation_id)
-                except Exception as exc:  # an agent's failure is data, not a crash
-                    self.stats.agent_failures += 1
-                    logger.warning(
-                        "agent %s failed on %s (correlation %s): %s",
-                        agent.name,
-                        artifact.id,
-                        artifact.correlation_id,
-                        exc,
-                    )
-                    await self._record_error(
-                        corr,
-                        AgentError(
-                            agent.name, artifact.id, describe_exception(exc), corr.correlation_id
-                        ),
-                    )
-                self.stats.agent_runs += 1
-                consumed = ConsumptionRecord(artifact.id, agent.name, artifact.correlation_id)
-                await self._store.commit_run(outputs, (consumed,))
-                self.stats.artifacts_published += len(outputs)
-                for output in outputs:
-                    await self._schedule(output)
-        except Exception:  # the store failed: record it and keep the scheduler consistent
-            logger.exception("run of agent %s on %s could not be recorded", agent.name, artifact.id)
-            corr.errors.append(
-                AgentError(
-                    agent.name,
-                    artifact.id,
-                    "the run's outputs could not be stored",
-                    corr.correlation_id,
-                )
-            )
-        finally:
-            try:
-                if self._tracker.finished(corr):
-                    await self._mark_idle(corr)
-            finally:
-                self._tracker.settled(corr)
+    # -- executing --------------------------------------------------------------------------
 
-    async def _mark_running(self, corr: Correlation) -> None:
-        # A store failure here must not escape: the runs are already counted as pending, and
-        # without their tasks the correlation would never become idle.
-        try:
-            await self._store.set_correlation_state(
-                corr.correlation_id, "running", self._tracker.next_seq(), corr.updated_at
-            )
-        except Exception:
-            logger.exception("could not record correlation %s as running", corr.correlation_id)
+    def start(self) -> None:
+        """Start this flock's worker in the running loop (publishing does it, too)."""
+        if self.worker_enabled:
+            self.watch.reopen()
+            self.worker.start()
 
-    async def _mark_idle(self, corr: Correlation) -> None:
-        try:
-            await self._store.set_correlation_state(
-                corr.correlation_id, "idle", self._tracker.next_seq(), corr.updated_at
-            )
-        except Exception:
-            logger.exception("could not record correlation %s as idle", corr.correlation_id)
+    async def stop(self, grace: float = 0.0) -> None:
+        """Stop executing runs: running engines get `grace` seconds, then their runs are
+        released to other workers; waiters answer at once (not completed)."""
+        await self.worker.stop(grace)
+        self.watch.close()
 
-    async def _execute(
-        self, agent: Agent, inputs: Sequence[Artifact], correlation_id: str
+    def _runs_queued(self) -> None:
+        if self.worker_enabled:
+            if not self.worker.running and not self.watch.closed:
+                self.worker.start()
+            self.worker.wake()
+
+    async def execute_engines(
+        self, agent: Agent, inputs: Sequence[Artifact], ctx: RunContext
     ) -> list[Artifact]:
-        """Run the agent's engines on the inputs; return its validated output artifacts."""
+        """Run the agent's engines on the inputs; return its validated output artifacts,
+        with ids derived from the run id and their index."""
         models = [a.model() for a in inputs]
-        ctx = RunContext(agent.name, correlation_id, tuple(inputs), self)
         partition_key = inputs[0].partition_key if inputs else None
         outputs: list[Artifact] = []
         for engine in agent.engines:
@@ -287,17 +248,14 @@ class Flock:
                         type=output.type_name,
                         payload=value.model_dump(mode="json"),
                         produced_by=agent.name,
-                        correlation_id=correlation_id,
+                        correlation_id=ctx.correlation_id,
+                        id=output_id_for(ctx.run_id, len(outputs)),
                         partition_key=partition_key,
                         visibility=output.visibility,
                         _model=value,
                     )
                 )
         return outputs
-
-    async def _record_error(self, corr: Correlation, error: AgentError) -> None:
-        corr.errors.append(error)
-        await self._store.record_error(error)
 
     # -- waiting and status -----------------------------------------------------------------
 
@@ -307,86 +265,69 @@ class Flock:
         """Wait until no run (of `correlation_id`, or of anything) is queued or running.
 
         Raises TimeoutError after `timeout` seconds; the agents' work is never cancelled.
+        A cancelled correlation counts as idle.
         """
-        if timeout is None:
-            await self._tracker.wait(correlation_id)
-        else:
-            async with asyncio.timeout(timeout):
-                await self._tracker.wait(correlation_id)
+        self._runs_queued()  # runs a crashed process left behind are executed too
+        outcome = await self.watch.wait(self._store, correlation_id, timeout)
+        if outcome is WaitOutcome.TIMEOUT:
+            raise TimeoutError(f"still running after {timeout:g} s")
 
     async def wait_for_correlation(self, correlation_id: str, timeout: float) -> bool:
-        """True once the correlation is idle, False if `timeout` seconds passed first."""
-        corr = self._tracker.get(correlation_id)
-        if corr is None or not corr.busy:
-            return True
-        try:
-            await self.run_until_idle(correlation_id, timeout=timeout)
-        except TimeoutError:
-            return False
-        return True
+        """True once the correlation is idle, False if `timeout` seconds passed first (or it
+        was cancelled, or this process stopped executing runs)."""
+        return (await self.wait_outcome(correlation_id, timeout)).completed
 
-    def is_running(self, correlation_id: str) -> bool:
-        corr = self._tracker.get(correlation_id)
-        return corr is not None and corr.busy
+    async def wait_outcome(self, correlation_id: str, timeout: float | None) -> WaitOutcome:
+        """How waiting up to `timeout` seconds for the correlation ended."""
+        return await self.watch.wait(self._store, correlation_id, timeout)
 
     async def correlation_status(self, correlation_id: str) -> CorrelationStatus | None:
-        """This process's live record if it has one, else what the store remembers."""
-        corr = self._tracker.get(correlation_id)
-        if corr is not None:
-            return corr.status()
-        record = await self._store.get_correlation(correlation_id)
-        if record is None:
+        """The correlation as the store derives it from its runs (None if unknown)."""
+        return await self._store.get_correlation(correlation_id)
+
+    async def resume(self, correlation_id: str | None = None) -> int:
+        """Kept for compatibility: runs are recovered automatically. Makes sure this flock's
+        worker looks for due runs now and returns how many runs of it are pending."""
+        self._runs_queued()
+        return (await self._store.progress(correlation_id)).pending
+
+    async def cancel(self, correlation_id: str) -> CorrelationStatus | None:
+        """Cancel a cascade: queued runs are cancelled, running engines get CancelledError
+        and their outputs are dropped, no further run starts. None if the id is unknown."""
+        if not await self._store.cancel_correlation(correlation_id):
             return None
-        return CorrelationStatus(
-            correlation_id,
-            record.state,
-            0,
-            record.artifact_count,
-            record.errors,
-            record.started_at,
-            record.updated_at,
-        )
+        self.worker.cancel_local(correlation_id)
+        self.watch.changed(correlation_id)
+        return await self._store.get_correlation(correlation_id)
 
-    async def resume(self, correlation_id: str) -> int:
-        """Schedule the runs a crashed process left undone in a correlation; return how many.
+    # -- runs -------------------------------------------------------------------------------
 
-        An artifact an agent subscribes to but has no consumption record for is run again.
-        """
-        self._ensure_ready()
-        if self.is_running(correlation_id):
-            return 0
-        items, total = await self._store.query_artifacts(
-            FilterConfig(correlation_id=correlation_id), limit=-1, embed_meta=True
-        )
-        if items and self._tracker.get(correlation_id) is None:
-            # New to this process: seed the live record from the store, so the status after
-            # the resumed runs counts the earlier artifacts and keeps the earlier errors.
-            first = items[0].artifact  # type: ignore[union-attr]
-            corr = self._tracker.touch(correlation_id, first.created_at)
-            corr.artifact_count = total
-            record = await self._store.get_correlation(correlation_id)
-            if record is not None:
-                corr.errors.extend(record.errors)
-        scheduled = 0
-        for envelope in items:
-            artifact = envelope.artifact  # type: ignore[union-attr]
-            done = {c.consumer for c in envelope.consumptions}  # type: ignore[union-attr]
-            corr = self._tracker.touch(correlation_id, artifact.created_at)
-            for agent in self._by_type.get(artifact.type, ()):
-                if agent.name in done or not agent.subscribes_to(artifact):
-                    continue
-                if self._tracker.started(corr, 1):
-                    await self._mark_running(corr)
-                self._spawn(agent, artifact, corr)
-                scheduled += 1
-        return scheduled
+    async def get_run(self, run_id: str) -> Run | None:
+        return await self._store.get_run(run_id)
+
+    async def list_runs(
+        self, filters: RunFilter | None = None, *, limit: int = 50, offset: int = 0
+    ) -> tuple[list[Run], int]:
+        return await self._store.query_runs(filters, limit, offset)
+
+    async def retry_run(self, run_id: str) -> Run | None:
+        """Queue a dead or cancelled run again with fresh attempts (None if unknown;
+        `InvalidRunStateError` for a run in any other state)."""
+        run = await self._store.retry_run(run_id)
+        if run is not None:
+            self._runs_queued()
+            self.watch.changed(run.correlation_id)
+        return run
 
     # -- direct runs ------------------------------------------------------------------------
 
     async def direct_invoke(
         self, agent: str | Agent | AgentBuilder, inputs: Sequence[BaseModel | Artifact]
     ) -> list[Artifact]:
-        """Run one agent on the inputs, store its outputs, and trigger no other agent."""
+        """Run one agent on the inputs, store its outputs, and trigger no other agent.
+
+        The attempt is bounded by the agent's timeout (`FLOCK_RUN_TIMEOUT` by default).
+        """
         self._ensure_ready()
         if isinstance(agent, AgentBuilder):
             agent = agent.agent
@@ -396,15 +337,18 @@ class Flock:
             item if isinstance(item, Artifact) else self._to_artifact(item, "external")
             for item in inputs
         ]
-        async with target.semaphore:
-            try:
-                outputs = await self._execute(target, artifacts, correlation_id)
-            except Exception:
-                self.stats.agent_failures += 1
-                raise
-            finally:
-                self.stats.agent_runs += 1
-        await self._store.commit_run(outputs, ())
+        ctx = RunContext(target.name, correlation_id, tuple(artifacts), self, new_id(), 1)
+        timeout = target.timeout or self.worker.settings.run_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                outputs = await self.execute_engines(target, artifacts, ctx)
+        except Exception:
+            self.stats.agent_failures += 1
+            raise
+        finally:
+            self.stats.agent_runs += 1
+        for output in outputs:
+            await self._store.publish(output)
         self.stats.artifacts_published += len(outputs)
         return outputs
 
@@ -437,6 +381,11 @@ class Flock:
         DrainingServer(config, service, grace).run()
 
     async def close(self) -> None:
+        """Stop the worker (releasing its runs), then close the store."""
+        await self.stop(0.0)
+        if self._engine_threads is not None:
+            self._engine_threads.shutdown(wait=False, cancel_futures=True)
+            self._engine_threads = None
         await self._store.close()
 
 
@@ -448,10 +397,4 @@ def _as_list(result: Any) -> list[Any]:
     return [result]
 
 
-def describe_exception(exc: BaseException) -> str:
-    """How an agent's failure is recorded: the exception type and its message."""
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-__all__ = ["Flock", "FlockStats"]
+__all__ = ["Flock", "FlockStats", "describe_exception"]

@@ -56,8 +56,9 @@ async def publish_once(
 ) -> Artifact:
     """Publish a request's artifact exactly once, whatever crashed before.
 
-    A caller that took over an abandoned claim reuses the recorded ids: if that artifact is
-    stored, the cascade is resumed instead; otherwise it is published under the same ids.
+    A caller that took over an abandoned claim reuses the recorded ids: publishing an
+    artifact id that is stored already returns the stored one and triggers nothing, and
+    its runs, being records in the store, finish wherever a worker is alive.
     """
     prior = call.prior if call is not None else None
     if prior is not None and prior.correlation_id and prior.artifact_id:
@@ -68,21 +69,14 @@ async def publish_once(
             artifact_id=prior.artifact_id,
             field_prefix=field_prefix,
         )
-        assert call is not None
-        await call.record_publish(artifact.correlation_id, artifact.id)
-        existing = await service.flock.store.get(artifact.id)
-        if existing is not None:
-            await service.flock.resume(existing.correlation_id)
-            call.mark_published()
-            return existing
     else:
         artifact = build_artifact(body, principal, field_prefix=field_prefix)
-        if call is not None:
-            await call.record_publish(artifact.correlation_id, artifact.id)
-    await service.flock.publish(artifact)
+    if call is not None:
+        await call.record_publish(artifact.correlation_id, artifact.id)
+    stored = await service.flock.publish(artifact, principal=principal.name)
     if call is not None:
         call.mark_published()
-    return artifact
+    return stored
 
 
 async def published_before_failing(

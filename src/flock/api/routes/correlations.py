@@ -1,17 +1,38 @@
-"""Correlation status: what a sync call's Content-Location points at."""
+"""Correlations: the status a sync call's Content-Location points at, and cancelling one."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
 from fastapi.responses import Response
 
+from flock.api.auth import Principal
 from flock.api.deps import PrincipalDep, ServiceDep
 from flock.api.errors import APIError, ErrorCode
 from flock.api.models import CorrelationStatusResponse
 from flock.api.routes.artifacts import json_response
-from flock.core.store.protocol import FilterConfig
+from flock.core.store.protocol import CorrelationRecord, FilterConfig
 
 router = APIRouter(prefix="/api/v1", tags=["correlations"])
+
+
+async def visible_count(service: ServiceDep, principal: Principal, correlation_id: str) -> int:
+    """How many of the correlation's artifacts the caller may see."""
+    _, visible = await service.flock.store.query_artifacts(
+        FilterConfig(correlation_id=correlation_id, visible_to=principal.identity), limit=0
+    )
+    return visible
+
+
+async def _answer(
+    service: ServiceDep, principal: Principal, correlation_id: str, status: CorrelationRecord | None
+) -> Response:
+    # A caller sees a correlation only through the artifacts it may see.
+    visible = await visible_count(service, principal, correlation_id) if status else 0
+    if status is None or (visible == 0 and status.artifact_count > 0):
+        raise APIError(ErrorCode.NOT_FOUND, f"no correlation {correlation_id!r}")
+    body = status.to_dict()
+    body["artifact_count"] = visible
+    return json_response(body, headers={"X-Correlation-ID": correlation_id})
 
 
 @router.get(
@@ -24,15 +45,25 @@ async def correlation_status(
     principal: PrincipalDep,
     service: ServiceDep,
 ) -> Response:
+    """State (`running`, `idle`, `cancelled`), pending runs and errors, derived from its runs."""
     status = await service.flock.correlation_status(correlation_id)
-    if status is None:
-        raise APIError(ErrorCode.NOT_FOUND, f"no correlation {correlation_id!r}")
-    body = status.to_dict()
-    # A caller sees a correlation only through the artifacts it may see.
-    _, visible = await service.flock.store.query_artifacts(
-        FilterConfig(correlation_id=correlation_id, visible_to=principal.identity), limit=0
-    )
-    if visible == 0 and status.artifact_count > 0:
-        raise APIError(ErrorCode.NOT_FOUND, f"no correlation {correlation_id!r}")
-    body["artifact_count"] = visible
-    return json_response(body, headers={"X-Correlation-ID": correlation_id})
+    return await _answer(service, principal, correlation_id, status)
+
+
+@router.post(
+    "/correlations/{correlation_id}/cancel",
+    response_model=CorrelationStatusResponse,
+    summary="Cancel a cascade",
+)
+async def cancel_correlation(
+    correlation_id: str,
+    principal: PrincipalDep,
+    service: ServiceDep,
+) -> Response:
+    """Queued runs are cancelled, running engines are stopped and their outputs dropped, no
+    further run starts; sync calls waiting on it answer `completed: false` at once.
+    Cancelling again answers the same."""
+    status = await service.flock.correlation_status(correlation_id)
+    await _answer(service, principal, correlation_id, status)  # 404 unless visible
+    cancelled = await service.flock.cancel(correlation_id)
+    return await _answer(service, principal, correlation_id, cancelled)

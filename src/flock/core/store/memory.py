@@ -4,18 +4,51 @@ from __future__ import annotations
 
 import bisect
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from flock.core.artifacts import AgentError, Artifact, ArtifactEnvelope, ConsumptionRecord
-from flock.core.store.protocol import CorrelationRecord, CorrelationState, FilterConfig
+from flock.core.runs import Run, RunState, Usage, lease_until
+from flock.core.store.protocol import (
+    ClaimedRun,
+    CorrelationRecord,
+    FilterConfig,
+    InvalidRunStateError,
+    Progress,
+    RunFilter,
+)
+from flock.core.store.shared import (
+    add_usage,
+    correlation_state,
+    dead_run_error,
+    requeue,
+    run_limit_error,
+    start_attempt,
+    utcnow,
+)
+
+QUEUED, RUNNING, SUCCEEDED = RunState.QUEUED, RunState.RUNNING, RunState.SUCCEEDED
+DEAD, CANCELLED = RunState.DEAD, RunState.CANCELLED
 
 _Consumption = tuple[datetime, str, str]
 
 
 def _order(artifact: Artifact) -> tuple[datetime, str]:
     return (artifact.created_at, artifact.id)
+
+
+@dataclass(slots=True, eq=False)
+class _Correlation:
+    started_at: datetime
+    updated_at: datetime
+    pending: int = 0
+    run_count: int = 0
+    cancelled: bool = False
+    limit_reported: bool = False
+    errors: list[AgentError] = field(default_factory=list)  # correlation-level ones
+    runs: list[Run] = field(default_factory=list)
 
 
 class InMemoryBlackboardStore:
@@ -29,20 +62,24 @@ class InMemoryBlackboardStore:
         # that order: the garbage collector stops tracking tuples of strings and datetimes,
         # so a store holding many runs does not lengthen every full collection.
         self._consumptions: dict[str, tuple[_Consumption, ...]] = {}
-        self._correlations: dict[str, CorrelationRecord] = {}
-        self._seqs: dict[str, int] = {}
+        self._correlations: dict[str, _Correlation] = {}
+        self._runs: dict[str, Run] = {}
+        # Queued and running runs, oldest first: what a claim looks through.
+        self._pending: dict[str, Run] = {}
 
-    async def publish(self, artifact: Artifact) -> None:
+    # -- artifacts --------------------------------------------------------------------------
+
+    async def publish(
+        self, artifact: Artifact, runs: Sequence[Run] = (), *, max_runs: int | None = None
+    ) -> Artifact:
+        stored = self._by_id.get(artifact.id)
+        if stored is not None:
+            return stored
         self._add(artifact)
+        self._create_runs(runs, max_runs)
+        return artifact
 
     put = publish
-
-    async def commit_run(
-        self, outputs: Sequence[Artifact], consumptions: Sequence[ConsumptionRecord]
-    ) -> None:
-        for artifact in outputs:
-            self._add(artifact)
-        self._add_consumptions(consumptions)
 
     def _add(self, artifact: Artifact) -> None:
         if artifact.id in self._by_id:
@@ -50,13 +87,37 @@ class InMemoryBlackboardStore:
         self._by_id[artifact.id] = artifact
         _insert_sorted(self._ordered, artifact)
         _insert_sorted(self._by_correlation.setdefault(artifact.correlation_id, []), artifact)
-        record = self._correlations.get(artifact.correlation_id)
+        self._touch(artifact.correlation_id, artifact.created_at)
+
+    def _touch(self, correlation_id: str, at: datetime) -> _Correlation:
+        record = self._correlations.get(correlation_id)
         if record is None:
-            self._correlations[artifact.correlation_id] = CorrelationRecord(
-                artifact.correlation_id, "idle", artifact.created_at, artifact.created_at
-            )
-        elif artifact.created_at > record.updated_at:
-            record.updated_at = artifact.created_at
+            record = self._correlations[correlation_id] = _Correlation(at, at)
+        elif at > record.updated_at:
+            record.updated_at = at
+        elif at < record.started_at:
+            record.started_at = at
+        return record
+
+    def _create_runs(self, runs: Sequence[Run], max_runs: int | None) -> None:
+        for run in runs:
+            if run.id in self._runs:
+                continue
+            record = self._touch(run.correlation_id, run.created_at)
+            if record.cancelled:
+                continue
+            if max_runs is not None and record.run_count >= max_runs:
+                if not record.limit_reported:
+                    record.limit_reported = True
+                    record.errors.append(run_limit_error(run, max_runs))
+                continue
+            run = run.copy()
+            record.run_count += 1
+            record.runs.append(run)
+            self._runs[run.id] = run
+            if run.pending:
+                self._pending[run.id] = run
+                record.pending += 1
 
     async def get(self, artifact_id: str) -> Artifact | None:
         return self._by_id.get(artifact_id)
@@ -95,55 +156,228 @@ class InMemoryBlackboardStore:
             for consumed_at, consumer, correlation_id in self._consumptions.get(artifact_id, ())
         ]
 
-    async def record_consumptions(self, records: Sequence[ConsumptionRecord]) -> None:
-        self._add_consumptions(records)
-
-    def _add_consumptions(self, records: Sequence[ConsumptionRecord]) -> None:
-        for record in records:
-            existing = self._consumptions.get(record.artifact_id, ())
-            if all(consumer != record.consumer for _, consumer, _ in existing):
+    def _consume(self, run: Run, at: datetime) -> None:
+        for artifact_id in run.input_ids:
+            existing = self._consumptions.get(artifact_id, ())
+            if all(consumer != run.agent for _, consumer, _ in existing):
                 # Kept in (consumed_at, consumer) order, as the SQL stores return them.
-                entry = (record.consumed_at, record.consumer, record.correlation_id)
-                self._consumptions[record.artifact_id] = tuple(sorted((*existing, entry)))
+                entry = (at, run.agent, run.correlation_id)
+                self._consumptions[artifact_id] = tuple(sorted((*existing, entry)))
 
-    async def set_correlation_state(
-        self, correlation_id: str, state: CorrelationState, seq: int, at: datetime
-    ) -> None:
-        if seq <= self._seqs.get(correlation_id, -1):
-            return
-        self._seqs[correlation_id] = seq
-        record = self._correlations.get(correlation_id)
-        if record is None:
-            self._correlations[correlation_id] = CorrelationRecord(correlation_id, state, at, at)
-        else:
-            record.state = state
-            record.updated_at = max(record.updated_at, at)
+    # -- correlations -----------------------------------------------------------------------
 
     async def record_error(self, error: AgentError) -> None:
         record = self._correlations.get(error.correlation_id)
         if record is None:
-            record = CorrelationRecord(error.correlation_id, "idle", error.at, error.at)
-            self._correlations[error.correlation_id] = record
+            record = self._correlations[error.correlation_id] = _Correlation(error.at, error.at)
         record.errors.append(error)
 
     async def get_correlation(self, correlation_id: str) -> CorrelationRecord | None:
         record = self._correlations.get(correlation_id)
         if record is None:
             return None
+        errors = [*record.errors, *(dead_run_error(r) for r in record.runs if r.state == DEAD)]
+        errors.sort(key=lambda e: e.at)
         return CorrelationRecord(
             correlation_id,
-            record.state,
+            correlation_state(record.cancelled, record.pending),
             record.started_at,
             record.updated_at,
             len(self._by_correlation.get(correlation_id, ())),
-            list(record.errors),
+            errors,
+            record.pending,
         )
+
+    async def progress(self, correlation_id: str | None = None) -> Progress:
+        if correlation_id is None:
+            return Progress(len(self._pending))
+        record = self._correlations.get(correlation_id)
+        if record is None:
+            return Progress(0, exists=False)
+        return Progress(record.pending, record.cancelled)
+
+    # -- runs -------------------------------------------------------------------------------
+
+    async def claim_runs(
+        self, worker: str, limit: int, lease_seconds: float, caps: Mapping[str, int]
+    ) -> list[ClaimedRun]:
+        now = utcnow()
+        running: Counter[str] = Counter()
+        if caps:
+            running.update(
+                r.agent
+                for r in self._pending.values()
+                if r.state == RUNNING
+                and r.lease_expires_at is not None
+                and r.lease_expires_at > now
+            )
+        claimed: list[ClaimedRun] = []
+        for run in self._pending.values():
+            if len(claimed) >= limit:
+                break
+            if _due(run) > now:
+                continue
+            cap = caps.get(run.agent)
+            if cap is not None:
+                if running[run.agent] >= cap:
+                    continue
+                running[run.agent] += 1
+            recovered = run.state == RUNNING
+            start_attempt(run, worker, now, lease_seconds, recovered)
+            inputs = tuple(self._by_id[i] for i in run.input_ids if i in self._by_id)
+            claimed.append(ClaimedRun(run.copy(), inputs, recovered))
+        return claimed
+
+    async def next_due(self) -> datetime | None:
+        return min((_due(r) for r in self._pending.values()), default=None)
+
+    def _owned(self, run_id: str, fence: int, now: datetime, *, live: bool = True) -> Run | None:
+        """The run if it is still claimed with `fence` (and, if `live`, its lease holds)."""
+        run = self._runs.get(run_id)
+        if run is None or run.state != RUNNING or run.fence != fence:
+            return None
+        if live and (run.lease_expires_at is None or run.lease_expires_at <= now):
+            return None
+        return run
+
+    async def renew_lease(self, run_id: str, fence: int, lease_seconds: float) -> bool:
+        now = utcnow()
+        run = self._owned(run_id, fence, now)
+        if run is None:
+            return False
+        run.lease_expires_at = lease_until(now, lease_seconds)
+        return True
+
+    async def complete_run(
+        self,
+        run_id: str,
+        fence: int,
+        outputs: Sequence[Artifact],
+        triggered: Sequence[Run],
+        *,
+        usage: Usage | None = None,
+        max_runs: int | None = None,
+    ) -> bool:
+        now = utcnow()
+        run = self._owned(run_id, fence, now)
+        if run is None:
+            return False
+        for artifact in outputs:
+            self._add(artifact)
+        self._consume(run, now)
+        run.output_ids = tuple(a.id for a in outputs)
+        run.error = None
+        self._finish(run, SUCCEEDED, now, usage)
+        self._create_runs(triggered, max_runs)
+        return True
+
+    async def fail_run(
+        self,
+        run_id: str,
+        fence: int,
+        error: str,
+        *,
+        retry_at: datetime | None,
+        usage: Usage | None = None,
+    ) -> bool:
+        now = utcnow()
+        run = self._owned(run_id, fence, now)
+        if run is None:
+            return False
+        run.error = error
+        if retry_at is None:
+            self._consume(run, now)
+            self._finish(run, DEAD, now, usage)
+        else:
+            run.usage = add_usage(run.usage, usage)
+            run.state = QUEUED
+            run.next_attempt_at = retry_at
+            run.lease_expires_at = None
+        return True
+
+    async def release_run(self, run_id: str, fence: int) -> bool:
+        now = utcnow()
+        run = self._owned(run_id, fence, now, live=False)
+        if run is None:
+            return False
+        run.state = QUEUED
+        run.attempt -= 1
+        run.next_attempt_at = now
+        run.lease_expires_at = None
+        return True
+
+    def _finish(self, run: Run, state: RunState, now: datetime, usage: Usage | None) -> None:
+        run.state = state
+        run.finished_at = now
+        run.next_attempt_at = run.lease_expires_at = None
+        run.usage = add_usage(run.usage, usage)
+        if self._pending.pop(run.id, None) is not None:
+            record = self._touch(run.correlation_id, now)
+            record.pending -= 1
+
+    async def cancel_correlation(self, correlation_id: str) -> bool:
+        record = self._correlations.get(correlation_id)
+        if record is None:
+            return False
+        record.cancelled = True
+        now = utcnow()
+        for run in record.runs:
+            if run.pending:
+                self._finish(run, CANCELLED, now, None)
+        return True
+
+    async def retry_run(self, run_id: str) -> Run | None:
+        run = self._runs.get(run_id)
+        if run is None:
+            return None
+        if run.state not in (DEAD, CANCELLED):
+            raise InvalidRunStateError(f"run {run_id} is {run.state.value}, not dead or cancelled")
+        now = utcnow()
+        requeue(run, now)
+        record = self._touch(run.correlation_id, now)
+        record.cancelled = False
+        record.pending += 1
+        self._pending[run.id] = run
+        return run.copy()
+
+    async def get_run(self, run_id: str) -> Run | None:
+        run = self._runs.get(run_id)
+        return None if run is None else run.copy()
+
+    async def query_runs(
+        self, filters: RunFilter | None = None, limit: int = 50, offset: int = 0
+    ) -> tuple[list[Run], int]:
+        filters = filters or RunFilter()
+        if filters.correlation_id is not None:
+            record = self._correlations.get(filters.correlation_id)
+            pool: list[Run] = list(record.runs) if record is not None else []
+        else:
+            pool = list(self._runs.values())
+        selected = [r for r in pool if self._run_matches(r, filters)]
+        selected.sort(key=lambda r: (r.created_at, r.id))
+        page = selected[offset : offset + limit] if limit >= 0 else selected[offset:]
+        return [r.copy() for r in page], len(selected)
+
+    def _run_matches(self, run: Run, filters: RunFilter) -> bool:
+        if filters.agent is not None and run.agent != filters.agent:
+            return False
+        if filters.state is not None and run.state != filters.state:
+            return False
+        if filters.visible_to is not None:
+            first = self._by_id.get(run.input_ids[0]) if run.input_ids else None
+            return first is not None and first.visibility.allows(filters.visible_to)
+        return True
 
     async def ping(self) -> None:
         return None
 
     async def close(self) -> None:
         return None
+
+
+def _due(run: Run) -> datetime:
+    due = run.next_attempt_at if run.state == QUEUED else run.lease_expires_at
+    return due if due is not None else run.created_at
 
 
 def _insert_sorted(items: list[Artifact], artifact: Artifact) -> None:

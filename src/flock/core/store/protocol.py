@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from flock.core.artifacts import AgentError, Artifact, ArtifactEnvelope, ConsumptionRecord
+from flock.core.runs import Run, RunState, Usage
 from flock.core.visibility import Identity
 
 
@@ -59,12 +60,17 @@ class FilterConfig:
         return self.visible_to is None or artifact.visibility.allows(self.visible_to)
 
 
-CorrelationState = Literal["running", "idle"]
+CorrelationState = Literal["running", "idle", "cancelled"]
 
 
 @dataclass(slots=True)
 class CorrelationRecord:
-    """What the store knows of a correlation (so status survives restarts and is shared)."""
+    """A correlation as the store derives it from its runs (the same on every replica).
+
+    `state` is `cancelled` once cancelled, else `running` while any run is queued or
+    running (a pending retry included), else `idle`. `errors` holds the runs that ended
+    `dead` and correlation-level errors, oldest first.
+    """
 
     correlation_id: str
     state: CorrelationState
@@ -72,22 +78,82 @@ class CorrelationRecord:
     updated_at: datetime
     artifact_count: int = 0
     errors: list[AgentError] = field(default_factory=list)
+    pending_runs: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """The correlation as `GET /correlations/{id}` shows it."""
+        return {
+            "correlation_id": self.correlation_id,
+            "state": self.state,
+            "pending_runs": self.pending_runs,
+            "artifact_count": self.artifact_count,
+            "errors": [e.to_dict() for e in self.errors],
+            "started_at": self.started_at.isoformat().replace("+00:00", "Z"),
+            "updated_at": self.updated_at.isoformat().replace("+00:00", "Z"),
+        }
+
+
+CorrelationStatus = CorrelationRecord
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """How far a correlation (or, for None, the whole store) is: what waiters check."""
+
+    pending: int
+    cancelled: bool = False
+    exists: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedRun:
+    """A run a worker claimed under a lease, with its input artifacts in order.
+
+    `recovered` says the run was taken over from a worker whose lease ran out.
+    """
+
+    run: Run
+    inputs: tuple[Artifact, ...]
+    recovered: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RunFilter:
+    """What `query_runs` selects; empty fields match everything."""
+
+    correlation_id: str | None = None
+    agent: str | None = None
+    state: RunState | None = None
+    visible_to: Identity | None = None
+
+
+class InvalidRunStateError(ValueError):
+    """The run is not in a state that allows the operation (e.g. retrying a queued run)."""
 
 
 @runtime_checkable
 class BlackboardStore(Protocol):
-    """Artifacts, consumption records and correlation state. Every method is async-safe."""
+    """Artifacts, runs, consumption records and correlations. Every method is async-safe.
 
-    async def publish(self, artifact: Artifact) -> None:
-        """Store one artifact (idempotent on its id)."""
+    The run methods that change a claimed run (`renew_lease`, `complete_run`, `fail_run`,
+    `release_run`) are *fenced*: they take the `fence` the claim returned and do nothing,
+    returning False, once the run was claimed again, cancelled or finished meanwhile.
+    """
 
-    async def put(self, artifact: Artifact) -> None:
+    async def publish(
+        self, artifact: Artifact, runs: Sequence[Run] = (), *, max_runs: int | None = None
+    ) -> Artifact:
+        """Store the artifact and create the runs it triggers, together (one transaction).
+
+        If an artifact with its id is stored already, return that one and create nothing.
+        At most `max_runs` runs are created per correlation in all; past it one
+        correlation-level error is recorded. No run is created in a cancelled correlation.
+        """
+
+    async def put(
+        self, artifact: Artifact, runs: Sequence[Run] = (), *, max_runs: int | None = None
+    ) -> Artifact:
         """Alias of `publish`."""
-
-    async def commit_run(
-        self, outputs: Sequence[Artifact], consumptions: Sequence[ConsumptionRecord]
-    ) -> None:
-        """Store an agent run's outputs and consumption records in one step."""
 
     async def get(self, artifact_id: str) -> Artifact | None: ...
 
@@ -105,16 +171,70 @@ class BlackboardStore(Protocol):
 
     async def get_consumptions(self, artifact_id: str) -> list[ConsumptionRecord]: ...
 
-    async def record_consumptions(self, records: Sequence[ConsumptionRecord]) -> None: ...
-
-    async def set_correlation_state(
-        self, correlation_id: str, state: CorrelationState, seq: int, at: datetime
-    ) -> None:
-        """Record a running/idle transition; a write with a lower `seq` than stored is ignored."""
-
-    async def record_error(self, error: AgentError) -> None: ...
+    async def record_error(self, error: AgentError) -> None:
+        """Record a correlation-level error (one that belongs to no run)."""
 
     async def get_correlation(self, correlation_id: str) -> CorrelationRecord | None: ...
+
+    async def progress(self, correlation_id: str | None = None) -> Progress:
+        """Pending runs of the correlation (of the whole store for None)."""
+
+    # -- runs -------------------------------------------------------------------------------
+
+    async def claim_runs(
+        self, worker: str, limit: int, lease_seconds: float, caps: Mapping[str, int]
+    ) -> list[ClaimedRun]:
+        """Claim up to `limit` runs that are due: queued ones whose `next_attempt_at` has
+        come, and running ones whose lease ran out. Each claim starts an attempt under a
+        lease of `lease_seconds` and grows the run's fence. `caps` bounds how many runs of
+        an agent may be running at once, across every worker."""
+
+    async def next_due(self) -> datetime | None:
+        """When the earliest pending run becomes claimable (now or later), if any."""
+
+    async def renew_lease(self, run_id: str, fence: int, lease_seconds: float) -> bool: ...
+
+    async def complete_run(
+        self,
+        run_id: str,
+        fence: int,
+        outputs: Sequence[Artifact],
+        triggered: Sequence[Run],
+        *,
+        usage: Usage | None = None,
+        max_runs: int | None = None,
+    ) -> bool:
+        """Commit a run's effects in one step: outputs, the runs they trigger, its
+        consumption records and the `succeeded` state."""
+
+    async def fail_run(
+        self,
+        run_id: str,
+        fence: int,
+        error: str,
+        *,
+        retry_at: datetime | None,
+        usage: Usage | None = None,
+    ) -> bool:
+        """End a failed attempt: queued again at `retry_at`, or `dead` when it is None."""
+
+    async def release_run(self, run_id: str, fence: int) -> bool:
+        """Give a claimed run back (shutdown): queued now, its attempt not counted."""
+
+    async def cancel_correlation(self, correlation_id: str) -> bool:
+        """Cancel every pending run of the correlation and any future one; False if the
+        correlation is unknown."""
+
+    async def retry_run(self, run_id: str) -> Run | None:
+        """Queue a `dead` or `cancelled` run again with fresh attempts (None if unknown;
+        `InvalidRunStateError` in any other state)."""
+
+    async def get_run(self, run_id: str) -> Run | None: ...
+
+    async def query_runs(
+        self, filters: RunFilter | None = None, limit: int = 50, offset: int = 0
+    ) -> tuple[list[Run], int]:
+        """Matching runs ordered by (created_at, id), and the total count of matches."""
 
     async def ping(self) -> None:
         """Raise `StoreUnavailableError` if the backend cannot be reached."""
@@ -124,8 +244,13 @@ class BlackboardStore(Protocol):
 
 __all__ = [
     "BlackboardStore",
+    "ClaimedRun",
     "CorrelationRecord",
     "CorrelationState",
+    "CorrelationStatus",
     "FilterConfig",
+    "InvalidRunStateError",
+    "Progress",
+    "RunFilter",
     "StoreUnavailableError",
 ]

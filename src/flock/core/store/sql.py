@@ -10,9 +10,10 @@ operation, then the pool reconnects (pass `pool_pre_ping=True` to check before e
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
@@ -24,14 +25,20 @@ from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 from sqlalchemy.schema import CreateSchema
 
 from flock.core.artifacts import AgentError, Artifact, ArtifactEnvelope, ConsumptionRecord
+from flock.core.runs import Run, Usage, lease_until
+from flock.core.store import sql_runs
 from flock.core.store import sql_statements as sql
 from flock.core.store.memory import InMemoryBlackboardStore
 from flock.core.store.protocol import (
     BlackboardStore,
+    ClaimedRun,
     CorrelationRecord,
-    CorrelationState,
     FilterConfig,
+    InvalidRunStateError,
+    Progress,
+    RunFilter,
 )
+from flock.core.store.shared import LEASE_LOST, correlation_state, dead_run_error, utcnow
 from flock.core.store.sql_backends import (
     POSTGRES_SCHEMES,
     asyncpg_url,
@@ -45,15 +52,16 @@ from flock.core.store.sql_schema import (
     artifact_row,
     audience_rows,
     consumption_from_row,
-    consumption_row,
     correlation_row,
     error_from_row,
     error_row,
     from_micros,
-    metadata,
+    run_from_row,
     tag_rows,
     to_micros,
+    usage_params,
 )
+from flock.core.store.sql_schema import migrate as migrate_schema
 
 _IN_CHUNK = 1000  # ids per `IN (...)`, far below SQLite's and asyncpg's parameter limits
 # A correlation row created by an artifact or an error, before any state write: any seq wins.
@@ -88,34 +96,18 @@ class SQLBlackboardStore:
 
     # -- writes -----------------------------------------------------------------------------
 
-    async def publish(self, artifact: Artifact) -> None:
+    async def publish(
+        self, artifact: Artifact, runs: Sequence[Run] = (), *, max_runs: int | None = None
+    ) -> Artifact:
         async with self._transaction() as conn:
-            await self._insert_artifacts(conn, (artifact,))
+            if not await self._insert_artifacts(conn, (artifact,)):
+                row = (await conn.execute(sql.GET_ARTIFACT, {"id": artifact.id})).mappings().one()
+                return artifact_from_row(row)
+            if runs:
+                await sql_runs.insert_runs(conn, runs, postgres=self._postgres, max_runs=max_runs)
+        return artifact
 
     put = publish
-
-    async def commit_run(
-        self, outputs: Sequence[Artifact], consumptions: Sequence[ConsumptionRecord]
-    ) -> None:
-        if not outputs and not consumptions:
-            return
-        async with self._transaction() as conn:
-            await self._insert_artifacts(conn, outputs)
-            await self._insert_consumptions(conn, consumptions)
-
-    async def record_consumptions(self, records: Sequence[ConsumptionRecord]) -> None:
-        if not records:
-            return
-        async with self._transaction() as conn:
-            await self._insert_consumptions(conn, records)
-
-    async def set_correlation_state(
-        self, correlation_id: str, state: CorrelationState, seq: int, at: datetime
-    ) -> None:
-        moment = to_micros(at)
-        row = correlation_row(correlation_id, state, seq, moment, moment)
-        async with self._transaction() as conn:
-            await conn.execute(self._upserts.correlation_state, row)
 
     async def record_error(self, error: AgentError) -> None:
         moment = to_micros(error.at)
@@ -124,10 +116,11 @@ class SQLBlackboardStore:
             await conn.execute(sql.INSERT_ERROR, error_row(error))
             await conn.execute(self._upserts.ensure_correlation, row)
 
-    async def _insert_artifacts(self, conn: AsyncConnection, items: Sequence[Artifact]) -> None:
-        """Insert the artifacts not stored yet, with their tags, audience and correlation rows."""
+    async def _insert_artifacts(self, conn: AsyncConnection, items: Sequence[Artifact]) -> int:
+        """Insert the artifacts not stored yet, with their tags, audience and correlation
+        rows; return how many were new."""
         if not items:
-            return
+            return 0
         if len(items) == 1:
             result = await conn.execute(self._upserts.artifact, artifact_row(items[0]))
         else:
@@ -138,7 +131,7 @@ class SQLBlackboardStore:
             if artifact.id in inserted:
                 new.setdefault(artifact.id, artifact)
         if not new:
-            return
+            return 0
         tags = [row for a in new.values() for row in tag_rows(a)]
         if tags:
             await conn.execute(sql.INSERT_TAGS, tags)
@@ -152,12 +145,167 @@ class SQLBlackboardStore:
             spans[artifact.correlation_id] = (min(first, moment), max(last, moment))
         rows = [correlation_row(cid, "idle", _NO_SEQ, *span) for cid, span in spans.items()]
         await conn.execute(self._upserts.touch_correlation, rows)
+        return len(new)
 
-    async def _insert_consumptions(
-        self, conn: AsyncConnection, records: Sequence[ConsumptionRecord]
-    ) -> None:
+    # -- runs -------------------------------------------------------------------------------
+
+    async def claim_runs(
+        self, worker: str, limit: int, lease_seconds: float, caps: Mapping[str, int]
+    ) -> list[ClaimedRun]:
+        now = utcnow()
+        async with self._transaction() as conn:
+            claimed = await sql_runs.claim(
+                conn,
+                postgres=self._postgres,
+                worker=worker,
+                limit=limit,
+                now=now,
+                lease_until=lease_until(now, lease_seconds),
+                caps=caps,
+            )
+            if not claimed:
+                return []
+            rows = await sql_runs.inputs_of(conn, claimed)
+        found = {artifact_id: artifact_from_row(row) for artifact_id, row in rows.items()}
+        return [
+            ClaimedRun(
+                run,
+                tuple(found[i] for i in run.input_ids if i in found),
+                recovered=run.error == LEASE_LOST,
+            )
+            for run in claimed
+        ]
+
+    async def next_due(self) -> datetime | None:
+        async with self._reading() as conn:
+            value = (await conn.execute(sql_runs.NEXT_DUE)).scalar()
+        return None if value is None else from_micros(value)
+
+    async def renew_lease(self, run_id: str, fence: int, lease_seconds: float) -> bool:
+        now = utcnow()
+        params = {
+            "p_run_id": run_id,
+            "p_fence": fence,
+            "p_now": to_micros(now),
+            "p_lease_until": to_micros(lease_until(now, lease_seconds)),
+        }
+        async with self._transaction() as conn:
+            result = await conn.execute(sql_runs.RENEW, params)
+        return bool(result.rowcount)
+
+    async def complete_run(
+        self,
+        run_id: str,
+        fence: int,
+        outputs: Sequence[Artifact],
+        triggered: Sequence[Run],
+        *,
+        usage: Usage | None = None,
+        max_runs: int | None = None,
+    ) -> bool:
+        now = to_micros(utcnow())
+        params = sql_runs.succeed_params(run_id, fence, now, [a.id for a in outputs], usage)
+        async with self._transaction() as conn:
+            row = (await conn.execute(sql_runs.SUCCEED, params)).first()
+            if row is None:
+                return False
+            await self._insert_artifacts(conn, outputs)
+            await self._consume(conn, row, now)
+            if triggered:
+                await sql_runs.insert_runs(
+                    conn, triggered, postgres=self._postgres, max_runs=max_runs
+                )
+        return True
+
+    async def _consume(self, conn: AsyncConnection, row: Any, now: int) -> None:
+        records = sql_runs.consumption_rows(
+            row.agent, row.correlation_id, json.loads(row.input_ids), now
+        )
         if records:
-            await conn.execute(self._upserts.consumptions, [consumption_row(r) for r in records])
+            await conn.execute(self._upserts.consumptions, records)
+        moment = correlation_row(row.correlation_id, "idle", _NO_SEQ, now, now)
+        await conn.execute(self._upserts.touch_correlation, moment)
+
+    async def fail_run(
+        self,
+        run_id: str,
+        fence: int,
+        error: str,
+        *,
+        retry_at: datetime | None,
+        usage: Usage | None = None,
+    ) -> bool:
+        now = to_micros(utcnow())
+        params = {"p_run_id": run_id, "p_fence": fence, "p_now": now, "p_error": error}
+        params.update(usage_params(usage))
+        async with self._transaction() as conn:
+            if retry_at is not None:
+                params["p_retry_at"] = to_micros(retry_at)
+                result = await conn.execute(sql_runs.REQUEUE_AFTER_FAILURE, params)
+                return bool(result.rowcount)
+            row = (await conn.execute(sql_runs.DIE, params)).first()
+            if row is None:
+                return False
+            await self._consume(conn, row, now)
+        return True
+
+    async def release_run(self, run_id: str, fence: int) -> bool:
+        params = {"p_run_id": run_id, "p_fence": fence, "p_now": to_micros(utcnow())}
+        async with self._transaction() as conn:
+            result = await conn.execute(sql_runs.RELEASE, params)
+        return bool(result.rowcount)
+
+    async def cancel_correlation(self, correlation_id: str) -> bool:
+        params = {"p_correlation_id": correlation_id, "p_now": to_micros(utcnow())}
+        async with self._transaction() as conn:
+            result = await conn.execute(sql_runs.CANCEL_CORRELATION, params)
+            if not result.rowcount:
+                return False
+            await conn.execute(sql_runs.CANCEL_RUNS, params)
+        return True
+
+    async def retry_run(self, run_id: str) -> Run | None:
+        params = {"p_run_id": run_id, "p_now": to_micros(utcnow())}
+        async with self._transaction() as conn:
+            row = (await conn.execute(sql_runs.RETRY, params)).mappings().first()
+            if row is None:
+                current = (await conn.execute(sql_runs.GET_RUN, params)).mappings().first()
+                if current is None:
+                    return None
+                raise InvalidRunStateError(
+                    f"run {run_id} is {current['state']}, not dead or cancelled"
+                )
+            run = run_from_row(row)
+            await conn.execute(sql_runs.UNCANCEL, {"p_correlation_id": run.correlation_id})
+        return run
+
+    async def get_run(self, run_id: str) -> Run | None:
+        async with self._reading() as conn:
+            row = (await conn.execute(sql_runs.GET_RUN, {"p_run_id": run_id})).mappings().first()
+        return None if row is None else run_from_row(row)
+
+    async def query_runs(
+        self, filters: RunFilter | None = None, limit: int = 50, offset: int = 0
+    ) -> tuple[list[Run], int]:
+        page, count, params = sql_runs.query_runs_statements(filters or RunFilter(), limit, offset)
+        async with self._reading() as conn:
+            rows = (await conn.execute(page, params)).mappings().all()
+            if (limit < 0 or len(rows) < limit) and (rows or offset == 0):
+                total = offset + len(rows)
+            else:
+                total = (await conn.execute(count, params)).scalar_one()
+        return [run_from_row(row) for row in rows], total
+
+    async def progress(self, correlation_id: str | None = None) -> Progress:
+        async with self._reading() as conn:
+            if correlation_id is None:
+                return Progress((await conn.execute(sql_runs.PENDING_ALL)).scalar_one())
+            row = (
+                await conn.execute(sql_runs.PROGRESS, {"p_correlation_id": correlation_id})
+            ).first()
+        if row is None:
+            return Progress(0, exists=False)
+        return Progress(row.pending, bool(row.cancelled))
 
     # -- reads ------------------------------------------------------------------------------
 
@@ -229,14 +377,25 @@ class SQLBlackboardStore:
             row = (await conn.execute(sql.CORRELATION, params)).mappings().first()
             if row is None:
                 return None
-            errors = (await conn.execute(sql.CORRELATION_ERRORS, params)).mappings().all()
+            errors = [
+                error_from_row(e)
+                for e in (await conn.execute(sql.CORRELATION_ERRORS, params)).mappings()
+            ]
+            dead = (
+                (await conn.execute(sql_runs.DEAD_RUNS, {"p_correlation_id": correlation_id}))
+                .mappings()
+                .all()
+            )
+        errors.extend(dead_run_error(run_from_row(d)) for d in dead)
+        errors.sort(key=lambda e: e.at)
         return CorrelationRecord(
             correlation_id,
-            row["state"],
+            correlation_state(bool(row["cancelled"]), row["pending_runs"]),
             from_micros(row["started_at"]),
             from_micros(row["updated_at"]),
             row["artifact_count"],
-            [error_from_row(e) for e in errors],
+            errors,
+            row["pending_runs"],
         )
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -294,7 +453,7 @@ class SQLBlackboardStore:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
         if self._schema is not None and not conn.dialect.has_schema(conn, self._schema):
             conn.execute(CreateSchema(self._schema, if_not_exists=True))
-        metadata.create_all(conn)
+        migrate_schema(conn, self._schema)
 
 
 class SQLiteBlackboardStore(SQLBlackboardStore):

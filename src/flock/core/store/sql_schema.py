@@ -9,7 +9,7 @@ order, as in SQLite and Python.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -22,10 +22,14 @@ from sqlalchemy import (
     PrimaryKeyConstraint,
     Table,
     Text,
+    inspect,
+    select,
+    text,
 )
-from sqlalchemy.engine import RowMapping
+from sqlalchemy.engine import Connection, RowMapping
 
 from flock.core.artifacts import AgentError, Artifact, ConsumptionRecord
+from flock.core.runs import Run, RunState, Usage
 from flock.core.visibility import (
     AnyVisibility,
     LabelledVisibility,
@@ -92,6 +96,7 @@ consumptions = Table(
     PrimaryKeyConstraint("artifact_id", "consumer"),
 )
 
+# `state` and `seq` are kept from schema version 1 (state is derived from runs since 2).
 correlations = Table(
     "correlations",
     metadata,
@@ -100,7 +105,62 @@ correlations = Table(
     Column("seq", BigInteger, nullable=False),
     Column("started_at", _Micros, nullable=False),
     Column("updated_at", _Micros, nullable=False),
+    Column("cancelled", Integer, nullable=False, server_default="0"),
+    Column("run_count", Integer, nullable=False, server_default="0"),
+    Column("limit_reported", Integer, nullable=False, server_default="0"),
 )
+# Columns added to `correlations` by schema version 2, as (name, DDL type and default).
+CORRELATION_COLUMNS_V2 = (
+    ("cancelled", "INTEGER NOT NULL DEFAULT 0"),
+    ("run_count", "INTEGER NOT NULL DEFAULT 0"),
+    ("limit_reported", "INTEGER NOT NULL DEFAULT 0"),
+)
+
+# One row per agent run. `due_at` is when a pending run is next claimable: its
+# next_attempt_at while queued, its lease expiry while running; NULL once final. So one
+# partial index serves the claim query, the pending counts and the worker's next wake-up.
+runs = Table(
+    "runs",
+    metadata,
+    Column("id", _Key, primary_key=True),
+    Column("agent", Text, nullable=False),
+    Column("correlation_id", _Key, nullable=False),
+    Column("input_ids", Text, nullable=False),
+    Column("first_input_id", _Key),
+    Column("output_ids", Text, nullable=False),
+    Column("state", Text, nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("max_attempts", Integer, nullable=False),
+    Column("error", Text),
+    Column("worker", Text),
+    Column("principal", Text),
+    Column("usage_requests", BigInteger, nullable=False),
+    Column("usage_input_tokens", BigInteger, nullable=False),
+    Column("usage_output_tokens", BigInteger, nullable=False),
+    Column("created_at", _Micros, nullable=False),
+    Column("started_at", _Micros),
+    Column("finished_at", _Micros),
+    Column("due_at", _Micros),
+    Column("fence", BigInteger, nullable=False),
+    Index(
+        "ix_runs_due",
+        "due_at",
+        "id",
+        sqlite_where=text("due_at IS NOT NULL"),
+        postgresql_where=text("due_at IS NOT NULL"),
+    ),
+    Index("ix_runs_correlation", "correlation_id", "due_at"),
+    Index("ix_runs_order", "created_at", "id"),
+)
+
+# The schema version of the SQL store's tables; a store refuses a newer one.
+schema_info = Table(
+    "flock_schema",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("version", Integer, nullable=False),
+)
+SCHEMA_VERSION = 2
 
 agent_errors = Table(
     "agent_errors",
@@ -207,6 +267,7 @@ def correlation_row(
     return {
         "correlation_id": correlation_id, "state": state, "seq": seq,
         "started_at": started_at, "updated_at": updated_at,
+        "cancelled": 0, "run_count": 0, "limit_reported": 0,
     }  # fmt: skip
 
 
@@ -228,3 +289,110 @@ def error_from_row(row: RowMapping) -> AgentError:
         row["correlation_id"],
         from_micros(row["at"]),
     )
+
+
+def run_row(run: Run) -> dict[str, Any]:
+    usage = run.usage or Usage()
+    return {
+        "id": run.id,
+        "agent": run.agent,
+        "correlation_id": run.correlation_id,
+        "input_ids": _dumps(list(run.input_ids)),
+        "first_input_id": run.input_ids[0] if run.input_ids else None,
+        "output_ids": _dumps(list(run.output_ids)),
+        "state": run.state.value,
+        "attempt": run.attempt,
+        "max_attempts": run.max_attempts,
+        "error": run.error,
+        "worker": run.worker,
+        "principal": run.principal,
+        "usage_requests": usage.requests,
+        "usage_input_tokens": usage.input_tokens,
+        "usage_output_tokens": usage.output_tokens,
+        "created_at": to_micros(run.created_at),
+        "started_at": _micros_or_none(run.started_at),
+        "finished_at": _micros_or_none(run.finished_at),
+        "due_at": _micros_or_none(
+            run.next_attempt_at if run.state == RunState.QUEUED else run.lease_expires_at
+        ),
+        "fence": run.fence,
+    }
+
+
+def run_from_row(row: RowMapping) -> Run:
+    state = RunState(row["state"])
+    due = None if row["due_at"] is None else from_micros(row["due_at"])
+    usage = Usage(row["usage_requests"], row["usage_input_tokens"], row["usage_output_tokens"])
+    return Run(
+        id=row["id"],
+        agent=row["agent"],
+        correlation_id=row["correlation_id"],
+        input_ids=tuple(json.loads(row["input_ids"])),
+        state=state,
+        attempt=row["attempt"],
+        max_attempts=row["max_attempts"],
+        error=row["error"],
+        worker=row["worker"],
+        principal=row["principal"],
+        usage=usage if usage else None,
+        output_ids=tuple(json.loads(row["output_ids"])),
+        created_at=from_micros(row["created_at"]),
+        started_at=None if row["started_at"] is None else from_micros(row["started_at"]),
+        finished_at=None if row["finished_at"] is None else from_micros(row["finished_at"]),
+        next_attempt_at=due if state == RunState.QUEUED else None,
+        lease_expires_at=due if state == RunState.RUNNING else None,
+        fence=row["fence"],
+    )
+
+
+def usage_params(usage: Usage | None) -> dict[str, int]:
+    usage = usage or Usage()
+    return {
+        "p_usage_requests": usage.requests,
+        "p_usage_input_tokens": usage.input_tokens,
+        "p_usage_output_tokens": usage.output_tokens,
+    }
+
+
+def dumps_ids(ids: Sequence[str]) -> str:
+    return _dumps(list(ids))
+
+
+def _micros_or_none(moment: datetime | None) -> int | None:
+    return None if moment is None else to_micros(moment)
+
+
+class SchemaVersionError(RuntimeError):
+    """The database was written by a newer Flock than this one."""
+
+
+def migrate(conn: Connection, schema: str | None) -> None:
+    """Create the tables, or bring those of an older release up to `SCHEMA_VERSION`.
+
+    Version 1 (no `flock_schema` table) lacked the runs table and the correlations'
+    cancelled / run_count / limit_reported columns: they are added, the data kept.
+    """
+    inspector = inspect(conn)
+    had_tables = inspector.has_table("correlations", schema=schema)
+    metadata.create_all(conn)
+    version = conn.execute(select(schema_info.c.version)).scalar()
+    if version is not None and version > SCHEMA_VERSION:
+        raise SchemaVersionError(
+            f"the database has schema version {version}, newer than this Flock's "
+            f"{SCHEMA_VERSION}: upgrade Flock to use it"
+        )
+    if version == SCHEMA_VERSION:
+        return
+    if had_tables:
+        present = {c["name"] for c in inspect(conn).get_columns("correlations", schema=schema)}
+        preparer = conn.dialect.identifier_preparer
+        table = preparer.quote("correlations")
+        if schema is not None:
+            table = f"{preparer.quote_schema(schema)}.{table}"
+        for name, ddl in CORRELATION_COLUMNS_V2:
+            if name not in present:
+                conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {name} {ddl}")
+    if version is None:
+        conn.execute(schema_info.insert().values(id=1, version=SCHEMA_VERSION))
+    else:
+        conn.execute(schema_info.update().values(version=SCHEMA_VERSION))

@@ -35,6 +35,7 @@ from flock.core.store.sql_schema import (
     artifacts,
     consumptions,
     correlations,
+    runs,
     to_micros,
 )
 
@@ -107,11 +108,11 @@ def _where(shape: Shape) -> list[ColumnElement[bool]]:
             exists().where(tag.artifact_id == c.id, tag.tag.in_(bindparam("tags", expanding=True)))
         )
     if "viewer_name" in shape:
-        where.append(_visible())
+        where.append(visible_clause())
     return where
 
 
-def _visible() -> ColumnElement[bool]:
+def visible_clause() -> ColumnElement[bool]:
     """SQL for `visibility.allows(viewer)`, one branch per rule kind. A None name or tenant
     compares as NULL, which matches nothing, as `allows` says."""
     c, audience = artifacts.c, artifact_audience.c
@@ -143,6 +144,11 @@ CORRELATION = select(
     .where(artifacts.c.correlation_id == correlations.c.correlation_id)
     .scalar_subquery()
     .label("artifact_count"),
+    select(func.count())
+    .select_from(runs)
+    .where(runs.c.correlation_id == correlations.c.correlation_id, runs.c.due_at.is_not(None))
+    .scalar_subquery()
+    .label("pending_runs"),
 ).where(correlations.c.correlation_id == bindparam("correlation_id"))
 CORRELATION_ERRORS = (
     select(agent_errors)
@@ -170,7 +176,6 @@ class Upserts:
     consumptions: TextClause
     touch_correlation: TextClause  # creates the row, or raises updated_at
     ensure_correlation: TextClause  # creates the row if missing
-    correlation_state: TextClause  # applies a state write unless a later seq is stored
 
 
 @cache
@@ -179,11 +184,6 @@ def upserts(dialect: str, schema: str | None = None) -> Upserts:
     stored = correlations.c
     by_id = [stored.correlation_id]
     touch = insert(correlations)
-    state = insert(correlations)
-    later = case(
-        (state.excluded.updated_at > stored.updated_at, state.excluded.updated_at),
-        else_=stored.updated_at,
-    )
     new_artifacts = (
         insert(artifacts)
         .on_conflict_do_nothing(index_elements=[artifacts.c.id])
@@ -210,22 +210,23 @@ def upserts(dialect: str, schema: str | None = None) -> Upserts:
         touch_correlation=as_text(
             touch.on_conflict_do_update(
                 index_elements=by_id,
-                set_={"updated_at": touch.excluded.updated_at},
-                where=stored.updated_at < touch.excluded.updated_at,
+                set_={
+                    "updated_at": case(
+                        (touch.excluded.updated_at > stored.updated_at, touch.excluded.updated_at),
+                        else_=stored.updated_at,
+                    ),
+                    "started_at": case(
+                        (touch.excluded.started_at < stored.started_at, touch.excluded.started_at),
+                        else_=stored.started_at,
+                    ),
+                },
+                where=or_(
+                    stored.updated_at < touch.excluded.updated_at,
+                    stored.started_at > touch.excluded.started_at,
+                ),
             )
         ),
         ensure_correlation=as_text(
             insert(correlations).on_conflict_do_nothing(index_elements=by_id)
-        ),
-        correlation_state=as_text(
-            state.on_conflict_do_update(
-                index_elements=by_id,
-                set_={
-                    "state": state.excluded.state,
-                    "seq": state.excluded.seq,
-                    "updated_at": later,
-                },
-                where=stored.seq < state.excluded.seq,
-            )
         ),
     )

@@ -1,0 +1,375 @@
+"""The SQL store's run statements: each function does one step inside a caller's transaction.
+
+Claims are one `UPDATE ... WHERE id IN (SELECT ... LIMIT n) RETURNING` statement; on
+PostgreSQL the inner select takes its rows `FOR UPDATE SKIP LOCKED`, so concurrent claimers
+never wait for each other and never take the same run. On SQLite the UPDATE holds the
+file's write lock, which serialises claimers. Every write about a claimed run is fenced:
+`WHERE id = :id AND fence = :fence AND state = 'running' AND due_at > :now`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    Update,
+    bindparam,
+    case,
+    func,
+    literal,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from flock.core.runs import Run, RunState, Usage
+from flock.core.store.protocol import RunFilter
+from flock.core.store.shared import LEASE_LOST, run_limit_error
+from flock.core.store.sql_schema import (
+    agent_errors,
+    artifacts,
+    correlations,
+    dumps_ids,
+    error_row,
+    run_from_row,
+    run_row,
+    runs,
+    to_micros,
+    usage_params,
+)
+from flock.core.store.sql_statements import visible_clause
+
+r = runs.c
+RUNNING, QUEUED = RunState.RUNNING.value, RunState.QUEUED.value
+
+_CLAIM_VALUES: dict[str, Any] = {
+    "state": RUNNING,
+    "worker": bindparam("p_worker"),
+    "fence": r.fence + 1,
+    "attempt": r.attempt + 1,
+    "started_at": bindparam("p_now"),
+    "due_at": bindparam("p_lease_until"),
+    "error": case((r.state == RUNNING, literal(LEASE_LOST)), else_=r.error),
+}
+
+
+def _claim_statement(postgres: bool, scope: str) -> Update:
+    candidates = (
+        select(r.id)
+        .where(r.due_at.is_not(None), r.due_at <= bindparam("p_now"))
+        .order_by(r.due_at, r.id)
+        .limit(bindparam("p_limit"))
+    )
+    if scope == "agent":
+        candidates = candidates.where(r.agent == bindparam("p_agent"))
+    elif scope == "uncapped":
+        candidates = candidates.where(r.agent.not_in(bindparam("p_capped", expanding=True)))
+    if postgres:
+        candidates = candidates.with_for_update(skip_locked=True)
+    return (
+        update(runs)
+        .where(r.id.in_(candidates.scalar_subquery()))
+        .values(_CLAIM_VALUES)
+        .returning(*runs.c)
+    )
+
+
+_CLAIMS = {
+    (postgres, scope): _claim_statement(postgres, scope)
+    for postgres in (False, True)
+    for scope in ("all", "agent", "uncapped")
+}
+_RUNNING_BY_AGENT = (
+    select(r.agent, func.count())
+    .where(
+        r.due_at.is_not(None),
+        r.state == RUNNING,
+        r.due_at > bindparam("p_now"),
+        r.agent.in_(bindparam("p_capped", expanding=True)),
+    )
+    .group_by(r.agent)
+)
+_INPUTS = select(artifacts).where(artifacts.c.id.in_(bindparam("ids", expanding=True)))
+
+
+async def claim(
+    conn: AsyncConnection,
+    *,
+    postgres: bool,
+    worker: str,
+    limit: int,
+    now: datetime,
+    lease_until: datetime,
+    caps: Mapping[str, int],
+) -> list[Run]:
+    """Claim up to `limit` due runs (see the module docstring); returns them as claimed."""
+    params: dict[str, Any] = {
+        "p_worker": worker,
+        "p_now": to_micros(now),
+        "p_lease_until": to_micros(lease_until),
+    }
+    if not caps:
+        rows = await conn.execute(_CLAIMS[postgres, "all"], {**params, "p_limit": limit})
+        return _sorted([run_from_row(row) for row in rows.mappings()])
+    capped = sorted(caps)
+    claimed: list[Run] = []
+    if postgres:  # one claimer at a time counts a capped agent's running runs
+        for agent in capped:
+            await conn.execute(
+                text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": f"flock:{agent}"}
+            )
+    counts = await conn.execute(_RUNNING_BY_AGENT, {"p_now": params["p_now"], "p_capped": capped})
+    running = dict(counts.tuples().all())
+    rows = await conn.execute(
+        _CLAIMS[postgres, "uncapped"], {**params, "p_limit": limit, "p_capped": capped}
+    )
+    claimed.extend(run_from_row(row) for row in rows.mappings())
+    for agent in capped:
+        room = min(caps[agent] - running.get(agent, 0), limit - len(claimed))
+        if room <= 0:
+            continue
+        rows = await conn.execute(
+            _CLAIMS[postgres, "agent"], {**params, "p_limit": room, "p_agent": agent}
+        )
+        claimed.extend(run_from_row(row) for row in rows.mappings())
+    return _sorted(claimed)
+
+
+def _sorted(claimed: list[Run]) -> list[Run]:
+    claimed.sort(key=lambda run: (run.started_at, run.created_at, run.id))
+    return claimed
+
+
+async def inputs_of(conn: AsyncConnection, claimed: Sequence[Run]) -> dict[str, Any]:
+    ids = sorted({i for run in claimed for i in run.input_ids})
+    if not ids:
+        return {}
+    rows = await conn.execute(_INPUTS, {"ids": ids})
+    return {row["id"]: row for row in rows.mappings()}
+
+
+NEXT_DUE = select(func.min(r.due_at)).where(r.due_at.is_not(None))
+
+
+def _fenced(*, live: bool = True) -> list[ColumnElement[bool]]:
+    where = [r.id == bindparam("p_run_id"), r.fence == bindparam("p_fence"), r.state == RUNNING]
+    if live:
+        where.append(r.due_at > bindparam("p_now"))
+    return where
+
+
+RENEW = update(runs).where(*_fenced()).values(due_at=bindparam("p_lease_until"))
+_ADD_USAGE = {
+    "usage_requests": r.usage_requests + bindparam("p_usage_requests"),
+    "usage_input_tokens": r.usage_input_tokens + bindparam("p_usage_input_tokens"),
+    "usage_output_tokens": r.usage_output_tokens + bindparam("p_usage_output_tokens"),
+}
+SUCCEED = (
+    update(runs)
+    .where(*_fenced())
+    .values(
+        state=RunState.SUCCEEDED.value,
+        due_at=None,
+        finished_at=bindparam("p_now"),
+        output_ids=bindparam("p_output_ids"),
+        error=None,
+        **_ADD_USAGE,
+    )
+    .returning(r.agent, r.correlation_id, r.input_ids)
+)
+REQUEUE_AFTER_FAILURE = (
+    update(runs)
+    .where(*_fenced())
+    .values(state=QUEUED, due_at=bindparam("p_retry_at"), error=bindparam("p_error"), **_ADD_USAGE)
+)
+DIE = (
+    update(runs)
+    .where(*_fenced())
+    .values(
+        state=RunState.DEAD.value,
+        due_at=None,
+        finished_at=bindparam("p_now"),
+        error=bindparam("p_error"),
+        **_ADD_USAGE,
+    )
+    .returning(r.agent, r.correlation_id, r.input_ids)
+)
+RELEASE = (
+    update(runs)
+    .where(*_fenced(live=False))
+    .values(state=QUEUED, due_at=bindparam("p_now"), attempt=r.attempt - 1)
+)
+CANCEL_CORRELATION = (
+    update(correlations)
+    .where(correlations.c.correlation_id == bindparam("p_correlation_id"))
+    .values(cancelled=1)
+)
+CANCEL_RUNS = (
+    update(runs)
+    .where(r.correlation_id == bindparam("p_correlation_id"), r.due_at.is_not(None))
+    .values(state=RunState.CANCELLED.value, due_at=None, finished_at=bindparam("p_now"))
+)
+RETRY = (
+    update(runs)
+    .where(
+        r.id == bindparam("p_run_id"),
+        r.state.in_((RunState.DEAD.value, RunState.CANCELLED.value)),
+    )
+    .values(state=QUEUED, attempt=0, error=None, finished_at=None, due_at=bindparam("p_now"))
+    .returning(*runs.c)
+)
+UNCANCEL = (
+    update(correlations)
+    .where(correlations.c.correlation_id == bindparam("p_correlation_id"))
+    .values(cancelled=0)
+)
+GET_RUN = select(runs).where(r.id == bindparam("p_run_id"))
+_CORRELATION_FOR_RUNS = select(
+    correlations.c.cancelled, correlations.c.run_count, correlations.c.limit_reported
+).where(correlations.c.correlation_id == bindparam("p_correlation_id"))
+_COUNT_RUNS = (
+    update(correlations)
+    .where(correlations.c.correlation_id == bindparam("p_correlation_id"))
+    .values(
+        run_count=correlations.c.run_count + bindparam("p_added"),
+        limit_reported=bindparam("p_limit_reported"),
+    )
+)
+PENDING_ALL = select(func.count()).select_from(runs).where(r.due_at.is_not(None))
+PROGRESS = select(
+    correlations.c.cancelled,
+    select(func.count())
+    .select_from(runs)
+    .where(r.correlation_id == correlations.c.correlation_id, r.due_at.is_not(None))
+    .scalar_subquery()
+    .label("pending"),
+).where(correlations.c.correlation_id == bindparam("p_correlation_id"))
+DEAD_RUNS = (
+    select(runs)
+    .where(r.correlation_id == bindparam("p_correlation_id"), r.state == RunState.DEAD.value)
+    .order_by(r.finished_at, r.id)
+)
+
+
+def _insert_runs_statement(postgres: bool) -> Any:
+    insert = postgresql.insert if postgres else sqlite.insert
+    return insert(runs).on_conflict_do_nothing(index_elements=[r.id]).returning(r.id)
+
+
+_INSERT_RUNS = {postgres: _insert_runs_statement(postgres) for postgres in (False, True)}
+
+
+async def insert_runs(
+    conn: AsyncConnection, new_runs: Sequence[Run], *, postgres: bool, max_runs: int | None
+) -> None:
+    """Create runs not stored yet, within each correlation's run bound; none in a
+    cancelled correlation. The correlation rows exist (their artifacts touched them)."""
+    by_correlation: dict[str, list[Run]] = {}
+    for run in new_runs:
+        by_correlation.setdefault(run.correlation_id, []).append(run)
+    for correlation_id, group in by_correlation.items():
+        params = {"p_correlation_id": correlation_id}
+        statement = _CORRELATION_FOR_RUNS.with_for_update() if postgres else _CORRELATION_FOR_RUNS
+        row = (await conn.execute(statement, params)).first()
+        if row is None or row.cancelled:
+            continue
+        room = len(group) if max_runs is None else max(max_runs - row.run_count, 0)
+        taken = group[:room]
+        added = 0
+        if taken:
+            result = await conn.execute(_INSERT_RUNS[postgres], [run_row(run) for run in taken])
+            added = len(result.scalars().all())
+        over = len(group) > room and not row.limit_reported
+        if over:
+            assert max_runs is not None
+            await conn.execute(
+                agent_errors.insert(), error_row(run_limit_error(group[room], max_runs))
+            )
+        if added or over:
+            await conn.execute(
+                _COUNT_RUNS,
+                {**params, "p_added": added, "p_limit_reported": 1 if over else row.limit_reported},
+            )
+
+
+def consumption_rows(
+    agent: str, correlation_id: str, input_ids: Sequence[str], at: int
+) -> list[dict[str, Any]]:
+    return [
+        {"artifact_id": i, "consumer": agent, "correlation_id": correlation_id, "consumed_at": at}
+        for i in dict.fromkeys(input_ids)
+    ]
+
+
+def succeed_params(
+    run_id: str, fence: int, now: int, output_ids: Sequence[str], usage: Usage | None
+) -> dict[str, Any]:
+    return {
+        "p_run_id": run_id,
+        "p_fence": fence,
+        "p_now": now,
+        "p_output_ids": dumps_ids(output_ids),
+        **usage_params(usage),
+    }
+
+
+def query_runs_statements(
+    filters: RunFilter, limit: int, offset: int
+) -> tuple[Any, Any, dict[str, Any]]:
+    """The page and count statements of `query_runs`, and their parameters."""
+    where: list[ColumnElement[bool]] = []
+    params: dict[str, Any] = {}
+    if filters.correlation_id is not None:
+        where.append(r.correlation_id == bindparam("p_correlation_id"))
+        params["p_correlation_id"] = filters.correlation_id
+    if filters.agent is not None:
+        where.append(r.agent == bindparam("p_agent"))
+        params["p_agent"] = filters.agent
+    if filters.state is not None:
+        where.append(r.state == bindparam("p_state"))
+        params["p_state"] = filters.state.value
+    if filters.visible_to is not None:
+        viewer = filters.visible_to
+        params.update(
+            viewer_name=viewer.name,
+            viewer_tenant=viewer.tenant,
+            viewer_labels=sorted(viewer.labels),
+        )
+        a = artifacts.c
+        where.append(select(a.id).where(a.id == r.first_input_id, visible_clause()).exists())
+    page = select(runs).where(*where).order_by(r.created_at, r.id).offset(bindparam("p_offset"))
+    params["p_offset"] = offset
+    if limit >= 0:
+        page = page.limit(bindparam("p_limit"))
+        params["p_limit"] = limit
+    count = select(func.count()).select_from(runs).where(*where)
+    return page, count, params
+
+
+__all__ = [
+    "CANCEL_CORRELATION",
+    "CANCEL_RUNS",
+    "DEAD_RUNS",
+    "DIE",
+    "GET_RUN",
+    "NEXT_DUE",
+    "PENDING_ALL",
+    "PROGRESS",
+    "RELEASE",
+    "RENEW",
+    "REQUEUE_AFTER_FAILURE",
+    "RETRY",
+    "SUCCEED",
+    "UNCANCEL",
+    "claim",
+    "consumption_rows",
+    "inputs_of",
+    "insert_runs",
+    "query_runs_statements",
+    "succeed_params",
+]

@@ -1,0 +1,89 @@
+"""Waiting for correlations: in-process events, the store's record as the only truth.
+
+A waiter re-reads the store's progress of its correlation whenever this process changed
+it (an event, no polling); where other processes may change it too (a shared SQL store),
+it also re-reads with a backoff, until the store's notifications replace that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from enum import StrEnum
+
+from flock.core.store.protocol import BlackboardStore
+
+
+class WaitOutcome(StrEnum):
+    IDLE = "idle"  # no run of it is queued or running
+    CANCELLED = "cancelled"
+    TIMEOUT = "timeout"
+    SHUTDOWN = "shutdown"  # this process stopped executing runs before it finished
+
+    @property
+    def completed(self) -> bool:
+        return self is WaitOutcome.IDLE
+
+
+class CorrelationWatch:
+    """Wakes the waiters of a correlation (and those of everything) when it may have changed."""
+
+    def __init__(self, *, poll_seconds: float | None) -> None:
+        self.poll_seconds = poll_seconds
+        self._waiters: dict[str | None, set[asyncio.Event]] = {}
+        self.closed = False
+
+    def changed(self, correlation_id: str) -> None:
+        for key in (correlation_id, None):
+            for event in self._waiters.get(key, ()):
+                event.set()
+
+    def changed_all(self) -> None:
+        for events in self._waiters.values():
+            for event in events:
+                event.set()
+
+    def close(self) -> None:
+        """This process stops executing runs: every waiter answers now."""
+        self.closed = True
+        self.changed_all()
+
+    def reopen(self) -> None:
+        self.closed = False
+
+    async def wait(
+        self, store: BlackboardStore, correlation_id: str | None, timeout: float | None
+    ) -> WaitOutcome:
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        event = asyncio.Event()
+        waiters = self._waiters.setdefault(correlation_id, set())
+        waiters.add(event)
+        delay = 0.005
+        try:
+            while True:
+                event.clear()
+                progress = await store.progress(correlation_id)
+                if progress.cancelled:
+                    return WaitOutcome.CANCELLED
+                if not progress.pending:
+                    return WaitOutcome.IDLE
+                if self.closed:
+                    return WaitOutcome.SHUTDOWN
+                wait = None if deadline is None else deadline - loop.time()
+                if wait is not None and wait <= 0:
+                    return WaitOutcome.TIMEOUT
+                if self.poll_seconds is not None:
+                    wait = delay if wait is None else min(wait, delay)
+                    delay = min(delay * 2, self.poll_seconds)
+                try:
+                    async with asyncio.timeout(wait):
+                        await event.wait()
+                except TimeoutError:
+                    pass
+        finally:
+            waiters.discard(event)
+            if not waiters:
+                self._waiters.pop(correlation_id, None)
+
+
+__all__ = ["CorrelationWatch", "WaitOutcome"]

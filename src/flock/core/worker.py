@@ -1,0 +1,347 @@
+"""The worker: claims due runs under a lease, executes their engines, commits fenced results.
+
+One worker runs inside every `Flock` that executes runs (the library, `flock serve`). It
+holds at most `concurrency` runs at once; each run's lease is renewed while its engine runs,
+and every write about the run names the fence its claim returned, so a worker that lost the
+lease (it froze, or the store was out of reach) can neither commit nor fail the run: the
+worker that took the run over does. Nothing here is the source of truth: the store is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Literal
+
+from flock.core.agent import AgentOutputError, RunContext
+from flock.core.runs import NonRetryableError
+from flock.core.store.protocol import ClaimedRun
+from flock.core.store.shared import LEASE_LOST
+from flock.core.triggers import describe_exception
+
+if TYPE_CHECKING:
+    from flock.core.orchestrator import Flock
+
+logger = logging.getLogger("flock.worker")
+
+StopReason = Literal["cancelled", "lost", "shutdown"]
+
+
+def _env_number(name: str, default: float, *, integer: bool = False) -> float:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a number, got {raw!r}") from None
+    if not math.isfinite(value) or value <= 0 or (integer and value != int(value)):
+        kind = "a whole number" if integer else "a finite number"
+        raise ValueError(f"{name} must be {kind} > 0, got {raw!r}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSettings:
+    """How a worker runs runs.
+
+    - concurrency (`FLOCK_WORKER_CONCURRENCY`, 64): runs this process executes at once.
+    - lease_seconds (`FLOCK_RUN_LEASE`, 30): how long a claim holds without renewal; a run
+      whose worker died is taken over by another one this long after its last renewal.
+    - run_timeout (`FLOCK_RUN_TIMEOUT`, 600): seconds per attempt unless `agent.timeout()`.
+    - poll_seconds (`FLOCK_WORKER_POLL`, 1): how often an idle worker looks for runs queued
+      by other processes (a fallback; runs of this process wake it at once).
+    """
+
+    concurrency: int = 64
+    lease_seconds: float = 30.0
+    run_timeout: float = 600.0
+    poll_seconds: float = 1.0
+
+    @classmethod
+    def from_env(cls) -> WorkerSettings:
+        return cls(
+            concurrency=int(_env_number("FLOCK_WORKER_CONCURRENCY", 64, integer=True)),
+            lease_seconds=_env_number("FLOCK_RUN_LEASE", 30.0),
+            run_timeout=_env_number("FLOCK_RUN_TIMEOUT", 600.0),
+            poll_seconds=_env_number("FLOCK_WORKER_POLL", 1.0),
+        )
+
+
+@dataclass(eq=False, slots=True)
+class _Active:
+    """A run this worker executes: its task, the fence of its claim, why it was stopped."""
+
+    claimed: ClaimedRun
+    task: asyncio.Task[None] | None = None
+    reason: StopReason | None = None
+
+    @property
+    def fence(self) -> int:
+        return self.claimed.run.fence
+
+    def stop(self, reason: StopReason) -> None:
+        if self.reason is None:
+            self.reason = reason
+        if self.task is not None:
+            self.task.cancel()
+
+
+@dataclass(eq=False)
+class Worker:
+    """Claims and executes the runs of one Flock's store (see the module docstring)."""
+
+    flock: Flock
+    settings: WorkerSettings
+    name: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+    _active: dict[str, _Active] = field(default_factory=dict)
+    _loop_task: asyncio.Task[None] | None = None
+    _wake: asyncio.Event | None = None
+    _claiming: bool = True
+
+    @property
+    def running(self) -> bool:
+        task = self._loop_task
+        return task is not None and not task.done()
+
+    @property
+    def active_runs(self) -> int:
+        return len(self._active)
+
+    def start(self) -> None:
+        """Start claiming in the running event loop (again after a stop, or in a new loop)."""
+        loop = asyncio.get_running_loop()
+        task = self._loop_task
+        if task is not None and not task.done() and task.get_loop() is loop:
+            return
+        self._active = {}
+        self._wake = asyncio.Event()
+        self._claiming = True
+        self._loop_task = loop.create_task(self._claim_loop(), name=f"flock-worker {self.name}")
+
+    def wake(self) -> None:
+        """Something may be due: look for runs now."""
+        if self._wake is not None:
+            self._wake.set()
+
+    def stop_claiming(self) -> None:
+        self._claiming = False
+        self.wake()
+
+    async def stop(self, grace: float) -> None:
+        """Stop claiming, give running engines `grace` seconds, then release what is left
+        (queued again at once, the attempt not counted) for another worker to take."""
+        self.stop_claiming()
+        tasks = [a.task for a in self._active.values() if a.task is not None]
+        if tasks and grace > 0:
+            await asyncio.wait(tasks, timeout=grace)
+        left = [a for a in self._active.values() if a.task is not None and not a.task.done()]
+        for active in left:
+            active.stop("shutdown")
+        if left:
+            logger.info("shutdown: releasing %d run(s) still running", len(left))
+            await asyncio.gather(*(a.task for a in left if a.task), return_exceptions=True)
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            await asyncio.gather(self._loop_task, return_exceptions=True)
+
+    def cancel_local(self, correlation_id: str) -> None:
+        """Cancel the engines this worker runs for the correlation (it was cancelled)."""
+        for active in list(self._active.values()):
+            if active.claimed.run.correlation_id == correlation_id:
+                active.stop("cancelled")
+
+    # -- the claim loop ---------------------------------------------------------------------
+
+    async def _claim_loop(self) -> None:
+        assert self._wake is not None
+        wake, settings = self._wake, self.settings
+        failures = 0
+        while self._claiming:
+            wake.clear()
+            delay = settings.poll_seconds
+            free = settings.concurrency - len(self._active)
+            if free > 0:
+                try:
+                    claimed = await self.flock.store.claim_runs(
+                        self.name, free, settings.lease_seconds, self._caps()
+                    )
+                    failures = 0
+                    for item in claimed:
+                        self._spawn(item)
+                    if len(claimed) == free:
+                        continue  # perhaps more are due; free slots wake us
+                    # Sleep until the next run falls due; one due already is held back by
+                    # a `max_concurrency` cap, and a run ending wakes us for it.
+                    due = await self.flock.store.next_due()
+                    if due is not None:
+                        wait = (due - datetime.now(UTC)).total_seconds()
+                        if wait > 0:
+                            delay = min(delay, wait)
+                except Exception:
+                    failures += 1
+                    logger.exception("could not claim runs (attempt %d); retrying", failures)
+                    delay = min(0.05 * 2**failures, settings.poll_seconds)
+            if not self._claiming:
+                break
+            if delay > 0:
+                try:
+                    async with asyncio.timeout(delay):
+                        await wake.wait()
+                except TimeoutError:
+                    pass
+
+    def _caps(self) -> Mapping[str, int]:
+        return {
+            a.name: a.max_concurrency for a in self.flock.agents if a.max_concurrency is not None
+        }
+
+    def _spawn(self, claimed: ClaimedRun) -> None:
+        active = _Active(claimed)
+        run_id = claimed.run.id
+        self._active[run_id] = active
+        task = asyncio.get_running_loop().create_task(self._execute(active))
+        active.task = task
+
+        def done(_: asyncio.Task[None]) -> None:
+            if self._active.get(run_id) is active:
+                del self._active[run_id]
+            self.wake()
+
+        task.add_done_callback(done)
+
+    # -- one run ----------------------------------------------------------------------------
+
+    async def _execute(self, active: _Active) -> None:
+        flock, store, stats = self.flock, self.flock.store, self.flock.stats
+        claimed = active.claimed
+        run = claimed.run
+        if claimed.recovered:
+            stats.runs_recovered += 1
+        renewer = asyncio.get_running_loop().create_task(self._renew(active))
+        try:
+            failure = self._unrunnable(claimed)
+            if failure is not None:
+                await self._fail(active, failure, retryable=False)
+                return
+            agent = flock.get_agent(run.agent)
+            ctx = RunContext(
+                agent.name, run.correlation_id, claimed.inputs, flock, run.id, run.attempt
+            )
+            timeout = agent.timeout or self.settings.run_timeout
+            try:
+                async with asyncio.timeout(timeout):
+                    outputs = await flock.execute_engines(agent, claimed.inputs, ctx)
+            except asyncio.CancelledError:
+                if active.reason is None:
+                    raise  # not ours: the loop is going away
+                if active.reason == "shutdown":
+                    await store.release_run(run.id, active.fence)
+                elif active.reason == "lost":
+                    stats.runs_fenced += 1
+                return
+            except TimeoutError:
+                stats.agent_failures += 1
+                message = f"TimeoutError: the attempt took longer than {timeout:g} s"
+                await self._fail(active, message, retryable=True, usage=ctx)
+                return
+            except Exception as exc:  # an agent's failure is data, not a crash
+                stats.agent_failures += 1
+                logger.warning(
+                    "agent %s failed on %s (run %s, attempt %d of %d, correlation %s): %s",
+                    run.agent,
+                    ", ".join(run.input_ids),
+                    run.id,
+                    run.attempt,
+                    run.max_attempts,
+                    run.correlation_id,
+                    describe_exception(exc),
+                    exc_info=exc,
+                )
+                retryable = agent.retry_policy.retryable(exc) and not isinstance(
+                    exc, AgentOutputError
+                )
+                await self._fail(active, describe_exception(exc), retryable=retryable, usage=ctx)
+                return
+            triggered = flock.runs_triggered_by(outputs, principal=run.principal)
+            committed = await store.complete_run(
+                run.id,
+                active.fence,
+                outputs,
+                triggered,
+                usage=ctx.usage,
+                max_runs=flock.max_runs_per_correlation,
+            )
+            if committed:
+                stats.agent_runs += 1
+                stats.artifacts_published += len(outputs)
+            else:
+                stats.runs_fenced += 1
+                logger.warning("run %s lost its lease before committing; dropped", run.id)
+        except asyncio.CancelledError:
+            if active.reason is None:
+                raise
+        except Exception:
+            # The store failed: the lease runs out and the run is taken over, as after a crash.
+            logger.exception(
+                "run %s could not be recorded; it is retried once its lease ends", run.id
+            )
+        finally:
+            renewer.cancel()
+            flock.watch.changed(run.correlation_id)
+
+    def _unrunnable(self, claimed: ClaimedRun) -> str | None:
+        run = claimed.run
+        if run.attempt > run.max_attempts:
+            return f"{LEASE_LOST}; no attempts left ({run.max_attempts} used)"
+        try:
+            self.flock.get_agent(run.agent)
+        except KeyError:
+            return f"this app has no agent named {run.agent!r}"
+        if len(claimed.inputs) != len(run.input_ids):
+            return "an input artifact of the run is missing from the store"
+        return None
+
+    async def _fail(
+        self, active: _Active, message: str, *, retryable: bool, usage: RunContext | None = None
+    ) -> None:
+        run = active.claimed.run
+        retry_at = None
+        if retryable and run.attempt < run.max_attempts:
+            policy = self.flock.get_agent(run.agent).retry_policy
+            retry_at = datetime.now(UTC) + timedelta(seconds=policy.delay(run.attempt))
+        recorded = await self.flock.store.fail_run(
+            run.id,
+            active.fence,
+            message,
+            retry_at=retry_at,
+            usage=usage.usage if usage is not None else None,
+        )
+        self.flock.stats.agent_runs += 1  # attempts that ended, failed ones included
+        if not recorded:
+            self.flock.stats.runs_fenced += 1
+
+    async def _renew(self, active: _Active) -> None:
+        """Renew the run's lease every third of it; stop the engine once it is lost."""
+        lease = self.settings.lease_seconds
+        run = active.claimed.run
+        while True:
+            await asyncio.sleep(lease / 3)
+            try:
+                held = await self.flock.store.renew_lease(run.id, active.fence, lease)
+            except Exception as exc:
+                logger.warning("could not renew the lease of run %s: %s", run.id, exc)
+                continue
+            if not held:
+                logger.warning("run %s lost its lease (cancelled or taken over); stopping", run.id)
+                active.stop("lost")
+                return
+
+
+__all__ = ["NonRetryableError", "Worker", "WorkerSettings"]
