@@ -5,7 +5,7 @@ from __future__ import annotations
 import bisect
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -74,7 +74,7 @@ class InMemoryBlackboardStore:
     ) -> Artifact:
         stored = self._by_id.get(artifact.id)
         if stored is not None:
-            return stored
+            return replace(stored)  # never the caller's object: it was not stored now
         self._add(artifact)
         self._create_runs(runs, max_runs)
         return artifact
