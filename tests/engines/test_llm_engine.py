@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 from pydantic_ai import ModelResponse, TextPart, ToolCallPart
+from pydantic_ai import RunContext as ToolContext
 from pydantic_ai.messages import ModelMessage, ModelRequest, ToolReturnPart, UserPromptPart
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 from pydantic_ai.models.test import TestModel
@@ -305,3 +306,24 @@ async def test_usage_and_metrics_count_per_agent() -> None:
 def test_engine_errors_are_importable_from_flock_engines() -> None:
     assert repr(LLMEngine("test")) == "LLMEngine('test')"
     assert LLMEngine(TestModel()).model_name == "test:test"
+
+
+async def test_a_tool_taking_a_run_context_gets_the_flock_run_context_as_deps() -> None:
+    seen: list[tuple[str, int, str]] = []
+
+    def open_incident(tool_ctx: ToolContext[RunContext], team: str) -> str:
+        """Open an incident, once per run."""
+        run = tool_ctx.deps
+        seen.append((run.run_id, run.attempt, run.inputs[0].id))
+        return "INC-1"
+
+    def model(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        if len(messages) == 1:
+            return answer(("open_incident", {"team": "facilities"}))
+        return answer((output_tool(info), TRIAGE))
+
+    engine = LLMEngine(FunctionModel(model), tools=[open_incident])
+    ctx = context(triage_flock(engine))
+    ctx.run_id, ctx.attempt = "run-1", 2
+    await engine.evaluate(ctx, [TICKET])
+    assert seen == [("run-1", 2, ctx.inputs[0].id)]

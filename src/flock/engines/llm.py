@@ -94,7 +94,9 @@ class LLMEngine:
     `model` is `"openai:NAME"` (any OpenAI-compatible chat completions server; endpoint and
     key from `base_url`/`api_key` or `OPENAI_BASE_URL`/`OPENAI_API_KEY`), `"test"` (offline),
     another pydantic-ai model name, or a pydantic-ai `Model`; by default `FLOCK_LLM_MODEL`.
-    `tools` are plain Python functions the model may call (sync ones run in a thread).
+    `tools` are plain Python functions the model may call (sync ones run in a thread); one
+    whose first parameter is a `pydantic_ai.RunContext` gets the Flock `RunContext` of the
+    run as its `.deps` (`run_id`, `attempt`, `inputs`: keys for idempotent side effects).
     Output that fails validation goes back to the model up to `output_retries` times;
     `timeout` bounds each model request (the SDK's own retries included).
     """
@@ -147,7 +149,7 @@ class LLMEngine:
         self._api_key = api_key
         settings: dict[str, Any] = {"request_timeout": self.timeout, **(model_settings or {})}
         self._settings = cast("ModelSettings", settings)
-        self._runners: dict[tuple[Any, ...], ModelAgent[None, Any]] = {}
+        self._runners: dict[tuple[Any, ...], ModelAgent[RunContext, Any]] = {}
         self._bound: tuple[asyncio.AbstractEventLoop, Model] | None = None
 
     @property
@@ -174,6 +176,7 @@ class LLMEngine:
             result = await runner.run(
                 user_prompt(ctx.inputs, inputs),
                 model=model,
+                deps=ctx,
                 usage=usage,
                 model_settings=self._settings,
             )
@@ -187,7 +190,7 @@ class LLMEngine:
 
     # -- what the model is asked --------------------------------------------------------
 
-    def _runner_for(self, agent: Agent) -> ModelAgent[None, Any]:
+    def _runner_for(self, agent: Agent) -> ModelAgent[RunContext, Any]:
         """The pydantic-ai agent for this Flock agent: its instructions and output type."""
         models = tuple(dict.fromkeys(output.model for output in agent.outputs))
         if not models:
@@ -203,6 +206,7 @@ class LLMEngine:
             runner = ModelAgent(
                 output_type=models[0] if len(models) == 1 else list(models),
                 instructions=instructions_for(agent, self.instructions),
+                deps_type=RunContext,
                 tools=self.tools,
                 retries={"output": self.output_retries},
                 name=agent.name,
