@@ -121,17 +121,7 @@ class LLMEngine:
                     f"LLMEngine needs a model: pass model='openai:NAME' (or 'test'), "
                     f"or set {MODEL_ENV}"
                 )
-        if isinstance(output_retries, bool) or not isinstance(output_retries, int):
-            raise AgentConfigError(f"output_retries must be an int >= 0, got {output_retries!r}")
-        if output_retries < 0:
-            raise AgentConfigError(f"output_retries must be an int >= 0, got {output_retries!r}")
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float):
-            raise AgentConfigError(f"timeout must be a number of seconds > 0, got {timeout!r}")
-        if not math.isfinite(timeout) or timeout <= 0:
-            raise AgentConfigError(f"timeout must be a number of seconds > 0, got {timeout!r}")
-        for tool in tools:
-            if not callable(tool):
-                raise AgentConfigError(f"tools= takes functions, got {tool!r}")
+        _check_arguments(output_retries, timeout, tools)
         self._chat_model = isinstance(model, str) and model.startswith(_CHAT_PREFIXES)
         if (base_url is not None or api_key is not None) and not self._chat_model:
             raise AgentConfigError(
@@ -315,6 +305,24 @@ class LLMEngine:
             if secret and len(secret) >= 4:
                 text = text.replace(secret, "***")
         return text
+
+
+def _check_arguments(output_retries: object, timeout: object, tools: Sequence[object]) -> None:
+    if (
+        isinstance(output_retries, bool)
+        or not isinstance(output_retries, int)
+        or output_retries < 0
+    ):
+        raise AgentConfigError(f"output_retries must be an int >= 0, got {output_retries!r}")
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not (math.isfinite(timeout) and timeout > 0)
+    ):
+        raise AgentConfigError(f"timeout must be a number of seconds > 0, got {timeout!r}")
+    for tool in tools:
+        if not callable(tool):
+            raise AgentConfigError(f"tools= takes functions, got {tool!r}")
 
 
 def _check_openai_settings(base_url: str | None, api_key: str | None) -> None:
