@@ -327,3 +327,19 @@ async def test_a_tool_taking_a_run_context_gets_the_flock_run_context_as_deps() 
     ctx.run_id, ctx.attempt = "run-1", 2
     await engine.evaluate(ctx, [TICKET])
     assert seen == [("run-1", 2, ctx.inputs[0].id)]
+
+
+async def test_a_tool_that_raises_fails_the_attempt_with_its_own_error() -> None:
+    def broken(customer: str) -> str:
+        """Always fails."""
+        raise KeyError("no such customer")
+
+    def model(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        return answer(("broken", {"customer": "acme"}))
+
+    engine = LLMEngine(FunctionModel(model), tools=[broken])
+    ctx = context(triage_flock(engine))
+    with pytest.raises(KeyError, match="no such customer") as caught:
+        await engine.evaluate(ctx, [TICKET])
+    assert caught.value.__cause__ is None
+    assert ctx.usage.requests == 1

@@ -172,7 +172,10 @@ class LLMEngine:
             )
         except Exception as exc:
             failure = exc
-            raise self._translate(exc) from exc
+            translated = self._translate(exc)
+            if translated is exc:
+                raise
+            raise translated from exc
         finally:
             _tally.reset(token)
             self._account(ctx, usage, tally, failure)
