@@ -26,6 +26,20 @@ class _StatsCollector(Collector):
             ("flock_agent_failures", "Agent runs that raised", self._stats.agent_failures),
         ):
             yield CounterMetricFamily(name, doc, value=value)
+        tokens = CounterMetricFamily(
+            "flock_llm_tokens", "Model tokens spent by agent and kind", labels=("agent", "kind")
+        )
+        for (agent, kind), value in sorted(self._stats.llm_tokens.items()):
+            tokens.add_metric((agent, kind), value)
+        yield tokens
+        requests = CounterMetricFamily(
+            "flock_llm_requests",
+            "Model requests sent by agent and outcome",
+            labels=("agent", "outcome"),
+        )
+        for (agent, outcome), value in sorted(self._stats.llm_requests.items()):
+            requests.add_metric((agent, outcome), value)
+        yield requests
 
 
 class _OutcomesCollector(Collector):
