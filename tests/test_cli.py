@@ -121,7 +121,7 @@ def test_debug_adds_the_traceback(tmp_path: Path) -> None:
     source, _ = BROKEN_APPS["raises.py"]
     (tmp_path / "raises.py").write_text(source)
 
-    result = flock_cli("serve", "raises.py", "--debug", cwd=tmp_path)
+    result = flock_cli("serve", "raises.py", "--debug", "--port", str(free_port()), cwd=tmp_path)
 
     assert result.returncode == 2
     assert "Traceback (most recent call last)" in result.stderr
@@ -205,7 +205,9 @@ async def test_serves_a_service_with_routes_of_its_own(tmp_path: Path) -> None:
 
 def test_a_service_refuses_store_flags_it_cannot_honour(tmp_path: Path) -> None:
     (tmp_path / "shop.py").write_text((ROOT / "examples" / "idempotent_route.py").read_text())
-    result = flock_cli("serve", "shop.py", "--idempotency", "memory://", cwd=tmp_path)
+    result = flock_cli(
+        "serve", "shop.py", "--idempotency", "memory://", "--port", str(free_port()), cwd=tmp_path
+    )
     assert result.returncode == 2
     assert "builds its own BlackboardHTTPService" in result.stderr
 

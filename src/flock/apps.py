@@ -40,13 +40,19 @@ class LoadedApp:
     service: BlackboardHTTPService | None = None
 
 
+def check_app_ref(ref: str) -> None:
+    """The checks that need no import: a file APP must exist."""
+    target = ref.partition(":")[0]
+    if (target.endswith(".py") or os.sep in target) and not Path(target).is_file():
+        raise AppLoadError(f"no such file: {target}")
+
+
 def load_app(ref: str) -> LoadedApp:
     """Import APP and return what it serves (see the module docstring)."""
+    check_app_ref(ref)
     target, _, attr = ref.partition(":")
     if target.endswith(".py") or os.sep in target:
         path = Path(target).resolve()
-        if not path.is_file():
-            raise AppLoadError(f"no such file: {target}")
         name = path.stem
         module = _exec_file(path, target)
     else:
@@ -152,4 +158,4 @@ def _shorten(filename: str) -> str:
         return filename
 
 
-__all__ = ["AppLoadError", "LoadedApp", "describe_failure", "load_app"]
+__all__ = ["AppLoadError", "LoadedApp", "check_app_ref", "describe_failure", "load_app"]

@@ -268,6 +268,7 @@ def serve(
         logging.basicConfig(
             level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
         )
+        _check_arguments(app_ref, demo)
         args = (app_ref, demo, host, port, store, idempotency, api_keys)
         if workers > 1:
             _serve_workers(*args, workers, shutdown_grace, log_level)
@@ -277,6 +278,19 @@ def serve(
         raise
     except Exception as exc:
         _fail(exc, debug)
+
+
+def _check_arguments(app_ref: str | None, demo: bool) -> None:
+    """What can be refused before the port is bound and anything is imported."""
+    if demo == (app_ref is not None):
+        raise CLIError("give either an APP (path/to/app.py or module:attr) or --demo")
+    if app_ref is not None:
+        from flock.apps import AppLoadError, check_app_ref
+
+        try:
+            check_app_ref(app_ref)
+        except AppLoadError as exc:
+            raise CLIError(str(exc)) from None
 
 
 def _fail(exc: BaseException, debug: bool) -> None:
