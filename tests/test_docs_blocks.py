@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -28,7 +29,7 @@ FENCE = re.compile(
     r"^(?:<!-- docs-test: (?P<mark>[^\n]*?) -->\n)?```(?P<lang>[\w-]*)\n(?P<code>.*?)^```$",
     re.M | re.S,
 )
-BLOCK_SECONDS = 120
+BLOCK_SECONDS = 60
 
 
 @dataclass
@@ -76,13 +77,25 @@ def _point_at(code: str, url: str) -> str:
 
 
 def _run(command: list[str], block: str, url: str, cwd: Path) -> None:
+    """Run a block in a process group of its own: a block that hangs (say, one that starts
+    a server and is not marked) is killed with everything it started."""
     env = server_env(FLOCK_URL=url, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "src")]))
-    result = subprocess.run(
-        command, cwd=cwd, env=env, capture_output=True, text=True, timeout=BLOCK_SECONDS
-    )
-    assert result.returncode == 0, (
-        f"{block} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
-    )
+    with subprocess.Popen(
+        command,
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    ) as process:
+        try:
+            stdout, stderr = process.communicate(timeout=BLOCK_SECONDS)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            stdout, stderr = process.communicate()
+            pytest.fail(f"{block} still ran after {BLOCK_SECONDS} s:\n{stdout}\n{stderr}")
+    assert process.returncode == 0, f"{block} exited {process.returncode}:\n{stdout}\n{stderr}"
 
 
 @pytest.fixture(scope="module")
