@@ -121,7 +121,14 @@ def _main() -> None:
     import sys
 
     path = Path(sys.argv[1]) if len(sys.argv) > 1 else RESULTS_DIR / "latest.json"
-    data = json.loads(path.read_text())
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        sys.exit(
+            f"error: cannot read results file {path}: {reason} "
+            "(run `uv run python -m benchmarks` first, or name a results file)"
+        )
     fields = Row.__dataclass_fields__
     rows = [Row(**{k: v for k, v in row.items() if k in fields}) for row in data["rows"]]
     print(markdown(rows))

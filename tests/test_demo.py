@@ -105,4 +105,6 @@ async def test_demo_serves_from_an_installed_wheel(tmp_path: Path) -> None:
     assert result["completed"] is True
     assert {a["type"] for a in result["artifacts"]} == {"Document", "Summary", "Keywords", "Report"}
     assert status == 0, log.read_text()
-    assert (workdir / ".flock" / "blackboard.db").is_file()  # the default stores, under cwd
+    assert (
+        workdir / ".flock" / "demo" / "blackboard.db"
+    ).is_file()  # the default stores, under cwd

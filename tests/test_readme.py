@@ -37,7 +37,7 @@ def test_python_example_runs_as_written(tmp_path: Path) -> None:
 def test_curl_example_against_the_demo(tmp_path: Path) -> None:
     (bash,) = [b for b in _blocks("bash") if "curl" in b]
     command = re.sub(r"\\\n\s*", " ", bash).strip()
-    # default stores: SQLite files under ./.flock/
+    # default stores: SQLite files under ./.flock/demo/
     with ServeProcess("--demo", cwd=tmp_path, env={"FLOCK_LOG_LEVEL": "warning"}) as server:
         command = command.replace("127.0.0.1:8344", f"127.0.0.1:{server.port}")
         first = subprocess.run([*shlex.split(command), "-i"], capture_output=True, text=True)
@@ -50,4 +50,4 @@ def test_curl_example_against_the_demo(tmp_path: Path) -> None:
     assert {a["type"] for a in result["artifacts"]} == {"Document", "Summary", "Keywords", "Report"}
     assert "idempotent-replayed: true" in again.stdout.lower()
     assert again.stdout.partition("\n\n")[2] == body
-    assert (tmp_path / ".flock" / "blackboard.db").exists()
+    assert (tmp_path / ".flock" / "demo" / "blackboard.db").exists()

@@ -1,79 +1,168 @@
-"""`flock serve`: run the REST API of an app's Flock (or the built-in demo)."""
+"""`flock serve`: run the REST API of an app's Flock (or the built-in demo).
+
+Only typer is imported up front: FastAPI, SQLAlchemy, uvicorn and the app are imported once
+a command runs, so `--help` and `--version` answer at once. Every expected failure (a bad
+option, an app that does not load, a busy port) is one line on stderr and a non-zero exit;
+`--debug` (or FLOCK_DEBUG=1) adds the traceback.
+"""
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import logging
 import os
-import sys
+import re
+import socket
+import traceback
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-import uvicorn
 
-from flock.api.auth import APIKeyring
-from flock.api.idempotency import store_from_url as idempotency_store_from_url
-from flock.api.service import BlackboardHTTPService
-from flock.core.orchestrator import Flock
-from flock.core.store.sql import store_from_url
-from flock.server import DEFAULT_GRACE_SECONDS, DrainingServer, drain_running_server
+if TYPE_CHECKING:
+    from flock.api.service import BlackboardHTTPService
+    from flock.apps import LoadedApp
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Flock: agents on a blackboard.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    rich_markup_mode=None,  # plain click help: rich alone costs ~0.25 s per `--help`
+    pretty_exceptions_enable=False,
+    help="Flock: agents on a blackboard.",
+)
+logger = logging.getLogger("flock.serve")
 
 # Longer than the idle timeout of common load balancers (60 s), so the server never closes
 # a kept-alive connection just as a client sends its next request on it.
 KEEP_ALIVE_SECONDS = 75
-DEFAULT_STORE = "sqlite:///.flock/blackboard.db"
-DEFAULT_IDEMPOTENCY = "sqlite:///.flock/idempotency.db"
+DEFAULT_GRACE_SECONDS = 30.0  # flock.server.DEFAULT_GRACE_SECONDS, without importing uvicorn
+DATA_ROOT = Path(".flock")
 _SHARED_SCHEMES = ("postgresql://", "postgres://", "postgresql+asyncpg://", "redis://", "rediss://")
+EXIT_USAGE = 2  # a bad option or app: fix the command line
+EXIT_STARTUP = 3  # the server could not start (uvicorn's code for the same)
 
 
 class CLIError(Exception):
     """A user-facing configuration error (printed without a traceback)."""
 
 
-def demo_flock() -> Flock:
+def data_dir(app_name: str) -> Path:
+    """The default data folder of an app: `./.flock/<app name>/`, one per app."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", app_name).strip("._") or "app"
+    return DATA_ROOT / safe
+
+
+def listen_socket(host: str, port: int) -> socket.socket:
+    """Bind and listen on (host, port) before anything else is opened, so a busy port
+    fails at once with a clear reason. Raises OSError with that reason."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(address)
+        sock.listen(2048)
+        sock.set_inheritable(True)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def demo_flock() -> Any:
     """The demo cascade of `--demo`, from the installed package (`flock.demo`)."""
     from flock import demo  # imported on demand: it registers the demo's types
 
     return demo.build()
 
 
-def load_flock(ref: str) -> Flock:
-    """`path/to/app.py[:attr]` or `package.module[:attr]`; attr defaults to `flock`."""
-    target, _, attr = ref.partition(":")
-    attr = attr or "flock"
-    if target.endswith(".py") or os.sep in target:
-        path = Path(target).resolve()
-        if not path.is_file():
-            raise CLIError(f"no such file: {target}")
-        module_name = f"flock_app_{path.stem}"
-        spec = importlib.util.spec_from_file_location(module_name, path)
-        if spec is None or spec.loader is None:
-            raise CLIError(f"cannot load {target} as a Python module")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[module_name] = module
-        sys.path.insert(0, str(path.parent))
-        spec.loader.exec_module(module)
-    else:
-        sys.path.insert(0, os.getcwd())
-        try:
-            module = importlib.import_module(target)
-        except ImportError as exc:
-            raise CLIError(f"cannot import {target!r}: {exc}") from exc
-    obj: Any = getattr(module, attr, None)
-    if callable(obj) and not isinstance(obj, Flock):
-        obj = obj()
-    if not isinstance(obj, Flock):
-        raise CLIError(f"{ref}: expected `{attr}` to be a Flock (or a function returning one)")
-    return obj
+def load_flock(ref: str) -> Any:
+    """The Flock that APP serves (see `flock.apps.load_app`)."""
+    return _load(ref).flock
+
+
+def _load(ref: str) -> LoadedApp:
+    from flock.apps import AppLoadError, load_app
+
+    try:
+        return load_app(ref)
+    except AppLoadError as exc:
+        raise CLIError(str(exc)) from exc.__cause__
 
 
 def _ensure_sqlite_dir(url: str) -> None:
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+
+
+class ServePlan:
+    """What `flock serve` serves, and with which stores (`None`: the app's own choice)."""
+
+    def __init__(
+        self, service: BlackboardHTTPService, name: str, store: str | None, idem: str | None
+    ) -> None:
+        self.service, self.name = service, name
+        self.store_url, self.idempotency_url = store, idem
+
+    def describe(self) -> list[str]:
+        from flock.startup import describe_store
+
+        agents = ", ".join(agent.name for agent in self.service.flock.agents) or "none"
+        return [
+            f"app {self.name}: agents {agents}",
+            f"blackboard store: {describe_store(self.store_url)}",
+            f"idempotency store: {describe_store(self.idempotency_url)}",
+        ]
+
+
+def plan_service(
+    app_ref: str | None,
+    *,
+    demo: bool,
+    store: str | None,
+    idempotency: str | None,
+    api_keys: str | None,
+) -> ServePlan:
+    """Everything `flock serve` does before uvicorn starts (also used by each worker)."""
+    if demo == (app_ref is not None):
+        raise CLIError("give either an APP (path/to/app.py or module:attr) or --demo")
+    from flock.api.auth import APIKeyring
+    from flock.api.idempotency import store_from_url as idempotency_store_from_url
+    from flock.api.service import BlackboardHTTPService
+    from flock.core.store.sql import store_from_url
+
+    if demo:
+        from flock.apps import LoadedApp
+
+        loaded = LoadedApp("demo", demo_flock())
+    else:
+        loaded = _load(str(app_ref))
+    flock, folder = loaded.flock, data_dir(loaded.name)
+    store_url = store or (f"sqlite:///{folder}/blackboard.db" if flock.store_is_default else None)
+    if store_url:
+        if flock.stats.artifacts_published:
+            raise CLIError(
+                f"{app_ref} published artifacts while it was being imported (a top-level "
+                '`asyncio.run(...)`?): put that code under `if __name__ == "__main__":`, '
+                "so that `flock serve` can set the store first"
+            )
+        _ensure_sqlite_dir(store_url)
+        flock.store = store_from_url(store_url)
+    if loaded.service is not None:
+        if idempotency or api_keys:
+            raise CLIError(
+                f"{app_ref} builds its own BlackboardHTTPService: set its idempotency store "
+                "and API keys in code (or FLOCK_API_KEYS), not with --idempotency/--api-keys"
+            )
+        return ServePlan(loaded.service, loaded.name, store_url, None)
+    idem_url = idempotency or f"sqlite:///{folder}/idempotency.db"
+    _ensure_sqlite_dir(idem_url)
+    keyring = APIKeyring.from_file(api_keys) if api_keys else None
+    service = BlackboardHTTPService(
+        flock, idempotency=idempotency_store_from_url(idem_url), api_keys=keyring
+    )
+    return ServePlan(service, loaded.name, store_url, idem_url)
 
 
 def build_service(
@@ -84,24 +173,16 @@ def build_service(
     idempotency: str | None,
     api_keys: str | None,
 ) -> BlackboardHTTPService:
-    """Everything `flock serve` does before uvicorn starts (also used by each worker)."""
-    if demo == (app_ref is not None):
-        raise CLIError("give either an APP (path/to/app.py or module:attr) or --demo")
-    flock = demo_flock() if demo else load_flock(str(app_ref))
-    store_url = store or (DEFAULT_STORE if flock.store_is_default else None)
-    if store_url:
-        _ensure_sqlite_dir(store_url)
-        flock.store = store_from_url(store_url)
-    idem_url = idempotency or DEFAULT_IDEMPOTENCY
-    _ensure_sqlite_dir(idem_url)
-    keyring = APIKeyring.from_file(api_keys) if api_keys else None
-    return BlackboardHTTPService(
-        flock, idempotency=idempotency_store_from_url(idem_url), api_keys=keyring
-    )
+    """The service `flock serve` would serve (see `plan_service`)."""
+    return plan_service(
+        app_ref, demo=demo, store=store, idempotency=idempotency, api_keys=api_keys
+    ).service
 
 
 def worker_app() -> Any:
     """The ASGI app of one `--workers` process, configured through the environment."""
+    from flock.server import drain_running_server
+
     service = build_service(
         os.environ.get("FLOCK_APP") or None,
         demo=os.environ.get("FLOCK_DEMO") == "1",
@@ -114,28 +195,53 @@ def worker_app() -> Any:
     return service.app
 
 
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"flock {version('flock')}")
+        except PackageNotFoundError:  # a source tree without an install
+            typer.echo("flock (not installed)")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="print the version"),
+    ] = False,
+) -> None:
     """Flock command line."""
 
 
 @app.command()
 def serve(
     app_ref: Annotated[
-        str | None, typer.Argument(metavar="APP", help="path/to/app.py or module:attr")
+        str | None,
+        typer.Argument(
+            metavar="APP",
+            help="path/to/app.py or module:attr (a Flock, a BlackboardHTTPService or its .app)",
+        ),
     ] = None,
     demo: Annotated[bool, typer.Option("--demo", help="serve the built-in demo cascade")] = False,
     host: Annotated[str, typer.Option(envvar="FLOCK_HOST")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(envvar="FLOCK_PORT")] = 8344,
+    port: Annotated[int, typer.Option(envvar="FLOCK_PORT", min=1, max=65535)] = 8344,
     store: Annotated[
         str | None,
-        typer.Option(envvar="FLOCK_STORE", help="memory://, sqlite:///path.db or postgresql://..."),
+        typer.Option(
+            envvar="FLOCK_STORE",
+            help="memory://, sqlite:///path.db or postgresql://... "
+            "[default: sqlite:///.flock/<app>/blackboard.db]",
+        ),
     ] = None,
     idempotency: Annotated[
         str | None,
         typer.Option(
             envvar="FLOCK_IDEMPOTENCY",
-            help="memory://, sqlite:///..., postgresql://... or redis://...",
+            help="memory://, sqlite:///..., postgresql://... or redis://... "
+            "[default: sqlite:///.flock/<app>/idempotency.db]",
         ),
     ] = None,
     api_keys: Annotated[
@@ -152,55 +258,140 @@ def serve(
         ),
     ] = DEFAULT_GRACE_SECONDS,
     log_level: Annotated[str, typer.Option(envvar="FLOCK_LOG_LEVEL")] = "info",
+    debug: Annotated[
+        bool, typer.Option("--debug", envvar="FLOCK_DEBUG", help="print tracebacks of errors")
+    ] = False,
 ) -> None:
     """Serve the REST API of APP's Flock, or of the demo with --demo."""
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    log_level = log_level.lower()
     try:
+        logging.basicConfig(
+            level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+        _check_arguments(app_ref, demo)
+        args = (app_ref, demo, host, port, store, idempotency, api_keys)
         if workers > 1:
-            _check_shared(store, idempotency)
-            os.environ.update(
-                {
-                    "FLOCK_APP": app_ref or "",
-                    "FLOCK_DEMO": "1" if demo else "0",
-                    "FLOCK_STORE": store or "",
-                    "FLOCK_IDEMPOTENCY": idempotency or "",
-                    "FLOCK_API_KEYS": api_keys or "",
-                    "FLOCK_SHUTDOWN_GRACE": str(shutdown_grace),
-                }
-            )
-            build_service(
-                app_ref, demo=demo, store=store, idempotency=idempotency, api_keys=api_keys
-            )  # fail fast, before forking
-            uvicorn.run(
-                "flock.cli:worker_app",
-                factory=True,
-                host=host,
-                port=port,
-                workers=workers,
-                log_level=log_level,
-                access_log=False,
-                timeout_keep_alive=KEEP_ALIVE_SECONDS,
-            )
-            return
-        service = build_service(
+            _serve_workers(*args, workers, shutdown_grace, log_level)
+        else:
+            _serve_one(*args, shutdown_grace, log_level)
+    except typer.Exit:
+        raise
+    except Exception as exc:
+        _fail(exc, debug)
+
+
+def _check_arguments(app_ref: str | None, demo: bool) -> None:
+    """What can be refused before the port is bound and anything is imported."""
+    if demo == (app_ref is not None):
+        raise CLIError("give either an APP (path/to/app.py or module:attr) or --demo")
+    if app_ref is not None:
+        from flock.apps import AppLoadError, check_app_ref
+
+        try:
+            check_app_ref(app_ref)
+        except AppLoadError as exc:
+            raise CLIError(str(exc)) from None
+
+
+def _fail(exc: BaseException, debug: bool) -> None:
+    """One line on stderr (the traceback too with --debug), then a non-zero exit."""
+    from flock.apps import describe_failure
+
+    expected = isinstance(exc, CLIError | ValueError | OSError)
+    message = str(exc) if expected else f"unexpected error: {describe_failure(exc)}"
+    if debug:
+        traceback.print_exception(exc.__cause__ or exc)
+    elif exc.__cause__ is not None or not expected:
+        message += " (--debug shows the traceback)"
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(EXIT_USAGE if expected else 1) from None
+
+
+def _serve_one(
+    app_ref: str | None,
+    demo: bool,
+    host: str,
+    port: int,
+    store: str | None,
+    idempotency: str | None,
+    api_keys: str | None,
+    grace: float,
+    log_level: str,
+) -> None:
+    try:  # before the app or a store is opened: a busy port fails at once, leaving nothing
+        sock = listen_socket(host, port)
+    except OSError as exc:
+        raise CLIError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    try:
+        plan = plan_service(
             app_ref, demo=demo, store=store, idempotency=idempotency, api_keys=api_keys
         )
-    except (CLIError, ValueError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+        import uvicorn
 
-    config = uvicorn.Config(
-        service.app,
+        from flock.startup import ReportingServer
+
+        for line in plan.describe():
+            logger.info("%s", line)
+        config = uvicorn.Config(
+            plan.service.app,
+            host=host,
+            port=port,
+            log_level=log_level,
+            access_log=False,
+            timeout_keep_alive=KEEP_ALIVE_SECONDS,
+            timeout_graceful_shutdown=None,
+        )
+        server = ReportingServer(config, plan.service, grace)
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
+    if not server.started:
+        typer.echo("error: the server did not start (see the log above)", err=True)
+        raise typer.Exit(EXIT_STARTUP)
+
+
+def _serve_workers(
+    app_ref: str | None,
+    demo: bool,
+    host: str,
+    port: int,
+    store: str | None,
+    idempotency: str | None,
+    api_keys: str | None,
+    workers: int,
+    grace: float,
+    log_level: str,
+) -> None:
+    _check_shared(store, idempotency)
+    try:  # uvicorn binds in its supervisor; a busy port fails here first, with a reason
+        listen_socket(host, port).close()
+    except OSError as exc:
+        raise CLIError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    os.environ.update(
+        {
+            "FLOCK_APP": app_ref or "",
+            "FLOCK_DEMO": "1" if demo else "0",
+            "FLOCK_STORE": store or "",
+            "FLOCK_IDEMPOTENCY": idempotency or "",
+            "FLOCK_API_KEYS": api_keys or "",
+            "FLOCK_SHUTDOWN_GRACE": str(grace),
+        }
+    )
+    plan = plan_service(app_ref, demo=demo, store=store, idempotency=idempotency, api_keys=api_keys)
+    for line in plan.describe():  # fail fast, before forking
+        logger.info("%s", line)
+    import uvicorn
+
+    uvicorn.run(
+        "flock.cli:worker_app",
+        factory=True,
         host=host,
         port=port,
+        workers=workers,
         log_level=log_level,
         access_log=False,
         timeout_keep_alive=KEEP_ALIVE_SECONDS,
-        timeout_graceful_shutdown=None,
     )
-    DrainingServer(config, service, shutdown_grace).run()
 
 
 def _check_shared(store: str | None, idempotency: str | None) -> None:

@@ -135,8 +135,8 @@ async def test_app_file_on_default_stores_survives_a_restart(tmp_path: Path) -> 
             {"name": "ada"},
             {"text": "hello ada"},
         ]
-    assert (tmp_path / ".flock" / "blackboard.db").is_file()
-    assert (tmp_path / ".flock" / "idempotency.db").is_file()
+    assert (tmp_path / ".flock" / "app" / "blackboard.db").is_file()
+    assert (tmp_path / ".flock" / "app" / "idempotency.db").is_file()
     cid = first.json()["correlation_id"]
 
     async with ServeProcess("app.py", cwd=tmp_path) as server, http(server.url) as client:

@@ -1,14 +1,15 @@
-"""API docs: Swagger UI served from the installed `swagger-ui-bundle` package (so /docs
-works offline), and an OpenAPI document whose error responses are problem documents."""
+"""API docs: Swagger UI 5 at /docs and ReDoc at /redoc, their assets served from the
+installed `fastapi-offline` package (so both work with no internet access), and an OpenAPI
+document whose error responses are problem documents."""
 
 from __future__ import annotations
 
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-import swagger_ui_bundle
-from fastapi import FastAPI
-from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi import FastAPI, Request
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
@@ -16,24 +17,39 @@ from fastapi.staticfiles import StaticFiles
 from flock.api.models import ErrorResponse
 
 ASSETS_PATH = "/docs-assets"
+# fastapi-offline keeps the Swagger UI 5 and ReDoc 2 bundles in its package's `static/`.
+ASSETS_DIR = Path(str(files("fastapi_offline").joinpath("static")))
 _PROBLEM_REF = {"$ref": "#/components/schemas/ErrorResponse"}
 
 
 def install_docs(app: FastAPI, title: str) -> None:
-    app.mount(
-        ASSETS_PATH,
-        StaticFiles(directory=Path(swagger_ui_bundle.swagger_ui_path)),
-        name="docs-assets",
-    )
+    """Mount the docs assets and the /docs and /redoc pages, and the OpenAPI builder."""
+    app.mount(ASSETS_PATH, StaticFiles(directory=ASSETS_DIR), name="docs-assets")
+
+    def openapi_url(request: Request) -> str:
+        return f"{request.scope.get('root_path', '')}{app.openapi_url or '/openapi.json'}"
 
     @app.get("/docs", include_in_schema=False)
-    async def swagger_ui() -> HTMLResponse:
+    async def swagger_ui(request: Request) -> HTMLResponse:
+        assets = f"{request.scope.get('root_path', '')}{ASSETS_PATH}"
         return get_swagger_ui_html(
-            openapi_url=app.openapi_url or "/openapi.json",
+            openapi_url=openapi_url(request),
             title=f"{title} - API docs",
-            swagger_js_url=f"{ASSETS_PATH}/swagger-ui-bundle.js",
-            swagger_css_url=f"{ASSETS_PATH}/swagger-ui.css",
-            swagger_favicon_url=f"{ASSETS_PATH}/favicon-32x32.png",
+            swagger_js_url=f"{assets}/swagger-ui-bundle.js",
+            swagger_css_url=f"{assets}/swagger-ui.css",
+            swagger_favicon_url=f"{assets}/favicon.png",
+            swagger_ui_parameters={"defaultModelsExpandDepth": 0},
+        )
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc(request: Request) -> HTMLResponse:
+        assets = f"{request.scope.get('root_path', '')}{ASSETS_PATH}"
+        return get_redoc_html(
+            openapi_url=openapi_url(request),
+            title=f"{title} - API reference",
+            redoc_js_url=f"{assets}/redoc.standalone.js",
+            redoc_favicon_url=f"{assets}/favicon.png",
+            with_google_fonts=False,
         )
 
     def openapi() -> dict[str, Any]:

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+)
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -60,6 +67,10 @@ class ServiceMetrics:
 
     def __init__(self, stats: FlockStats) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        # prometheus-client's default collectors (process CPU/memory/fds, GC, Python):
+        # stateless readers of this process, so sharing them across registries is safe.
+        for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+            self.registry.register(collector)
         self.requests = Counter(
             "flock_http_requests",
             "HTTP requests by route and status",

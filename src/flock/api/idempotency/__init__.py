@@ -6,6 +6,7 @@ replicas. `store_from_url` picks one from configuration. `idempotent` adds idemp
 to user-defined routes.
 """
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
 from flock.api.idempotency.memory import InMemoryIdempotencyStore
@@ -19,22 +20,29 @@ from flock.api.idempotency.protocol import (
     RecordState,
 )
 from flock.api.idempotency.purge import purge_periodically
-from flock.api.idempotency.redis import RedisIdempotencyStore
-from flock.api.idempotency.sql import PostgresIdempotencyStore, SQLiteIdempotencyStore
 from flock.api.idempotency.stores import store_from_url
 
 if TYPE_CHECKING:
     from flock.api.idempotency.dependency import idempotent
+    from flock.api.idempotency.redis import RedisIdempotencyStore
+    from flock.api.idempotency.sql import PostgresIdempotencyStore, SQLiteIdempotencyStore
+
+# Imported on first use: the backends pull in SQLAlchemy or redis (a second or so at
+# start-up, for a server that may use neither), and the decorator needs
+# `flock.api.errors`, which imports this package's protocol module (a cycle if eager).
+_LAZY = {
+    "idempotent": "flock.api.idempotency.dependency",
+    "RedisIdempotencyStore": "flock.api.idempotency.redis",
+    "PostgresIdempotencyStore": "flock.api.idempotency.sql",
+    "SQLiteIdempotencyStore": "flock.api.idempotency.sql",
+}
 
 
 def __getattr__(name: str) -> Any:
-    # Imported on first use: the decorator needs `flock.api.errors`, which imports this
-    # package's protocol module, so an eager import here would be circular.
-    if name == "idempotent":
-        from flock.api.idempotency.dependency import idempotent
-
-        return idempotent
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
 
 
 __all__ = [
