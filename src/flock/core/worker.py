@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Literal
 
 from flock.core.agent import AgentOutputError, RunContext
 from flock.core.runs import NonRetryableError
-from flock.core.store.protocol import ClaimedRun
+from flock.core.store.protocol import ClaimedRun, StoreUnavailableError
 from flock.core.store.shared import LEASE_LOST
 from flock.core.triggers import describe_exception
 
@@ -184,6 +184,11 @@ class Worker:
                         wait = (due - datetime.now(UTC)).total_seconds()
                         if wait > 0:
                             delay = min(delay, wait)
+                except StoreUnavailableError as exc:
+                    failures += 1
+                    if failures == 1:  # once per outage, not on every retry
+                        logger.warning("cannot claim runs, retrying until it can: %s", exc)
+                    delay = min(0.05 * 2**failures, settings.poll_seconds)
                 except Exception:
                     failures += 1
                     logger.exception("could not claim runs (attempt %d); retrying", failures)
