@@ -11,11 +11,13 @@ from pydantic import BaseModel
 
 from flock.core.agent import Agent, AgentBuilder, AgentConfigError, RunContext
 from flock.core.artifacts import AgentError, Artifact, ConsumptionRecord, new_id
+from flock.core.failures import describe_failure
 from flock.core.stats import FlockStats
 from flock.core.store.memory import InMemoryBlackboardStore
 from flock.core.store.protocol import BlackboardStore, FilterConfig
 from flock.core.tracking import Correlation, CorrelationStatus, CorrelationTracker
-from flock.core.visibility import PUBLIC, AnyVisibility
+from flock.core.validation import validate_artifact
+from flock.core.visibility import PUBLIC, AnyVisibility, inherit_visibility, require_consumable
 from flock.registry import type_registry
 
 if TYPE_CHECKING:
@@ -126,6 +128,7 @@ class Flock:
                 artifact.tags = frozenset(tags)
             artifact.partition_key = partition_key
             artifact.visibility = visibility or PUBLIC
+        validate_artifact(artifact)  # ArtifactValidationError: nothing is stored
         await self._store.publish(artifact)
         self.stats.artifacts_published += 1
         await self._schedule(artifact)
@@ -289,11 +292,11 @@ class Flock:
                         produced_by=agent.name,
                         correlation_id=correlation_id,
                         partition_key=partition_key,
-                        visibility=output.visibility,
+                        visibility=inherit_visibility(output.visibility, inputs),
                         _model=value,
                     )
                 )
-        return outputs
+        return [validate_artifact(o) for o in outputs]  # a bad output fails the run
 
     async def _record_error(self, corr: Correlation, error: AgentError) -> None:
         corr.errors.append(error)
@@ -396,6 +399,7 @@ class Flock:
             item if isinstance(item, Artifact) else self._to_artifact(item, "external")
             for item in inputs
         ]
+        require_consumable(target.identity, artifacts)
         async with target.semaphore:
             try:
                 outputs = await self._execute(target, artifacts, correlation_id)
@@ -450,8 +454,7 @@ def _as_list(result: Any) -> list[Any]:
 
 def describe_exception(exc: BaseException) -> str:
     """How an agent's failure is recorded: the exception type and its message."""
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return describe_failure(exc)
 
 
 __all__ = ["Flock", "FlockStats"]
