@@ -126,7 +126,7 @@ class RequestContextMiddleware:
                     headers=exc.headers,
                     correlation_id=cid,
                 )
-        bad_url = url_problem(path, scope.get("query_string", b""))
+        bad_url = url_problem(path, scope.get("raw_path"), scope.get("query_string", b""))
         if bad_url is not None:
             return create_error_response(
                 ErrorCode.VALIDATION_ERROR,

@@ -104,23 +104,30 @@ Timestamp = Annotated[datetime, BeforeValidator(_iso_only), AfterValidator(_utc)
 """An ISO 8601 / RFC 3339 date-time, UTC when it names no offset; never a number."""
 
 
-def url_problem(path: str, raw_query: bytes) -> Problem | None:
+def url_problem(path: str, raw_path: bytes | None, raw_query: bytes) -> Problem | None:
     """Why the request URL cannot be served (NUL or invalid UTF-8 in path or query), or None.
 
     Checked before routing, for every route: a store must never see such a parameter.
+    Servers decode a path's bad UTF-8 to U+FFFD, so the raw bytes are checked when given.
     """
     found = limits.text_problem(path, "path")
     if found is not None:
         return found
-    if not raw_query:
-        return None
-    decoded = unquote_to_bytes(raw_query.replace(b"+", b" "))
+    if raw_path is not None:
+        found = _encoded_problem(raw_path, "path")
+        if found is not None:
+            return found
+    return _encoded_problem(raw_query.replace(b"+", b" "), "query") if raw_query else None
+
+
+def _encoded_problem(raw: bytes, field: str) -> Problem | None:
+    decoded = unquote_to_bytes(raw)
     if b"\x00" in decoded:
-        return Problem("query", "NUL characters are not allowed", "nul_character")
+        return Problem(field, "NUL characters are not allowed", "nul_character")
     try:
         decoded.decode("utf-8")
     except UnicodeDecodeError:
-        return Problem("query", "the query string is not valid UTF-8", "invalid_utf8")
+        return Problem(field, f"the {field} is not valid UTF-8", "invalid_utf8")
     return None
 
 
