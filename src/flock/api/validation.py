@@ -31,6 +31,10 @@ def _raise(problems: list[Problem]) -> None:
     )
 
 
+# Documented in the schema; enforced (with clearer messages) by `limits.name_problem`.
+NO_CONTROL_CHARACTERS = {"pattern": "^[^\\x00-\\x1f\\x7f]+$"}
+
+
 def _name_check(max_length: int) -> AfterValidator:
     def check(value: str) -> str:
         found = limits.name_problem(value, "", max_length=max_length)
@@ -57,24 +61,28 @@ def _check_visibility(value: AnyVisibility) -> AnyVisibility:
 
 Name = Annotated[
     str,
-    Field(min_length=1, max_length=limits.MAX_NAME_LENGTH),
+    Field(min_length=1, max_length=limits.MAX_NAME_LENGTH, json_schema_extra=NO_CONTROL_CHARACTERS),
     _name_check(limits.MAX_NAME_LENGTH),
 ]
 """A type, agent or producer name: 1-255 characters, no control characters."""
 Identifier = Annotated[
     str,
-    Field(min_length=1, max_length=limits.MAX_ID_LENGTH),
+    Field(min_length=1, max_length=limits.MAX_ID_LENGTH, json_schema_extra=NO_CONTROL_CHARACTERS),
     _name_check(limits.MAX_ID_LENGTH),
 ]
 """An artifact or correlation id: 1-128 characters, no control characters."""
 Tag = Annotated[
     str,
-    Field(min_length=1, max_length=limits.MAX_TAG_LENGTH),
+    Field(min_length=1, max_length=limits.MAX_TAG_LENGTH, json_schema_extra=NO_CONTROL_CHARACTERS),
     _name_check(limits.MAX_TAG_LENGTH),
 ]
 PartitionKey = Annotated[
     str,
-    Field(min_length=1, max_length=limits.MAX_PARTITION_KEY_LENGTH),
+    Field(
+        min_length=1,
+        max_length=limits.MAX_PARTITION_KEY_LENGTH,
+        json_schema_extra=NO_CONTROL_CHARACTERS,
+    ),
     _name_check(limits.MAX_PARTITION_KEY_LENGTH),
 ]
 JSONObject = Annotated[dict[str, Any], AfterValidator(_check_json_object)]

@@ -28,6 +28,15 @@ def _kind_required(schema: dict[str, Any]) -> None:
         required.insert(0, "kind")
 
 
+# The API's limits, documented in the schema only: stored rules are read back as they are.
+_Member = Annotated[
+    str,
+    Field(
+        json_schema_extra={"minLength": 1, "maxLength": 255, "pattern": "^[^\\x00-\\x1f\\x7f]+$"}
+    ),
+]
+
+
 class _Rule(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", json_schema_extra=_kind_required)
 
@@ -45,7 +54,7 @@ class PrivateVisibility(_Rule):
     """Only the named agents (or API principals) see it."""
 
     kind: Literal["Private"] = "Private"
-    agents: frozenset[str] = frozenset()
+    agents: frozenset[_Member] = frozenset()
 
     def allows(self, identity: Identity) -> bool:
         return identity.name is not None and identity.name in self.agents
@@ -55,7 +64,7 @@ class LabelledVisibility(_Rule):
     """Only identities holding every required label see it."""
 
     kind: Literal["Labelled"] = "Labelled"
-    required_labels: frozenset[str] = frozenset()
+    required_labels: frozenset[_Member] = frozenset()
 
     def allows(self, identity: Identity) -> bool:
         return self.required_labels <= identity.labels
@@ -65,7 +74,7 @@ class TenantVisibility(_Rule):
     """Only identities of the given tenant see it."""
 
     kind: Literal["Tenant"] = "Tenant"
-    tenant_id: str
+    tenant_id: _Member
 
     def allows(self, identity: Identity) -> bool:
         return identity.tenant is not None and identity.tenant == self.tenant_id
