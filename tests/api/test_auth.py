@@ -83,13 +83,18 @@ KEYS = {
         {"key": "alice-t2-key-89", "principal": "alice", "tenant": "t2"},
         # carol may publish notes only
         {"key": "carol-key-abcd", "principal": "carol", "tenant": "t1", "allowed_types": [NOTE]},
+        # keys of no tenant: another "alice" with the "ops" label, and erin
+        {"key": "alice-shared-key-5", "principal": "alice", "labels": ["ops"]},
+        {"key": "erin-key-6789", "principal": "erin"},
     ]
 }
-ALICE, BOB, ALICE_T2, CAROL = (
+ALICE, BOB, ALICE_T2, CAROL, ALICE_SHARED, ERIN = (
     {"Authorization": "Bearer alice-key-0123"},
     {"Authorization": "Bearer bob-key-4567"},
     {"Authorization": "Bearer alice-t2-key-89"},
     {"X-API-Key": "carol-key-abcd"},
+    {"Authorization": "Bearer alice-shared-key-5"},
+    {"X-API-Key": "erin-key-6789"},
 )
 ALL_KEYS = [k["key"] for k in KEYS["keys"]]
 SYNC = "/api/v1/artifacts/sync"
@@ -244,50 +249,74 @@ async def test_a_type_outside_allowed_types_is_forbidden_everywhere(api_client: 
 
 
 async def test_the_keys_identity_decides_what_it_sees(api_client: Any) -> None:
+    """Without tenants, a key's principal and labels decide (Private and Labelled rules)."""
     client = await make_client(api_client)
 
-    alice_sync = (await client.post("/api/v1/artifacts/sync", json=note(), headers=ALICE)).json()
-    bob_sync = (await client.post("/api/v1/artifacts/sync", json=note(), headers=BOB)).json()
-    alice_t2_sync = await client.post("/api/v1/artifacts/sync", json=note(), headers=ALICE_T2)
+    shared_sync = (await client.post(SYNC, json=note(), headers=ALICE_SHARED)).json()
+    erin_sync = (await client.post(SYNC, json=note(), headers=ERIN)).json()
 
-    assert sorted(a["type"] for a in alice_sync["artifacts"]) == sorted([NOTE, SECRET, MEMO, OPS])
-    assert [a["type"] for a in bob_sync["artifacts"]] == [NOTE]
-    # the same principal name in another tenant, without the label: private only
-    assert sorted(a["type"] for a in alice_t2_sync.json()["artifacts"]) == sorted([NOTE, SECRET])
+    assert sorted(a["type"] for a in shared_sync["artifacts"]) == sorted([NOTE, SECRET, OPS])
+    assert [a["type"] for a in erin_sync["artifacts"]] == [NOTE]
+    # the memo is Tenant t1 as its agent declares (the input had no tenant): t1 sees it
+    cid = shared_sync["correlation_id"]
+    t1 = await client.get("/api/v1/artifacts", params={"correlation_id": cid}, headers=CAROL)
+    assert sorted(a["type"] for a in t1.json()["items"]) == sorted([NOTE, MEMO])
 
     # batch results with wait follow the same rules
     batch = await client.post(
-        "/api/v1/artifacts/batch", json={"wait": True, "items": [note()]}, headers=BOB
+        "/api/v1/artifacts/batch", json={"wait": True, "items": [note()]}, headers=ERIN
     )
     assert [a["type"] for a in batch.json()["items"][0]["artifacts"]] == [NOTE]
 
     # lists, summaries and gets too
-    cid = alice_sync["correlation_id"]
     listed = {
         who: await client.get("/api/v1/artifacts", params={"correlation_id": cid}, headers=h)
-        for who, h in (("alice", ALICE), ("bob", BOB))
+        for who, h in (("alice", ALICE_SHARED), ("erin", ERIN))
     }
-    assert listed["alice"].json()["pagination"]["total"] == 4
-    assert [a["type"] for a in listed["bob"].json()["items"]] == [NOTE]
+    assert listed["alice"].json()["pagination"]["total"] == 3
+    assert [a["type"] for a in listed["erin"].json()["items"]] == [NOTE]
     summary = await client.get(
-        "/api/v1/artifacts/summary", params={"correlation_id": cid}, headers=BOB
+        "/api/v1/artifacts/summary", params={"correlation_id": cid}, headers=ERIN
     )
     assert summary.json()["total"] == 1
-    (secret,) = [a for a in alice_sync["artifacts"] if a["type"] == SECRET]
-    assert (await client.get(f"/api/v1/artifacts/{secret['id']}", headers=ALICE)).status_code == 200
-    hidden = await client.get(f"/api/v1/artifacts/{secret['id']}", headers=BOB)
+    (secret,) = [a for a in shared_sync["artifacts"] if a["type"] == SECRET]
+    path = f"/api/v1/artifacts/{secret['id']}"
+    assert (await client.get(path, headers=ALICE_SHARED)).status_code == 200
+    hidden = await client.get(path, headers=ERIN)
     assert hidden.status_code == 404 and hidden.json()["code"] == "NOT_FOUND"
+
+
+async def test_a_tenants_cascade_stays_the_tenants(api_client: Any) -> None:
+    """With a tenant, everything of the cascade is that tenant's; rules that would let an
+    output leave it (Private, Labelled, another tenant) fail their run, with an error."""
+    client = await make_client(api_client)
+
+    alice = (await client.post(SYNC, json=note(), headers=ALICE)).json()
+    bob = (await client.post(SYNC, json=note(), headers=BOB)).json()
+
+    assert sorted(a["type"] for a in alice["artifacts"]) == sorted([NOTE, MEMO])
+    assert {a["visibility"]["tenant_id"] for a in alice["artifacts"]} == {"t1"}
+    assert sorted(e["agent"] for e in alice["errors"]) == ["keeper", "ops"]
+    assert [a["type"] for a in bob["artifacts"]] == [NOTE]
+    assert bob["artifacts"][0]["visibility"] == {"kind": "Tenant", "tenant_id": "t2"}
+    assert sorted(e["agent"] for e in bob["errors"]) == ["keeper", "memo", "ops"]
+    # the same principal name in another tenant sees nothing of alice's
+    for headers in (BOB, ALICE_T2, ERIN):
+        other = await client.get(
+            "/api/v1/artifacts", params={"correlation_id": alice["correlation_id"]}, headers=headers
+        )
+        assert other.json()["pagination"]["total"] == 0, headers
 
 
 async def test_a_caller_can_publish_for_its_own_eyes_only(api_client: Any) -> None:
     client = await make_client(api_client)
-    private = {**note("mine"), "visibility": {"kind": "Private", "agents": ["bob"]}}
+    private = {**note("mine"), "visibility": {"kind": "Private", "agents": ["erin"]}}
 
-    published = (await client.post("/api/v1/artifacts", json=private, headers=BOB)).json()
+    published = (await client.post("/api/v1/artifacts", json=private, headers=ERIN)).json()
 
     path = f"/api/v1/artifacts/{published['artifact_id']}"
-    assert (await client.get(path, headers=BOB)).status_code == 200
-    assert (await client.get(path, headers=ALICE)).status_code == 404
+    assert (await client.get(path, headers=ERIN)).status_code == 200
+    assert (await client.get(path, headers=ALICE_SHARED)).status_code == 404
 
 
 # -- idempotency keys are the caller's own -----------------------------------------------------

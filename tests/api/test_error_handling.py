@@ -176,8 +176,11 @@ async def test_wrong_method_is_405(client: Any, method: str, path: str) -> None:
         ("DELETE", PUBLISH, "GET, POST"),
         ("PUT", PUBLISH, "GET, POST"),
         ("PATCH", "/health", "GET"),
-        # `GET /artifacts/sync` is routed too: `GET /artifacts/{artifact_id}` takes it.
-        ("DELETE", SYNC, "GET, POST"),
+        # `/artifacts/sync` is POST only: `/artifacts/{artifact_id}` does not take it.
+        ("DELETE", SYNC, "POST"),
+        ("GET", SYNC, "POST"),
+        ("OPTIONS", SYNC, "POST"),
+        ("GET", "/api/v1/artifacts/batch", "POST"),
     ],
 )
 async def test_405_allow_lists_every_method_of_the_path(

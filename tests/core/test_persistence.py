@@ -18,7 +18,6 @@ from flock import (
     ArtifactEnvelope,
     FilterConfig,
     Flock,
-    LabelledVisibility,
     TenantVisibility,
     flock_type,
 )
@@ -83,8 +82,10 @@ def declare(flock: Flock, worker: Callable[..., object]) -> list[str]:
     def grumpy(result: Result) -> None:
         raise RuntimeError(f"grumpy about {result.name}")
 
+    # A tenant's input keeps its tenant through the cascade (a Labelled output would leave
+    # it and fail the run): the worker publishes for the tenant, the finisher inherits it.
     flock.agent("worker").tenant("acme").consumes(Job).publishes(
-        Result, visibility=LabelledVisibility(required_labels=frozenset({"ops"}))
+        Result, visibility=TenantVisibility(tenant_id="acme")
     ).with_engines(worker)
     flock.agent("finisher").labels("ops").consumes(Result).publishes(Final).with_engines(finish)
     flock.agent("grumpy").labels("ops").consumes(Result).with_engines(grumpy)
@@ -115,7 +116,7 @@ async def test_sqlite_data_is_visible_from_a_new_flock(open_flock: Callable[[], 
     assert [a.to_dict() for a in read] == [a.to_dict() for a in written]
     assert read[0].tags == frozenset({"blue", "green"})
     assert read[0].visibility == TenantVisibility(tenant_id="acme")
-    assert read[1].visibility == LabelledVisibility(required_labels=frozenset({"ops"}))
+    assert read[1].visibility == read[2].visibility == TenantVisibility(tenant_id="acme")
     assert read[1].produced_by == "worker" and read[2].produced_by == "finisher"
     assert all(a.partition_key == "p1" for a in read)
 

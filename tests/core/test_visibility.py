@@ -87,9 +87,11 @@ async def test_labelled_needs_every_required_label() -> None:
     assert await consumers_of(one_label) == {"cleared", "half_cleared", "globex_bot"}
 
 
-async def test_tenant_is_seen_only_by_that_tenant() -> None:
-    assert await consumers_of(TenantVisibility(tenant_id="acme")) == {"acme_bot"}
-    assert await consumers_of(TenantVisibility(tenant_id="initech")) == set()
+async def test_tenant_is_seen_by_its_tenant_and_the_shared_agents() -> None:
+    """An agent without a tenant serves every tenant; a tenant-bound one only its own."""
+    shared = {"alice", "bob", "cleared", "half_cleared"}
+    assert await consumers_of(TenantVisibility(tenant_id="acme")) == shared | {"acme_bot"}
+    assert await consumers_of(TenantVisibility(tenant_id="initech")) == shared
 
 
 async def test_agent_output_visibility_is_applied() -> None:

@@ -8,12 +8,17 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from fastapi import Request
 
 from flock.api.errors import APIError, ErrorCode
-from flock.core.visibility import Identity
+from flock.core.visibility import AnyVisibility, Identity, caller_visibility
+
+if TYPE_CHECKING:
+    from flock.api.models import PublishRequest
+
+_Scoped = TypeVar("_Scoped", bound="PublishRequest")
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +46,18 @@ class Principal:
         and do (tenant, name, labels, allowed types), so no caller is ever replayed an answer
         its own permissions would not give it. Two keys of the same principal share it."""
         return self._scope
+
+    def visibility_for(self, requested: AnyVisibility | None) -> AnyVisibility:
+        """What an artifact this caller publishes is visible to: a tenant's caller publishes
+        for its tenant only (403 `TenantScopeError` for anything wider)."""
+        return caller_visibility(requested, self.tenant)
+
+    def scoped(self, request: _Scoped) -> _Scoped:
+        """The publish request with the visibility this caller's artifact gets."""
+        visibility = self.visibility_for(request.visibility)
+        if visibility is request.visibility:
+            return request
+        return request.model_copy(update={"visibility": visibility})
 
     def check_may_publish(self, type_name: str) -> None:
         if self.allowed_types is not None and type_name not in self.allowed_types:
@@ -107,12 +124,35 @@ def _digest(key: str) -> bytes:
 
 
 def presented_key(request: Request) -> str | None:
+    """The key sent as `Authorization: Bearer KEY` or `X-API-Key: KEY`.
+
+    Both present with different keys is ambiguous: 400, rather than one silently winning.
+    """
+    bearer = None
     auth = request.headers.get("authorization")
     if auth:
         scheme, _, value = auth.partition(" ")
         if scheme.lower() == "bearer" and value.strip():
-            return value.strip()
-    return request.headers.get("x-api-key") or None
+            bearer = value.strip()
+    header = request.headers.get("x-api-key") or None
+    if (
+        bearer is not None
+        and header is not None
+        and not hmac.compare_digest(_digest(bearer), _digest(header))
+    ):
+        raise APIError(
+            ErrorCode.VALIDATION_ERROR,
+            "Authorization: Bearer and X-API-Key name different keys; send one",
+            status=400,
+            details=[
+                {
+                    "field": "header.x-api-key",
+                    "message": "differs from the Bearer key",
+                    "code": "conflict",
+                }
+            ],
+        )
+    return bearer or header
 
 
 def authenticate(keyring: APIKeyring | None, request: Request) -> Principal:

@@ -15,13 +15,15 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import ValidationError
-from pydantic_core import to_json
+from pydantic_core import PydanticSerializationError, to_json
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from flock.api.idempotency.protocol import IdempotencyStoreUnavailableError
 from flock.api.routing import routes_on_path
 from flock.core.agent import AgentOutputError
 from flock.core.store.protocol import StoreUnavailableError
+from flock.core.validation import ArtifactValidationError, scrub_json
+from flock.core.visibility import TenantScopeError, VisibilityError
 from flock.registry import RegistryError
 
 logger = logging.getLogger("flock.api")
@@ -135,8 +137,18 @@ def create_error_response(
     if correlation_id:
         out_headers["X-Correlation-ID"] = correlation_id
     return Response(
-        to_json(body), status_code=body["status"], headers=out_headers, media_type=PROBLEM_JSON
+        strict_json(body), status_code=body["status"], headers=out_headers, media_type=PROBLEM_JSON
     )
+
+
+def strict_json(body: Any) -> bytes:
+    """`body` as RFC 8259 JSON: NaN/Infinity become null, and text no encoder can take
+    (stored before input was checked) is answered with replacement characters."""
+    try:
+        return to_json(body, inf_nan_mode="null")
+    except PydanticSerializationError:
+        logger.warning("a response held text that is not valid Unicode; it was replaced")
+        return to_json(scrub_json(body), inf_nan_mode="null")
 
 
 def request_correlation_id(request: Request) -> str | None:
@@ -157,6 +169,18 @@ def validation_details(
                 field += f"[{part}]"
             else:
                 field += f".{part}" if field else str(part)
+        # Checks of flock.api.validation report each problem inside the value (`.a[2]`).
+        problems = (error.get("ctx") or {}).get("problems")
+        if isinstance(problems, list) and problems:
+            for problem in problems:
+                details.append(
+                    {
+                        "field": (field + problem["field"]).lstrip(".") or "body",
+                        "message": problem["message"],
+                        "code": problem["code"],
+                    }
+                )
+            continue
         details.append(
             {
                 "field": field or "body",
@@ -165,6 +189,11 @@ def validation_details(
             }
         )
     return details
+
+
+def problem_details(exc: ArtifactValidationError, prefix: str = "") -> list[dict[str, str]]:
+    """The details of an artifact refused by `flock.core.validation`."""
+    return [{**p.to_dict(), "field": f"{prefix}{p.field}"} for p in exc.problems]
 
 
 async def _flock_error(request: Request, exc: Exception) -> Response:
@@ -266,6 +295,31 @@ async def _timeout(request: Request, exc: Exception) -> Response:
     )
 
 
+async def _invalid_artifact(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ArtifactValidationError)
+    return create_error_response(
+        ErrorCode.VALIDATION_ERROR,
+        "the artifact holds values no store or strict JSON client can take",
+        correlation_id=request_correlation_id(request),
+        details=problem_details(exc),
+    )
+
+
+def _visibility_details(exc: Exception) -> list[dict[str, str]] | None:
+    if isinstance(exc, TenantScopeError):
+        return [{"field": "visibility", "message": str(exc), "code": "tenant_scope"}]
+    return None
+
+
+async def _not_visible(request: Request, exc: Exception) -> Response:
+    return create_error_response(
+        ErrorCode.FORBIDDEN,
+        str(exc),
+        correlation_id=request_correlation_id(request),
+        details=_visibility_details(exc),
+    )
+
+
 async def _agent_output(request: Request, exc: Exception) -> Response:
     return create_error_response(
         ErrorCode.VALIDATION_ERROR, str(exc), correlation_id=request_correlation_id(request)
@@ -311,6 +365,20 @@ def error_response_for(exc: Exception, correlation_id: str | None) -> Response |
         return create_error_response(
             ErrorCode.VALIDATION_ERROR, str(exc), correlation_id=correlation_id
         )
+    if isinstance(exc, ArtifactValidationError):
+        return create_error_response(
+            ErrorCode.VALIDATION_ERROR,
+            "the artifact holds values no store or strict JSON client can take",
+            correlation_id=correlation_id,
+            details=problem_details(exc),
+        )
+    if isinstance(exc, VisibilityError):
+        return create_error_response(
+            ErrorCode.FORBIDDEN,
+            str(exc),
+            correlation_id=correlation_id,
+            details=_visibility_details(exc),
+        )
     return None
 
 
@@ -325,6 +393,8 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(IdempotencyStoreUnavailableError, _store_unavailable)
     app.add_exception_handler(TimeoutError, _timeout)
     app.add_exception_handler(AgentOutputError, _agent_output)
+    app.add_exception_handler(ArtifactValidationError, _invalid_artifact)
+    app.add_exception_handler(VisibilityError, _not_visible)
 
 
 __all__ = [
@@ -335,5 +405,7 @@ __all__ = [
     "install_error_handlers",
     "internal_error_response",
     "problem_body",
+    "problem_details",
+    "strict_json",
     "validation_details",
 ]

@@ -14,6 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from flock.api.auth import authenticate
 from flock.api.errors import APIError, ErrorCode, create_error_response, internal_error_response
 from flock.api.routing import is_json_media_type, routes_on_path
+from flock.api.validation import url_problem
 from flock.core.artifacts import new_id
 
 if TYPE_CHECKING:
@@ -118,8 +119,21 @@ class RequestContextMiddleware:
                 scope["state"]["principal"] = authenticate(self.service.keyring, Request(scope))
             except APIError as exc:
                 return create_error_response(
-                    exc.code, exc.message, headers=exc.headers, correlation_id=cid
+                    exc.code,
+                    exc.message,
+                    status=exc.status,
+                    details=exc.details,
+                    headers=exc.headers,
+                    correlation_id=cid,
                 )
+        bad_url = url_problem(path, scope.get("raw_path"), scope.get("query_string", b""))
+        if bad_url is not None:
+            return create_error_response(
+                ErrorCode.VALIDATION_ERROR,
+                "the request URL holds characters no store can take",
+                details=[bad_url.to_dict()],
+                correlation_id=cid,
+            )
         if scope.get("method") not in _BODY_METHODS:
             return None
         length = _header(scope, b"content-length")

@@ -8,21 +8,26 @@ from pydantic import BaseModel, ConfigDict, Field, GetJsonSchemaHandler
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema
 
-from flock.core.visibility import Visibility
+from flock.api.validation import JSONObject, Name, PartitionKey, StrictVisibility, Tag
+from flock.core.validation import MAX_TAGS
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # NaN and Infinity are not JSON: a float field refuses them as any other bad value.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class PublishRequest(_Strict):
     """One artifact to publish. `payload` must validate against the registered `type`."""
 
-    type: str = Field(min_length=1, max_length=255, description="a registered artifact type")
-    payload: dict[str, Any] = Field(default_factory=dict)
-    tags: list[str] = Field(default_factory=list, max_length=64)
-    partition_key: str | None = Field(default=None, max_length=255)
-    visibility: Visibility | None = None
+    type: Name = Field(description="a registered artifact type")
+    payload: JSONObject = Field(default_factory=dict)
+    tags: list[Tag] = Field(default_factory=list, max_length=MAX_TAGS)
+    partition_key: PartitionKey | None = None
+    visibility: StrictVisibility | None = Field(
+        default=None,
+        description="who may see it; a tenant's key publishes Tenant of its tenant by default",
+    )
 
 
 class PublishResponse(BaseModel):
@@ -34,8 +39,8 @@ class PublishResponse(BaseModel):
 class SyncPublishFilters(_Strict):
     """Which of the correlation's artifacts the sync response returns (empty: all)."""
 
-    type_names: list[str] = Field(default_factory=list)
-    produced_by: list[str] = Field(default_factory=list)
+    type_names: list[Name] = Field(default_factory=list, max_length=100)
+    produced_by: list[Name] = Field(default_factory=list, max_length=100)
 
 
 class SyncPublishRequest(PublishRequest):
@@ -145,8 +150,8 @@ class RunListResponse(BaseModel):
 
 
 class AgentInput(_Strict):
-    type: str = Field(min_length=1)
-    payload: dict[str, Any] = Field(default_factory=dict)
+    type: Name
+    payload: JSONObject = Field(default_factory=dict)
 
 
 class AgentRunRequest(_Strict):

@@ -60,7 +60,17 @@ class JSONBodyRoute(APIRoute):
     Eligible: an async endpoint annotated to return a `Response`, taking one pydantic model
     as its body, optionally the `Request`, and dependencies that are async functions of the
     `Request` alone. Every other endpoint of a router using this class is served as usual.
+
+    A template with parameters does not match a path that another route names literally:
+    `GET /artifacts/sync` is a 405 (that path is `POST /artifacts/sync`), not a lookup of
+    the artifact "sync", so the methods a path answers are the ones it documents.
     """
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        match, child = super().matches(scope)
+        if match is not Match.NONE and self.param_convertors and _named_literally(scope):
+            return Match.NONE, {}
+        return match, child
 
     def get_route_handler(self) -> Handler:
         generic = super().get_route_handler()
@@ -196,8 +206,24 @@ def _returns_response(endpoint: Callable[..., Any]) -> bool:
 
 
 def routes_on_path(routes: Iterable[BaseRoute], scope: Scope) -> list[Route]:
-    """The routes whose path template matches the request's path, whatever their methods."""
-    return [r for r in routes if isinstance(r, Route) and r.matches(scope)[0] is not Match.NONE]
+    """The routes whose path template matches the request's path, whatever their methods.
+
+    A route whose template is the path itself shadows templates with parameters.
+    """
+    matched = [r for r in routes if isinstance(r, Route) and r.matches(scope)[0] is not Match.NONE]
+    literal = [r for r in matched if not r.param_convertors]
+    return literal or matched
+
+
+def _named_literally(scope: Scope) -> bool:
+    app = scope.get("app")
+    router = getattr(app, "router", None)
+    if router is None:
+        return False
+    return any(
+        isinstance(r, Route) and not r.param_convertors and r.matches(scope)[0] is not Match.NONE
+        for r in router.routes
+    )
 
 
 __all__ = ["JSONBodyRoute", "add_routes", "is_json_media_type", "routes_on_path"]

@@ -14,7 +14,7 @@ from pydantic import BaseModel
 
 from flock.core.artifacts import Artifact
 from flock.core.runs import RetryPolicy, Usage
-from flock.core.visibility import PUBLIC, AnyVisibility, Identity
+from flock.core.visibility import PUBLIC, AnyVisibility, Identity, may_consume
 from flock.registry import type_registry
 
 if TYPE_CHECKING:
@@ -150,7 +150,7 @@ class Agent:
     def subscribes_to(self, artifact: Artifact) -> bool:
         if self.prevent_self_trigger and artifact.produced_by == self.name:
             return False
-        if not artifact.visibility.allows(self.identity):
+        if not may_consume(self.identity, artifact.visibility):
             return False
         return any(sub.accepts(artifact) for sub in self.subscriptions)
 

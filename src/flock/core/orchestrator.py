@@ -18,7 +18,8 @@ from flock.core.stats import FlockStats
 from flock.core.store.memory import InMemoryBlackboardStore
 from flock.core.store.protocol import BlackboardStore, CorrelationStatus, RunFilter
 from flock.core.triggers import describe_exception, runs_for
-from flock.core.visibility import PUBLIC, AnyVisibility
+from flock.core.validation import validate_artifact
+from flock.core.visibility import PUBLIC, AnyVisibility, inherit_visibility, require_consumable
 from flock.core.waiting import CorrelationWatch, WaitOutcome
 from flock.core.worker import Worker, WorkerSettings
 from flock.registry import type_registry
@@ -165,6 +166,7 @@ class Flock:
                 artifact.tags = frozenset(tags)
             artifact.partition_key = partition_key
             artifact.visibility = visibility or PUBLIC
+        validate_artifact(artifact)  # ArtifactValidationError: nothing is stored
         runs = runs_for(self._by_type, artifact, principal=principal, at=datetime.now(UTC))
         stored = await self._store.publish(artifact, runs, max_runs=self.max_runs_per_correlation)
         if stored is artifact:
@@ -251,11 +253,11 @@ class Flock:
                         correlation_id=ctx.correlation_id,
                         id=output_id_for(ctx.run_id, len(outputs)),
                         partition_key=partition_key,
-                        visibility=output.visibility,
+                        visibility=inherit_visibility(output.visibility, inputs),
                         _model=value,
                     )
                 )
-        return outputs
+        return [validate_artifact(o) for o in outputs]  # a bad output fails the run
 
     # -- waiting and status -----------------------------------------------------------------
 
@@ -337,6 +339,7 @@ class Flock:
             item if isinstance(item, Artifact) else self._to_artifact(item, "external")
             for item in inputs
         ]
+        require_consumable(target.identity, artifacts)
         ctx = RunContext(target.name, correlation_id, tuple(artifacts), self, new_id(), 1)
         timeout = target.timeout or self.worker.settings.run_timeout
         try:

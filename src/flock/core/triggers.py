@@ -7,13 +7,14 @@ from datetime import datetime
 
 from flock.core.agent import Agent
 from flock.core.artifacts import Artifact
+from flock.core.failures import describe_failure
 from flock.core.runs import Run, RunState
 
 
 def describe_exception(exc: BaseException) -> str:
-    """How a failure is recorded: the exception type and its message."""
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    """How a failure is recorded: the exception type and its message (internals of the
+    store or the framework by type only)."""
+    return describe_failure(exc)
 
 
 def runs_for(

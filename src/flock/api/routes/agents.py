@@ -12,8 +12,10 @@ from flock.api.errors import APIError, ErrorCode
 from flock.api.models import AgentListResponse, AgentRunRequest, AgentRunResponse, PublishRequest
 from flock.api.publishing import build_artifact
 from flock.api.routes.artifacts import json_response
+from flock.api.validation import Name
 from flock.core.artifacts import AgentError
-from flock.core.orchestrator import describe_exception
+from flock.core.failures import describe_failure
+from flock.core.visibility import VisibilityError
 
 logger = logging.getLogger("flock.api")
 router = APIRouter(prefix="/api/v1", tags=["agents"])
@@ -24,12 +26,15 @@ async def list_agents(
     principal: PrincipalDep,
     service: ServiceDep,
 ) -> Response:
-    return json_response({"agents": [a.describe() for a in service.flock.agents]})
+    # A tenant's caller sees the shared agents and its own tenant's, not another tenant's.
+    tenant = principal.tenant
+    agents = [a for a in service.flock.agents if a.tenant is None or tenant in (None, a.tenant)]
+    return json_response({"agents": [a.describe() for a in agents]})
 
 
 @router.post("/agents/{name}/run", response_model=AgentRunResponse, summary="Run one agent")
 async def run_agent(
-    name: str,
+    name: Name,
     body: AgentRunRequest,
     principal: PrincipalDep,
     service: ServiceDep,
@@ -39,9 +44,13 @@ async def run_agent(
         agent = service.flock.get_agent(name)
     except KeyError:
         raise APIError(ErrorCode.NOT_FOUND, f"no agent named {name!r}") from None
+    # The inputs are the caller's, scoped as its publishes are; the outputs inherit that.
+    visibility = principal.visibility_for(None)
     inputs = [
         build_artifact(
-            PublishRequest(type=i.type, payload=i.payload), principal, field_prefix=f"inputs[{n}]."
+            PublishRequest(type=i.type, payload=i.payload, visibility=visibility),
+            principal,
+            field_prefix=f"inputs[{n}].",
         )
         for n, i in enumerate(body.inputs)
     ]
@@ -65,9 +74,11 @@ async def run_agent(
         )
     try:
         outputs = await service.flock.direct_invoke(agent, inputs)
+    except VisibilityError:
+        raise  # a tenant-bound agent of another tenant: 403, not the agent's failure
     except Exception as exc:  # the agent's failure is the run's result, as in sync publish
         logger.warning("direct run of agent %s failed: %s", name, exc)
-        error = AgentError(name, inputs[0].id, describe_exception(exc), inputs[0].correlation_id)
+        error = AgentError(name, inputs[0].id, describe_failure(exc), inputs[0].correlation_id)
         return json_response({"agent": name, "artifacts": [], "errors": [error.to_dict()]})
     visible = [a.to_dict() for a in outputs if a.visibility.allows(principal.identity)]
     return json_response({"agent": name, "artifacts": visible, "errors": []})

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel
-from pydantic_core import to_json
 
 from flock.api.auth import Principal
 from flock.api.deps import PrincipalDep, ServiceDep, route_template
-from flock.api.errors import APIError, ErrorCode, create_error_response
+from flock.api.errors import APIError, ErrorCode, create_error_response, strict_json
 from flock.api.idempotency.guard import (
     IdempotentOperation,
     KeyedCall,
@@ -34,16 +32,19 @@ from flock.api.models import (
 )
 from flock.api.publishing import build_artifact
 from flock.api.routing import JSONBodyRoute
+from flock.api.validation import Identifier, Name, Tag, Timestamp
 from flock.core.artifacts import Artifact
 from flock.core.store.protocol import FilterConfig
+from flock.core.validation import MAX_LIMIT, MAX_OFFSET
 
 router = APIRouter(prefix="/api/v1", tags=["artifacts"], route_class=JSONBodyRoute)
 
 JSON = "application/json"
+VisibilityKind = Literal["Public", "Private", "Labelled", "Tenant"]
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(to_json(body), status_code=status, headers=headers, media_type=JSON)
+    return Response(strict_json(body), status_code=status, headers=headers, media_type=JSON)
 
 
 async def publish_once(
@@ -235,6 +236,7 @@ async def publish_artifact(
     service: ServiceDep,
 ) -> Response:
     """Validate and publish; the cascade runs in the background. Idempotency keys honoured."""
+    body = principal.scoped(body)
     return await run_keyed(
         service, request, principal, body, AsyncPublish(service, body, principal, request)
     )
@@ -252,6 +254,7 @@ async def publish_sync(
     service: ServiceDep,
 ) -> Response:
     """Publish under a fresh correlation id and wait (up to `timeout`) for that cascade only."""
+    body = principal.scoped(body)
     async with service.sync_slot(principal):
         operation = SyncPublish(service, body, principal, request)
         return await run_keyed(
@@ -263,25 +266,26 @@ async def publish_sync(
 async def list_artifacts(
     principal: PrincipalDep,
     service: ServiceDep,
-    type: Annotated[list[str] | None, Query()] = None,
-    produced_by: Annotated[list[str] | None, Query()] = None,
-    correlation_id: str | None = None,
-    tag: Annotated[list[str] | None, Query()] = None,
-    start: Annotated[datetime | None, Query(alias="from")] = None,
-    end: Annotated[datetime | None, Query(alias="to")] = None,
-    visibility: Annotated[list[str] | None, Query()] = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    type: Annotated[list[Name] | None, Query(max_length=100)] = None,
+    produced_by: Annotated[list[Name] | None, Query(max_length=100)] = None,
+    correlation_id: Identifier | None = None,
+    tag: Annotated[list[Tag] | None, Query(max_length=100)] = None,
+    start: Annotated[Timestamp | None, Query(alias="from")] = None,
+    end: Annotated[Timestamp | None, Query(alias="to")] = None,
+    visibility: Annotated[list[VisibilityKind] | None, Query()] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 50,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     embed_meta: bool = False,
 ) -> Response:
+    """Artifacts the caller may see, in (created_at, id) order. `from`/`to` are ISO 8601."""
     filters = FilterConfig(
         type_names=frozenset(type) if type else None,
         produced_by=frozenset(produced_by) if produced_by else None,
         correlation_id=correlation_id,
         tags=frozenset(tag) if tag else None,
         visibility=frozenset(visibility) if visibility else None,
-        start=_aware(start),
-        end=_aware(end),
+        start=start,
+        end=end,
         visible_to=principal.identity,
     )
     items, total = await service.flock.store.query_artifacts(
@@ -299,9 +303,9 @@ async def list_artifacts(
 async def summarize_artifacts(
     principal: PrincipalDep,
     service: ServiceDep,
-    type: Annotated[list[str] | None, Query()] = None,
-    produced_by: Annotated[list[str] | None, Query()] = None,
-    correlation_id: str | None = None,
+    type: Annotated[list[Name] | None, Query(max_length=100)] = None,
+    produced_by: Annotated[list[Name] | None, Query(max_length=100)] = None,
+    correlation_id: Identifier | None = None,
 ) -> Response:
     filters = FilterConfig(
         type_names=frozenset(type) if type else None,
@@ -314,7 +318,7 @@ async def summarize_artifacts(
 
 @router.get("/artifacts/{artifact_id}", response_model=ArtifactModel, summary="Get an artifact")
 async def get_artifact(
-    artifact_id: str,
+    artifact_id: Identifier,
     principal: PrincipalDep,
     service: ServiceDep,
 ) -> Response:
@@ -322,14 +326,6 @@ async def get_artifact(
     if artifact is None or not artifact.visibility.allows(principal.identity):
         raise APIError(ErrorCode.NOT_FOUND, f"no artifact {artifact_id!r}")
     return json_response(artifact.to_dict())
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    from datetime import UTC
-
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value
 
 
 __all__ = [

@@ -207,8 +207,9 @@ class BatchPublish:
                 ErrorCode.VALIDATION_ERROR, "the item is invalid", details=details
             )
             return ItemOutcome(index, "failed", error=problem)
-        operation = ItemPublish(self.service, item, self.principal)
         try:
+            item = self.principal.scoped(item)
+            operation = ItemPublish(self.service, item, self.principal)
             key = self._item_key(index, item)
             if key is None:
                 response = await operation.execute(None)
