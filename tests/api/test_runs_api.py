@@ -150,3 +150,29 @@ async def test_health_answers_while_a_def_engine_blocks(api_client: Any) -> None
     release.set()
     answer = (await call).json()
     assert answer["completed"] is True and len(answer["artifacts"]) == 2
+
+
+async def test_the_client_lists_gets_retries_runs_and_cancels(api_client: Any) -> None:
+    from flock.client import AsyncFlockClient, FlockAPIError
+
+    def doer(t: Task) -> Result:
+        raise ValueError("never")
+
+    client = await api_client(flock_with(doer))
+    async with AsyncFlockClient("http://test", transport=client._transport) as flock_client:
+        answer = await flock_client.publish_sync(TASK, {"mode": "c"})
+        (failure,) = answer.errors
+        assert failure.run_id is not None and failure.attempts == 2
+        (run,) = await flock_client.list_runs(correlation_id=answer.correlation_id)
+        assert run.state == "dead" and run.id == failure.run_id
+        assert (await flock_client.get_run(run.id)).attempt == 2
+        assert (await flock_client.retry_run(run.id)).state in {"queued", "running", "dead"}
+        await client.service.flock.run_until_idle(answer.correlation_id, timeout=10)
+        cancelled = await flock_client.cancel(answer.correlation_id)
+        assert cancelled.state == "cancelled"
+        try:
+            await flock_client.retry_run("no-such-run")
+        except FlockAPIError as exc:
+            assert exc.code == "NOT_FOUND"
+        else:
+            raise AssertionError("retrying an unknown run did not fail")

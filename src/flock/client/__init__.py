@@ -15,6 +15,7 @@ from flock.client.results import (
     BatchResult,
     CorrelationInfo,
     PublishResult,
+    RunInfo,
     SyncResult,
 )
 from flock.client.retry import RetryEvent, RetryPolicy
@@ -32,5 +33,6 @@ __all__ = [
     "PublishResult",
     "RetryEvent",
     "RetryPolicy",
+    "RunInfo",
     "SyncResult",
 ]

@@ -37,6 +37,7 @@ from flock.client.results import (
     BatchResult,
     CorrelationInfo,
     PublishResult,
+    RunInfo,
     SyncResult,
 )
 from flock.client.retry import RetryEvent, RetryPolicy, parse_retry_after
@@ -270,6 +271,43 @@ class BaseClient:
             return CorrelationInfo.from_dict(response.json())
 
         return Call("GET", f"{API}/correlations/{segment(correlation_id)}", parse)
+
+    def _cancel_call(self, correlation_id: str) -> Call[CorrelationInfo]:
+        def parse(response: httpx.Response) -> CorrelationInfo:
+            return CorrelationInfo.from_dict(response.json())
+
+        return Call("POST", f"{API}/correlations/{segment(correlation_id)}/cancel", parse)
+
+    def _run_call(self, run_id: str) -> Call[RunInfo]:
+        def parse(response: httpx.Response) -> RunInfo:
+            return RunInfo.from_dict(response.json())
+
+        return Call("GET", f"{API}/runs/{segment(run_id)}", parse)
+
+    def _retry_run_call(self, run_id: str) -> Call[RunInfo]:
+        def parse(response: httpx.Response) -> RunInfo:
+            return RunInfo.from_dict(response.json())
+
+        return Call("POST", f"{API}/runs/{segment(run_id)}/retry", parse)
+
+    def _runs_call(
+        self,
+        *,
+        correlation_id: str | None = None,
+        agent: str | None = None,
+        state: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> Call[list[RunInfo]]:
+        params = [("limit", str(limit)), ("offset", str(offset))]
+        for name, value in (("correlation_id", correlation_id), ("agent", agent), ("state", state)):
+            if value is not None:
+                params.append((name, value))
+
+        def parse(response: httpx.Response) -> list[RunInfo]:
+            return [RunInfo.from_dict(item) for item in response.json()["items"]]
+
+        return Call("GET", f"{API}/runs", parse, params=params)
 
     def _pager(
         self,

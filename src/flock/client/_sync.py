@@ -12,7 +12,7 @@ from pydantic import BaseModel
 
 from flock.client._base import ArtifactQuery, BaseClient, ClientOptions
 from flock.client.calls import ArtifactRef, BatchItem, Call, Outcome, TypeRef, VisibilityArg
-from flock.client.results import BatchResult, CorrelationInfo, PublishResult, SyncResult
+from flock.client.results import BatchResult, CorrelationInfo, PublishResult, RunInfo, SyncResult
 from flock.core.artifacts import Artifact
 
 if TYPE_CHECKING:
@@ -118,6 +118,32 @@ class FlockClient(BaseClient):
 
     def correlation(self, correlation_id: str) -> CorrelationInfo:
         return self._run(self._correlation_call(correlation_id))
+
+    def cancel(self, correlation_id: str) -> CorrelationInfo:
+        """Cancel a cascade (`POST /correlations/{id}/cancel`); cancelling again is harmless."""
+        return self._run(self._cancel_call(correlation_id))
+
+    def get_run(self, run_id: str) -> RunInfo:
+        return self._run(self._run_call(run_id))
+
+    def retry_run(self, run_id: str) -> RunInfo:
+        """Queue a dead or cancelled run again (FlockAPIError `INVALID_STATE` otherwise)."""
+        return self._run(self._retry_run_call(run_id))
+
+    def list_runs(
+        self,
+        *,
+        correlation_id: str | None = None,
+        agent: str | None = None,
+        state: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[RunInfo]:
+        """One page of runs, oldest first (`GET /runs`)."""
+        call = self._runs_call(
+            correlation_id=correlation_id, agent=agent, state=state, limit=limit, offset=offset
+        )
+        return self._run(call)
 
     def list_artifacts(self, **query: Unpack[ArtifactQuery]) -> Iterator[Artifact]:
         """Every matching artifact (up to `limit`), fetched a page at a time as you iterate.

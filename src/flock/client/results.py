@@ -22,16 +22,73 @@ def _time(value: str) -> datetime:
 
 @dataclass(frozen=True, slots=True)
 class AgentFailure:
-    """An agent run of the cascade that failed."""
+    """A run of the cascade that ended dead (`run_id`, `attempts`), or a correlation-level
+    error such as the run bound (both None)."""
 
     agent: str
     artifact_id: str | None
     message: str
     at: datetime
+    run_id: str | None = None
+    attempts: int | None = None
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> AgentFailure:
-        return cls(data["agent"], data.get("artifact_id"), data["message"], _time(data["at"]))
+        return cls(
+            data["agent"],
+            data.get("artifact_id"),
+            data["message"],
+            _time(data["at"]),
+            data.get("run_id"),
+            data.get("attempts"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RunInfo:
+    """`GET /runs/{id}`: one execution of one agent, its state and what it spent."""
+
+    id: str
+    agent: str
+    correlation_id: str
+    input_ids: list[str]
+    output_ids: list[str]
+    state: Literal["queued", "running", "succeeded", "dead", "cancelled"]
+    attempt: int
+    max_attempts: int
+    error: str | None
+    worker: str | None
+    principal: str | None
+    usage: dict[str, int] | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    next_attempt_at: datetime | None
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RunInfo:
+        def moment(name: str) -> datetime | None:
+            value = data.get(name)
+            return None if value is None else _time(value)
+
+        return cls(
+            id=data["id"],
+            agent=data["agent"],
+            correlation_id=data["correlation_id"],
+            input_ids=list(data["input_ids"]),
+            output_ids=list(data["output_ids"]),
+            state=data["state"],
+            attempt=int(data["attempt"]),
+            max_attempts=int(data["max_attempts"]),
+            error=data.get("error"),
+            worker=data.get("worker"),
+            principal=data.get("principal"),
+            usage=data.get("usage"),
+            created_at=_time(data["created_at"]),
+            started_at=moment("started_at"),
+            finished_at=moment("finished_at"),
+            next_attempt_at=moment("next_attempt_at"),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,7 +226,7 @@ class CorrelationInfo:
     """`GET /correlations/{id}`: whether a cascade still runs, and what failed in it."""
 
     correlation_id: str
-    state: Literal["running", "idle"]
+    state: Literal["running", "idle", "cancelled"]
     pending_runs: int
     artifact_count: int
     errors: list[AgentFailure]
@@ -208,5 +265,6 @@ __all__ = [
     "BatchResult",
     "CorrelationInfo",
     "PublishResult",
+    "RunInfo",
     "SyncResult",
 ]
