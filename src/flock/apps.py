@@ -74,7 +74,7 @@ def _exec_file(path: Path, shown: str) -> ModuleType:
         spec.loader.exec_module(module)
     except Exception as exc:
         sys.modules.pop(module_name, None)
-        raise AppLoadError(f"cannot load {shown}: {describe_failure(exc)}") from exc
+        raise AppLoadError(f"cannot load {shown}: {describe_load_failure(exc)}") from exc
     return module
 
 
@@ -85,9 +85,9 @@ def _import_module(target: str) -> ModuleType:
     except ModuleNotFoundError as exc:
         if exc.name and target.startswith(exc.name):
             raise AppLoadError(f"cannot import {target!r}: no module named {exc.name!r}") from exc
-        raise AppLoadError(f"cannot import {target!r}: {describe_failure(exc)}") from exc
+        raise AppLoadError(f"cannot import {target!r}: {describe_load_failure(exc)}") from exc
     except Exception as exc:
-        raise AppLoadError(f"cannot import {target!r}: {describe_failure(exc)}") from exc
+        raise AppLoadError(f"cannot import {target!r}: {describe_load_failure(exc)}") from exc
 
 
 def _attribute(module: ModuleType, ref: str, attr: str) -> Any:
@@ -121,7 +121,7 @@ def _as_loaded(obj: Any, name: str, ref: str) -> LoadedApp:
         try:
             loaded = served(obj())
         except Exception as exc:
-            raise AppLoadError(f"{ref}: calling it failed: {describe_failure(exc)}") from exc
+            raise AppLoadError(f"{ref}: calling it failed: {describe_load_failure(exc)}") from exc
     if loaded is None:
         raise AppLoadError(
             f"{ref}: expected a Flock, a BlackboardHTTPService or its .app "
@@ -130,7 +130,7 @@ def _as_loaded(obj: Any, name: str, ref: str) -> LoadedApp:
     return loaded
 
 
-def describe_failure(exc: BaseException) -> str:
+def describe_load_failure(exc: BaseException) -> str:
     """`file:line: Type: message` of where `exc` was raised, preferring the app's own code
     (the innermost frame outside Flock and installed packages)."""
     if isinstance(exc, SyntaxError):
@@ -158,4 +158,4 @@ def _shorten(filename: str) -> str:
         return filename
 
 
-__all__ = ["AppLoadError", "LoadedApp", "check_app_ref", "describe_failure", "load_app"]
+__all__ = ["AppLoadError", "LoadedApp", "check_app_ref", "describe_load_failure", "load_app"]

@@ -295,10 +295,10 @@ def _check_arguments(app_ref: str | None, demo: bool) -> None:
 
 def _fail(exc: BaseException, debug: bool) -> None:
     """One line on stderr (the traceback too with --debug), then a non-zero exit."""
-    from flock.apps import describe_failure
+    from flock.apps import describe_load_failure
 
     expected = isinstance(exc, CLIError | ValueError | OSError)
-    message = str(exc) if expected else f"unexpected error: {describe_failure(exc)}"
+    message = str(exc) if expected else f"unexpected error: {describe_load_failure(exc)}"
     if debug:
         traceback.print_exception(exc.__cause__ or exc)
     elif exc.__cause__ is not None or not expected:

@@ -17,7 +17,7 @@ from flock.core.runs import Run, output_id_for
 from flock.core.stats import FlockStats
 from flock.core.store.memory import InMemoryBlackboardStore
 from flock.core.store.protocol import BlackboardStore, CorrelationStatus, RunFilter
-from flock.core.triggers import describe_exception, runs_for
+from flock.core.triggers import runs_for
 from flock.core.validation import validate_artifact
 from flock.core.visibility import PUBLIC, AnyVisibility, inherit_visibility, require_consumable
 from flock.core.waiting import CorrelationWatch, WaitOutcome
@@ -400,4 +400,4 @@ def _as_list(result: Any) -> list[Any]:
     return [result]
 
 
-__all__ = ["Flock", "FlockStats", "describe_exception"]
+__all__ = ["Flock", "FlockStats"]

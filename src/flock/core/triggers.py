@@ -11,12 +11,6 @@ from flock.core.failures import describe_failure
 from flock.core.runs import Run, RunState
 
 
-def describe_exception(exc: BaseException) -> str:
-    """How a failure is recorded: the exception type and its message (internals of the
-    store or the framework by type only)."""
-    return describe_failure(exc)
-
-
 def runs_for(
     by_type: Mapping[str, Sequence[Agent]],
     artifact: Artifact,
@@ -37,7 +31,7 @@ def runs_for(
             state, error = RunState.QUEUED, None
         except Exception as exc:
             state = RunState.DEAD
-            error = f"its `where` predicate raised {describe_exception(exc)}"
+            error = f"its `where` predicate raised {describe_failure(exc)}"
         runs.append(
             Run.new(
                 agent.name,
@@ -53,4 +47,4 @@ def runs_for(
     return runs
 
 
-__all__ = ["describe_exception", "runs_for"]
+__all__ = ["runs_for"]

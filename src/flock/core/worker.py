@@ -14,16 +14,17 @@ import logging
 import math
 import os
 import socket
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Literal
 
 from flock.core.agent import AgentOutputError, RunContext
+from flock.core.failures import describe_failure
 from flock.core.runs import NonRetryableError
 from flock.core.store.protocol import ClaimedRun, StoreUnavailableError
 from flock.core.store.shared import LEASE_LOST
-from flock.core.triggers import describe_exception
+from flock.core.validation import ArtifactValidationError
+from flock.core.visibility import VisibilityError
 
 if TYPE_CHECKING:
     from flock.core.orchestrator import Flock
@@ -31,6 +32,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger("flock.worker")
 
 StopReason = Literal["cancelled", "lost", "shutdown"]
+# What a run's outputs got wrong: another attempt of the same engine would repeat it.
+_BAD_OUTPUT = (AgentOutputError, ArtifactValidationError, VisibilityError)
 
 
 def _env_number(name: str, default: float, *, integer: bool = False) -> float:
@@ -170,7 +173,7 @@ class Worker:
             if free > 0:
                 try:
                     claimed = await self.flock.store.claim_runs(
-                        self.name, free, settings.lease_seconds, self._caps()
+                        self.name, free, settings.lease_seconds, self.flock.caps()
                     )
                     failures = 0
                     for item in claimed:
@@ -201,11 +204,6 @@ class Worker:
                         await wake.wait()
                 except TimeoutError:
                     pass
-
-    def _caps(self) -> Mapping[str, int]:
-        return {
-            a.name: a.max_concurrency for a in self.flock.agents if a.max_concurrency is not None
-        }
 
     def _spawn(self, claimed: ClaimedRun) -> None:
         active = _Active(claimed)
@@ -266,13 +264,11 @@ class Worker:
                     run.attempt,
                     run.max_attempts,
                     run.correlation_id,
-                    describe_exception(exc),
+                    describe_failure(exc),
                     exc_info=exc,
                 )
-                retryable = agent.retry_policy.retryable(exc) and not isinstance(
-                    exc, AgentOutputError
-                )
-                await self._fail(active, describe_exception(exc), retryable=retryable, usage=ctx)
+                retryable = agent.retry_policy.retryable(exc) and not isinstance(exc, _BAD_OUTPUT)
+                await self._fail(active, describe_failure(exc), retryable=retryable, usage=ctx)
                 return
             triggered = flock.runs_triggered_by(outputs, principal=run.principal)
             committed = await store.complete_run(

@@ -6,9 +6,9 @@ replicas. `store_from_url` picks one from configuration. `idempotent` adds idemp
 to user-defined routes.
 """
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from flock import lazy_getattr
 from flock.api.idempotency.memory import InMemoryIdempotencyStore
 from flock.api.idempotency.protocol import (
     CachedResponse,
@@ -38,12 +38,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
-
+__getattr__ = lazy_getattr(__name__, _LAZY, globals())
 
 __all__ = [
     "CachedResponse",

@@ -1,5 +1,6 @@
 """Blackboard stores: in-memory, SQLite and PostgreSQL behind one protocol."""
 
+from flock import lazy_getattr
 from flock.core.store.memory import InMemoryBlackboardStore
 from flock.core.store.protocol import (
     BlackboardStore,
@@ -20,10 +21,12 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> object:
-    # The SQL stores import SQLAlchemy; load them only when asked for.
-    if name in {"SQLiteBlackboardStore", "PostgresBlackboardStore", "store_from_url"}:
-        from flock.core.store import sql
-
-        return getattr(sql, name)
-    raise AttributeError(name)
+# The SQL stores import SQLAlchemy; load them only when asked for.
+__getattr__ = lazy_getattr(
+    __name__,
+    dict.fromkeys(
+        ("SQLiteBlackboardStore", "PostgresBlackboardStore", "store_from_url"),
+        "flock.core.store.sql",
+    ),
+    globals(),
+)

@@ -290,10 +290,7 @@ class SQLBlackboardStore:
         page, count, params = sql_runs.query_runs_statements(filters or RunFilter(), limit, offset)
         async with self._reading() as conn:
             rows = (await conn.execute(page, params)).mappings().all()
-            if (limit < 0 or len(rows) < limit) and (rows or offset == 0):
-                total = offset + len(rows)
-            else:
-                total = (await conn.execute(count, params)).scalar_one()
+            total = await _total(conn, len(rows), limit, offset, count, params)
         return [run_from_row(row) for row in rows], total
 
     async def progress(self, correlation_id: str | None = None) -> Progress:
@@ -328,10 +325,7 @@ class SQLBlackboardStore:
         page_params = {**params, "offset": offset, **({"limit": limit} if limited else {})}
         async with self._reading() as conn:
             rows = (await conn.execute(sql.page(shape, limited), page_params)).mappings().all()
-            if (not limited or len(rows) < limit) and (rows or offset == 0):
-                total = offset + len(rows)  # the page holds the last match: no need to count
-            else:
-                total = (await conn.execute(sql.count(shape), params)).scalar_one()
+            total = await _total(conn, len(rows), limit, offset, sql.count(shape), params)
             items = [artifact_from_row(row) for row in rows]
             if not embed_meta:
                 return items, total
@@ -454,6 +448,16 @@ class SQLBlackboardStore:
         if self._schema is not None and not conn.dialect.has_schema(conn, self._schema):
             conn.execute(CreateSchema(self._schema, if_not_exists=True))
         migrate_schema(conn, self._schema)
+
+
+async def _total(
+    conn: AsyncConnection, found: int, limit: int, offset: int, count: Any, params: Any
+) -> int:
+    """How many rows match a paged query that returned `found` rows: counted only when
+    the page may not hold the last match."""
+    if (limit < 0 or found < limit) and (found or offset == 0):
+        return offset + found
+    return int((await conn.execute(count, params)).scalar_one())
 
 
 class SQLiteBlackboardStore(SQLBlackboardStore):
