@@ -2,8 +2,7 @@
 
 The cascade itself lives in the package (`flock.demo`, what `flock serve --demo` serves):
 
-    Document --summarizer--> Summary  --+
-             --keywords----> Keywords --+--reporter--> Report
+    Document --summarizer--> Summary --keywords--> Keywords --reporter--> Report
 """
 
 from __future__ import annotations
