@@ -123,6 +123,7 @@ def plan_service(
     store: str | None,
     idempotency: str | None,
     api_keys: str | None,
+    run_worker: bool = True,
 ) -> ServePlan:
     """Everything `flock serve` does before uvicorn starts (also used by each worker)."""
     if demo == (app_ref is not None):
@@ -130,25 +131,13 @@ def plan_service(
     from flock.api.auth import APIKeyring
     from flock.api.idempotency import store_from_url as idempotency_store_from_url
     from flock.api.service import BlackboardHTTPService
-    from flock.core.store.sql import store_from_url
 
-    if demo:
-        from flock.apps import LoadedApp
-
-        loaded = LoadedApp("demo", demo_flock())
-    else:
-        loaded = _load(str(app_ref))
+    loaded = _load_app_or_demo(app_ref, demo)
     flock, folder = loaded.flock, data_dir(loaded.name)
-    store_url = store or (f"sqlite:///{folder}/blackboard.db" if flock.store_is_default else None)
-    if store_url:
-        if flock.stats.artifacts_published:
-            raise CLIError(
-                f"{app_ref} published artifacts while it was being imported (a top-level "
-                '`asyncio.run(...)`?): put that code under `if __name__ == "__main__":`, '
-                "so that `flock serve` can set the store first"
-            )
-        _ensure_sqlite_dir(store_url)
-        flock.store = store_from_url(store_url)
+    store_url = _set_store(flock, app_ref, store, folder)
+    if not run_worker:
+        _require_shared_store(flock, store_url, "--no-worker")
+        flock.worker_enabled = False
     if loaded.service is not None:
         if idempotency or api_keys:
             raise CLIError(
@@ -165,6 +154,43 @@ def plan_service(
     return ServePlan(service, loaded.name, store_url, idem_url)
 
 
+def _load_app_or_demo(app_ref: str | None, demo: bool) -> LoadedApp:
+    if demo:
+        from flock.apps import LoadedApp
+
+        return LoadedApp("demo", demo_flock())
+    return _load(str(app_ref))
+
+
+def _set_store(flock: Any, app_ref: str | None, store: str | None, folder: Path) -> str | None:
+    """Give the app the store named by `store` (default: its folder's SQLite file, unless
+    the app chose a store itself); the URL used, None for the app's own."""
+    from flock.core.store.sql import store_from_url
+
+    store_url = store or (f"sqlite:///{folder}/blackboard.db" if flock.store_is_default else None)
+    if store_url:
+        if flock.stats.artifacts_published:
+            raise CLIError(
+                f"{app_ref} published artifacts while it was being imported (a top-level "
+                '`asyncio.run(...)`?): put that code under `if __name__ == "__main__":`, '
+                "so that `flock serve` can set the store first"
+            )
+        _ensure_sqlite_dir(store_url)
+        flock.store = store_from_url(store_url)
+    return store_url
+
+
+def _require_shared_store(flock: Any, store_url: str | None, what: str) -> None:
+    from flock.core.store.memory import InMemoryBlackboardStore
+
+    if isinstance(flock.store, InMemoryBlackboardStore):
+        raise CLIError(
+            f"{what} needs a store other processes share (sqlite:///path.db on one machine, "
+            f"postgresql://... on many), not {store_url or 'the app`s in-memory store'}: "
+            "runs in memory are seen by no other process"
+        )
+
+
 def build_service(
     app_ref: str | None,
     *,
@@ -172,10 +198,16 @@ def build_service(
     store: str | None,
     idempotency: str | None,
     api_keys: str | None,
+    run_worker: bool = True,
 ) -> BlackboardHTTPService:
     """The service `flock serve` would serve (see `plan_service`)."""
     return plan_service(
-        app_ref, demo=demo, store=store, idempotency=idempotency, api_keys=api_keys
+        app_ref,
+        demo=demo,
+        store=store,
+        idempotency=idempotency,
+        api_keys=api_keys,
+        run_worker=run_worker,
     ).service
 
 
@@ -189,6 +221,7 @@ def worker_app() -> Any:
         store=os.environ.get("FLOCK_STORE"),
         idempotency=os.environ.get("FLOCK_IDEMPOTENCY"),
         api_keys=os.environ.get("FLOCK_API_KEYS"),
+        run_worker=os.environ.get("FLOCK_WORKER", "1").lower() not in {"0", "false", "no"},
     )
     grace = os.environ.get("FLOCK_SHUTDOWN_GRACE")
     drain_running_server(service, float(grace) if grace else DEFAULT_GRACE_SECONDS)
@@ -248,6 +281,15 @@ def serve(
         str | None, typer.Option(envvar="FLOCK_API_KEYS", help="JSON file of API keys")
     ] = None,
     workers: Annotated[int, typer.Option(min=1, help="worker processes (needs shared stores)")] = 1,
+    run_worker: Annotated[
+        bool,
+        typer.Option(
+            "--worker/--no-worker",
+            envvar="FLOCK_WORKER",
+            help="execute agent runs in this process too (--no-worker: HTTP only, runs are "
+            "executed by `flock worker` processes sharing the store)",
+        ),
+    ] = True,
     shutdown_grace: Annotated[
         float,
         typer.Option(
@@ -269,7 +311,7 @@ def serve(
             level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
         )
         _check_arguments(app_ref, demo)
-        args = (app_ref, demo, host, port, store, idempotency, api_keys)
+        args = (app_ref, demo, host, port, store, idempotency, api_keys, run_worker)
         if workers > 1:
             _serve_workers(*args, workers, shutdown_grace, log_level)
         else:
@@ -315,6 +357,7 @@ def _serve_one(
     store: str | None,
     idempotency: str | None,
     api_keys: str | None,
+    run_worker: bool,
     grace: float,
     log_level: str,
 ) -> None:
@@ -324,7 +367,12 @@ def _serve_one(
         raise CLIError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     try:
         plan = plan_service(
-            app_ref, demo=demo, store=store, idempotency=idempotency, api_keys=api_keys
+            app_ref,
+            demo=demo,
+            store=store,
+            idempotency=idempotency,
+            api_keys=api_keys,
+            run_worker=run_worker,
         )
         import uvicorn
 
@@ -358,6 +406,7 @@ def _serve_workers(
     store: str | None,
     idempotency: str | None,
     api_keys: str | None,
+    run_worker: bool,
     workers: int,
     grace: float,
     log_level: str,
@@ -375,9 +424,17 @@ def _serve_workers(
             "FLOCK_IDEMPOTENCY": idempotency or "",
             "FLOCK_API_KEYS": api_keys or "",
             "FLOCK_SHUTDOWN_GRACE": str(grace),
+            "FLOCK_WORKER": "1" if run_worker else "0",
         }
     )
-    plan = plan_service(app_ref, demo=demo, store=store, idempotency=idempotency, api_keys=api_keys)
+    plan = plan_service(
+        app_ref,
+        demo=demo,
+        store=store,
+        idempotency=idempotency,
+        api_keys=api_keys,
+        run_worker=run_worker,
+    )
     for line in plan.describe():  # fail fast, before forking
         logger.info("%s", line)
     import uvicorn
@@ -392,6 +449,75 @@ def _serve_workers(
         access_log=False,
         timeout_keep_alive=KEEP_ALIVE_SECONDS,
     )
+
+
+@app.command()
+def worker(
+    app_ref: Annotated[
+        str | None,
+        typer.Argument(metavar="APP", help="path/to/app.py or module:attr, as for serve"),
+    ] = None,
+    demo: Annotated[bool, typer.Option("--demo", help="the built-in demo cascade")] = False,
+    store: Annotated[
+        str | None,
+        typer.Option(
+            envvar="FLOCK_STORE",
+            help="sqlite:///path.db or postgresql://..., the store the servers use "
+            "[default: sqlite:///.flock/<app>/blackboard.db]",
+        ),
+    ] = None,
+    concurrency: Annotated[
+        int | None,
+        typer.Option(
+            envvar="FLOCK_WORKER_CONCURRENCY", min=1, help="runs executed at once [default: 64]"
+        ),
+    ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            envvar="FLOCK_METRICS_PORT", min=1, max=65535, help="serve /metrics on this port"
+        ),
+    ] = None,
+    shutdown_grace: Annotated[
+        float,
+        typer.Option(
+            envvar="FLOCK_SHUTDOWN_GRACE",
+            min=0,
+            help="seconds running engines get after SIGTERM/SIGINT before their runs are "
+            "released to other processes",
+        ),
+    ] = DEFAULT_GRACE_SECONDS,
+    log_level: Annotated[str, typer.Option(envvar="FLOCK_LOG_LEVEL")] = "info",
+    debug: Annotated[
+        bool, typer.Option("--debug", envvar="FLOCK_DEBUG", help="print tracebacks of errors")
+    ] = False,
+) -> None:
+    """Execute APP's agent runs from a shared store, serving no HTTP API."""
+    try:
+        logging.basicConfig(
+            level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+        _check_arguments(app_ref, demo)
+        loaded = _load_app_or_demo(app_ref, demo)
+        flock = loaded.flock
+        store_url = _set_store(flock, app_ref, store, data_dir(loaded.name))
+        _require_shared_store(flock, store_url, "flock worker")
+        if concurrency is not None:
+            from dataclasses import replace
+
+            flock.worker.settings = replace(flock.worker.settings, concurrency=concurrency)
+        from flock.startup import describe_store
+
+        logger.info("app %s: store %s", loaded.name, describe_store(store_url))
+        import asyncio
+
+        from flock.worker_process import run_worker
+
+        asyncio.run(run_worker(flock, shutdown_grace, metrics_port))
+    except typer.Exit:
+        raise
+    except Exception as exc:
+        _fail(exc, debug)
 
 
 def _check_shared(store: str | None, idempotency: str | None) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from flock import Flock, flock_type
+from flock import Flock, PublicVisibility, flock_type
 from flock.api.auth import APIKeyring
 from flock.core.store import BlackboardStore
 from support.stores import BACKENDS, open_store
@@ -196,3 +196,35 @@ async def test_the_same_idempotency_key_is_never_replayed_across_tenants(
     assert other.json()["correlation_id"] != first.json()["correlation_id"]
     assert {a["visibility"]["tenant_id"] for a in other.json()["artifacts"]} == {"b"}
     assert again.headers["idempotent-replayed"] == "true" and again.content == first.content
+
+
+async def test_runs_and_status_follow_the_visibility_of_the_cascades_input(
+    api_client: Any, store: BlackboardStore
+) -> None:
+    """A caller who may not see a correlation's input sees neither its status, its runs,
+    nor (through them) its errors, even when one of its outputs is public."""
+    flock = Flock(store=store)
+    flock.agent("announcer").consumes(Order).publishes(
+        Invoice, visibility=PublicVisibility()
+    ).with_engines(lambda order: Invoice(sku=order.sku))
+    keys = {
+        "keys": [{"key": "ops-key-5", "principal": "ops"}, {"key": "eve-key-6", "principal": "eve"}]
+    }
+    client = await api_client(flock, api_keys=APIKeyring.from_dict(keys))
+    ops, eve = {"X-API-Key": "ops-key-5"}, {"X-API-Key": "eve-key-6"}
+    private = {"kind": "Private", "agents": ["ops", "announcer"]}
+    answer = (
+        await client.post("/api/v1/artifacts/sync", json=order(visibility=private), headers=ops)
+    ).json()
+    cid = answer["correlation_id"]
+    assert answer["completed"] is True and len(answer["artifacts"]) == 2
+
+    assert (await client.get(f"/api/v1/correlations/{cid}", headers=ops)).status_code == 200
+    assert (await client.get(f"/api/v1/correlations/{cid}", headers=eve)).status_code == 404
+    assert (await client.post(f"/api/v1/correlations/{cid}/cancel", headers=eve)).status_code == 404
+    runs = await client.get("/api/v1/runs", params={"correlation_id": cid}, headers=eve)
+    assert runs.json()["items"] == []
+    (run,) = (await client.get("/api/v1/runs", params={"correlation_id": cid}, headers=ops)).json()[
+        "items"
+    ]
+    assert (await client.get(f"/api/v1/runs/{run['id']}", headers=eve)).status_code == 404

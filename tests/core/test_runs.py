@@ -225,3 +225,16 @@ async def test_republishing_a_stored_artifact_runs_nothing_again() -> None:
 
     assert runs == [7] and all(r.payload == {"n": 7} for r in results)
     assert flock.stats.artifacts_published == 2  # the input and one output
+
+
+async def test_a_direct_run_is_bounded_by_the_agents_timeout() -> None:
+    flock = Flock()
+
+    async def slow(job: Job) -> Done:
+        await asyncio.sleep(60)
+        return Done(n=job.n)
+
+    flock.agent("slow").consumes(Job).publishes(Done).with_engines(slow).timeout(0.1)
+    with pytest.raises(TimeoutError):
+        await flock.direct_invoke("slow", [Job(n=1)])
+    assert flock.stats.agent_failures == 1

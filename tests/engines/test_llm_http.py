@@ -11,7 +11,7 @@ from engines.models import TICKET, TRIAGE, Spam, Ticket, Triage
 from flock import Flock
 from flock.core.agent import RunContext
 from flock.core.artifacts import Artifact
-from flock.core.runs import NonRetryableError
+from flock.core.runs import NonRetryableError, RetryPolicy
 from flock.engines import LLMEngine, LLMOutputError, LLMRejectedError, LLMRequestError
 from support.fake_openai import FakeOpenAI, completion, error, stall
 
@@ -250,3 +250,37 @@ async def test_through_a_flock_outputs_land_and_failures_are_recorded(
     (failure,) = status.errors
     assert failure.message.startswith("LLMRequestError: model openai:fake-model: HTTP 503")
     assert API_KEY not in failure.message
+
+
+async def test_through_the_worker_always_500_ends_in_a_dead_run_with_its_usage(
+    fake_openai: FakeOpenAI,
+) -> None:
+    """The run model around the engine: each attempt fails retryably, the agent's retry
+    policy applies, and the run record sums what every attempt's requests were."""
+    fake_openai.script(error(500, "upstream exploded"))
+    flock = triage_flock(engine_for(fake_openai, model_settings={"max_retries": 0}))
+    flock.get_agent("triage").retry_policy = RetryPolicy(2, initial_delay=0.01, max_delay=0.01)
+    ticket = await flock.publish(TICKET)
+    await flock.run_until_idle(ticket.correlation_id, timeout=30)
+
+    status = await flock.correlation_status(ticket.correlation_id)
+    assert status is not None
+    (error_entry,) = status.errors
+    assert error_entry.attempts == 2 and "500" in error_entry.message
+    run = await flock.get_run(str(error_entry.run_id))
+    assert run is not None and run.state.value == "dead"
+    assert run.usage is not None and run.usage.requests == len(fake_openai.requests) == 2
+
+
+async def test_through_the_worker_invalid_output_is_dead_after_one_attempt(
+    fake_openai: FakeOpenAI,
+) -> None:
+    fake_openai.script(final({"priority": "whenever"}))
+    flock = triage_flock(engine_for(fake_openai, output_retries=1))
+    ticket = await flock.publish(TICKET)
+    await flock.run_until_idle(ticket.correlation_id, timeout=30)
+
+    status = await flock.correlation_status(ticket.correlation_id)
+    assert status is not None
+    (error_entry,) = status.errors
+    assert error_entry.attempts == 1 and error_entry.message.startswith("LLMOutputError")

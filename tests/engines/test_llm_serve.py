@@ -58,6 +58,11 @@ async def test_flock_serve_runs_the_llm_agent_against_an_openai_compatible_serve
         assert response.status_code == 200, response.text
         answer = response.json()
         metrics = (await client.get("/metrics")).text
+        runs = (
+            await client.get("/api/v1/runs", params={"correlation_id": answer["correlation_id"]})
+        ).json()["items"]
+        (triage_run,) = [run for run in runs if run["agent"] == "triage"]
+        one_run = (await client.get(f"/api/v1/runs/{triage_run['id']}")).json()
 
     assert answer["completed"] is True and answer["errors"] == []
     ticket, triage, assignment = answer["artifacts"]
@@ -72,6 +77,10 @@ async def test_flock_serve_runs_the_llm_agent_against_an_openai_compatible_serve
     assert 'flock_llm_tokens_total{agent="triage",kind="input"} 90.0' in metrics
     assert 'flock_llm_tokens_total{agent="triage",kind="output"} 25.0' in metrics
     assert 'flock_llm_requests_total{agent="triage",outcome="ok"} 1.0' in metrics
+    # the run record holds what the model calls spent
+    usage = {"requests": 1, "input_tokens": 90, "output_tokens": 25}
+    assert triage_run["usage"] == one_run["usage"] == usage
+    assert one_run["state"] == "succeeded" and one_run["output_ids"] == [triage["id"]]
 
 
 def test_the_example_runs_offline_with_the_test_model(tmp_path: Path) -> None:

@@ -1,8 +1,10 @@
-"""Fixtures of the reliability suite: TCP proxies, always closed (`serve` is in tests/)."""
+"""Fixtures of the reliability suite: TCP proxies, always closed (`serve` is in tests/), and
+the durable stores the process tests run on."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -25,3 +27,13 @@ def tcp_proxy() -> Iterator[Callable[[str], TCPProxy]]:
     finally:
         for proxy in proxies:
             proxy.close()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def durable_store(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A store URL processes can share: a SQLite file, or this test's PostgreSQL schema."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'board.db'}"
+    url = request.getfixturevalue("postgres_url")
+    schema = request.getfixturevalue("pg_schema")
+    return f"{url}?schema={schema}"

@@ -11,108 +11,15 @@ import asyncio
 import os
 import signal
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
-from support.apps import job_app, write_app
+from support.durable import Scenario, outputs_and_run, publish, wait_idle
 from support.polling import poll_until
-from support.serve import ServeProcess, ServerFactory
+from support.serve import ServerFactory
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
-
-WORK = """
-MARKER = os.environ["RELIABILITY_MARKER"]
-ATTEMPTS = os.environ["RELIABILITY_ATTEMPTS"]
-
-
-class Work:
-    async def evaluate(self, ctx, inputs):
-        with open(ATTEMPTS, "a") as log:
-            log.write(f"{os.getpid()} {ctx.attempt} {ctx.run_id}\\n")
-        while not os.path.exists(MARKER):  # blocks until the test lets it go
-            await asyncio.sleep(0.02)
-        return Done(n=inputs[0].n + 1)
-"""
-
-APP = job_app(job="DurJob", done="DurDone", work=WORK).replace(
-    ".with_engines(work)", ".with_engines(Work())"
-)
-
-
-class Scenario:
-    """The app, its marker and attempts log, and servers sharing one store."""
-
-    def __init__(self, serve: ServerFactory, tmp_path: Path, store: str, **env: str) -> None:
-        self.serve, self.store = serve, store
-        self.marker = tmp_path / "release.marker"
-        self.attempts = tmp_path / "attempts.log"
-        self.app = write_app(tmp_path, "durable_app.py", APP)
-        self.env = {
-            "RELIABILITY_MARKER": str(self.marker),
-            "RELIABILITY_ATTEMPTS": str(self.attempts),
-            "FLOCK_WORKER_POLL": "0.2",
-            **env,
-        }
-
-    def start(self, **env: str) -> ServeProcess:
-        return self.serve(
-            self.app, store=self.store, idempotency="memory://", **{**self.env, **env}
-        )
-
-    def attempt_log(self) -> list[tuple[int, int, str]]:
-        if not self.attempts.exists():
-            return []
-        rows = [line.split() for line in self.attempts.read_text().splitlines() if line]
-        return [(int(pid), int(attempt), run_id) for pid, attempt, run_id in rows]
-
-    async def wait_attempts(self, n: int) -> list[tuple[int, int, str]]:
-        async def enough() -> list[tuple[int, int, str]] | None:
-            log = self.attempt_log()
-            return log if len(log) >= n else None
-
-        return await poll_until(enough, seconds=60, what=f"{n} attempt(s) to start")
-
-
-async def publish(server: ServeProcess) -> str:
-    async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
-        response = await client.post(
-            "/api/v1/artifacts", json={"type": "DurJob", "payload": {"n": 1}}
-        )
-    assert response.status_code == 200, response.text
-    return str(response.json()["correlation_id"])
-
-
-async def wait_idle(server: ServeProcess, correlation_id: str) -> dict[str, Any]:
-    async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
-
-        async def idle() -> dict[str, Any] | None:
-            status = (await client.get(f"/api/v1/correlations/{correlation_id}")).json()
-            return status if status["state"] == "idle" else None
-
-        return await poll_until(idle, seconds=90, what="the correlation to be idle")
-
-
-async def outputs_and_run(server: ServeProcess, correlation_id: str) -> tuple[list[Any], Any]:
-    async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
-        items = (
-            await client.get("/api/v1/artifacts", params={"correlation_id": correlation_id})
-        ).json()["items"]
-        runs = (await client.get("/api/v1/runs", params={"correlation_id": correlation_id})).json()[
-            "items"
-        ]
-    (run,) = runs
-    return [a for a in items if a["type"] == "DurDone"], run
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def durable_store(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'board.db'}"
-    url = request.getfixturevalue("postgres_url")
-    schema = request.getfixturevalue("pg_schema")
-    return f"{url}?schema={schema}"
 
 
 async def test_a_run_killed_mid_flight_finishes_after_a_restart_with_no_request(

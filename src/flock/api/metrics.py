@@ -12,10 +12,10 @@ from prometheus_client import (
     Counter,
     Histogram,
 )
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from flock.core.stats import FlockStats
+from flock.core.stats import RUN_BUCKETS, FlockStats
 
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 
@@ -47,6 +47,41 @@ class _StatsCollector(Collector):
         for (agent, outcome), value in sorted(self._stats.llm_requests.items()):
             requests.add_metric((agent, outcome), value)
         yield requests
+        yield from self._runs()
+
+    def _runs(self) -> Iterator[Metric]:
+        stats = self._stats
+        runs = CounterMetricFamily(
+            "flock_runs", "Run attempts ended, by agent and outcome", labels=("agent", "outcome")
+        )
+        for (agent, outcome), value in sorted(stats.run_outcomes.items()):
+            runs.add_metric((agent, outcome), value)
+        yield runs
+        yield CounterMetricFamily(
+            "flock_runs_fenced", "Run results dropped: the lease was lost", value=stats.runs_fenced
+        )
+        yield CounterMetricFamily(
+            "flock_runs_recovered",
+            "Runs taken over after their worker's lease ran out",
+            value=stats.runs_recovered,
+        )
+        for name, doc, histograms in (
+            ("flock_run_duration_seconds", "Run attempt durations", stats.run_durations),
+            (
+                "flock_run_queue_seconds",
+                "Runs' waits before starting",
+                stats.run_queue_waits,
+            ),
+        ):
+            family = HistogramMetricFamily(name, doc, labels=("agent",))
+            for agent, histogram in sorted(histograms.items()):
+                buckets = [
+                    (repr(bound), count)
+                    for bound, count in zip(RUN_BUCKETS, histogram.buckets, strict=True)
+                ]
+                buckets.append(("+Inf", histogram.count))
+                family.add_metric((agent,), buckets, histogram.total)
+            yield family
 
 
 class _OutcomesCollector(Collector):
@@ -62,15 +97,21 @@ class _OutcomesCollector(Collector):
         yield family
 
 
+def register_flock_metrics(registry: CollectorRegistry, stats: FlockStats) -> None:
+    """What every process exports: the flock's counters, and prometheus-client's default
+    collectors (process CPU/memory/fds, GC, Python), stateless readers of this process, so
+    sharing them across registries is safe."""
+    for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+        registry.register(collector)
+    registry.register(_StatsCollector(stats))
+
+
 class ServiceMetrics:
     """HTTP, sync-publish and idempotency metrics of one service."""
 
     def __init__(self, stats: FlockStats) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        # prometheus-client's default collectors (process CPU/memory/fds, GC, Python):
-        # stateless readers of this process, so sharing them across registries is safe.
-        for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
-            self.registry.register(collector)
+        register_flock_metrics(self.registry, stats)
         self.requests = Counter(
             "flock_http_requests",
             "HTTP requests by route and status",
@@ -91,7 +132,6 @@ class ServiceMetrics:
             registry=self.registry,
         )
         self._sync_children: dict[bool, Counter] = {}  # labelled on first use, as exported
-        self.registry.register(_StatsCollector(stats))
         self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
 
     def watch_idempotency(self, outcomes: dict[str, int]) -> None:
@@ -117,4 +157,4 @@ class ServiceMetrics:
         children[1].observe(seconds)
 
 
-__all__ = ["ServiceMetrics"]
+__all__ = ["ServiceMetrics", "register_flock_metrics"]

@@ -16,6 +16,8 @@ from flock.core.artifacts import Artifact, new_id
 from flock.core.runs import Run, output_id_for
 from flock.core.stats import FlockStats
 from flock.core.store.memory import InMemoryBlackboardStore
+from flock.core.store.notifications import EVERYTHING
+from flock.core.store.notifications import parse as parse_notification
 from flock.core.store.protocol import BlackboardStore, CorrelationStatus, RunFilter
 from flock.core.triggers import runs_for
 from flock.core.validation import validate_artifact
@@ -67,6 +69,7 @@ class Flock:
         self.worker = Worker(self, settings)
         self.watch = CorrelationWatch(poll_seconds=self._poll_for(self._store))
         self._engine_threads: ThreadPoolExecutor | None = None
+        self._listening: asyncio.Task[None] | None = None
 
     @staticmethod
     def _poll_for(store: BlackboardStore) -> float | None:
@@ -211,10 +214,35 @@ class Flock:
     # -- executing --------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start this flock's worker in the running loop (publishing does it, too)."""
+        """Start this flock's worker in the running loop (publishing does it, too), and
+        listen for other processes' changes where the store tells of them."""
+        self._listen()
         if self.worker_enabled:
             self.watch.reopen()
             self.worker.start()
+
+    def _listen(self) -> None:
+        task = self._listening
+        loop = asyncio.get_running_loop()
+        if task is None or (task.done() and task.get_loop() is not loop):
+            self._listening = loop.create_task(self._subscribe())
+
+    async def _subscribe(self) -> None:
+        try:
+            self.watch.notified = await self._store.subscribe(self._notified)
+        except Exception:
+            logger.exception("cannot subscribe to the store's notifications; polling")
+
+    def _notified(self, payload: str) -> None:
+        """Another process (or this one) changed the store: wake whoever it concerns."""
+        runs, correlation_ids = parse_notification(payload)
+        if runs and self.worker_enabled and self.worker.running:
+            self.worker.wake()
+        for correlation_id in correlation_ids:
+            if correlation_id == EVERYTHING:
+                self.watch.changed_all()
+            else:
+                self.watch.changed(correlation_id)
 
     async def stop(self, grace: float = 0.0) -> None:
         """Stop executing runs: running engines get `grace` seconds, then their runs are
@@ -223,6 +251,7 @@ class Flock:
         self.watch.close()
 
     def _runs_queued(self) -> None:
+        self._listen()
         if self.worker_enabled:
             if not self.worker.running and not self.watch.closed:
                 self.worker.start()
@@ -281,6 +310,7 @@ class Flock:
 
     async def wait_outcome(self, correlation_id: str, timeout: float | None) -> WaitOutcome:
         """How waiting up to `timeout` seconds for the correlation ended."""
+        self._listen()
         return await self.watch.wait(self._store, correlation_id, timeout)
 
     async def correlation_status(self, correlation_id: str) -> CorrelationStatus | None:
@@ -386,6 +416,8 @@ class Flock:
     async def close(self) -> None:
         """Stop the worker (releasing its runs), then close the store."""
         await self.stop(0.0)
+        if self._listening is not None:
+            self._listening.cancel()
         if self._engine_threads is not None:
             self._engine_threads.shutdown(wait=False, cancel_futures=True)
             self._engine_threads = None

@@ -1,8 +1,9 @@
 """Waiting for correlations: in-process events, the store's record as the only truth.
 
-A waiter re-reads the store's progress of its correlation whenever this process changed
-it (an event, no polling); where other processes may change it too (a shared SQL store),
-it also re-reads with a backoff, until the store's notifications replace that.
+A waiter re-reads the store's progress of its correlation whenever it may have changed:
+this process's own writes and, on PostgreSQL, other processes' notifications wake it (no
+polling). Where a store has no notifications (SQLite files shared by several processes) it
+also re-reads with a backoff up to 250 ms; with them, every 2 s as a fallback only.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import asyncio
 from enum import StrEnum
 
 from flock.core.store.protocol import BlackboardStore
+
+NOTIFIED_FALLBACK = 2.0  # seconds between re-reads when notifications wake waiters
 
 
 class WaitOutcome(StrEnum):
@@ -29,6 +32,9 @@ class CorrelationWatch:
 
     def __init__(self, *, poll_seconds: float | None) -> None:
         self.poll_seconds = poll_seconds
+        # True once the store delivers other processes' changes: polling is then only the
+        # fallback for a lost notification connection, at a long interval.
+        self.notified = False
         self._waiters: dict[str | None, set[asyncio.Event]] = {}
         self.closed = False
 
@@ -72,7 +78,9 @@ class CorrelationWatch:
                 wait = None if deadline is None else deadline - loop.time()
                 if wait is not None and wait <= 0:
                     return WaitOutcome.TIMEOUT
-                if self.poll_seconds is not None:
+                if self.notified:
+                    wait = NOTIFIED_FALLBACK if wait is None else min(wait, NOTIFIED_FALLBACK)
+                elif self.poll_seconds is not None:
                     wait = delay if wait is None else min(wait, delay)
                     delay = min(delay * 2, self.poll_seconds)
                 try:

@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import socket
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Literal
@@ -84,6 +85,10 @@ class _Active:
     claimed: ClaimedRun
     task: asyncio.Task[None] | None = None
     reason: StopReason | None = None
+    started: float = 0.0  # time.monotonic() when the attempt began
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
 
     @property
     def fence(self) -> int:
@@ -227,6 +232,9 @@ class Worker:
         run = claimed.run
         if claimed.recovered:
             stats.runs_recovered += 1
+        if run.attempt == 1 and run.started_at is not None:
+            stats.count_queue_wait(run.agent, (run.started_at - run.created_at).total_seconds())
+        active.started = time.monotonic()
         renewer = asyncio.get_running_loop().create_task(self._renew(active))
         try:
             failure = self._unrunnable(claimed)
@@ -246,8 +254,10 @@ class Worker:
                     raise  # not ours: the loop is going away
                 if active.reason == "shutdown":
                     await store.release_run(run.id, active.fence)
+                    stats.count_run(run.agent, "released")
                 elif active.reason == "lost":
                     stats.runs_fenced += 1
+                    stats.count_run(run.agent, "fenced")
                 return
             except TimeoutError:
                 stats.agent_failures += 1
@@ -282,8 +292,10 @@ class Worker:
             if committed:
                 stats.agent_runs += 1
                 stats.artifacts_published += len(outputs)
+                stats.count_run(run.agent, "succeeded", seconds=active.elapsed())
             else:
                 stats.runs_fenced += 1
+                stats.count_run(run.agent, "fenced")
                 logger.warning("run %s lost its lease before committing; dropped", run.id)
         except asyncio.CancelledError:
             if active.reason is None:
@@ -324,9 +336,14 @@ class Worker:
             retry_at=retry_at,
             usage=usage.usage if usage is not None else None,
         )
-        self.flock.stats.agent_runs += 1  # attempts that ended, failed ones included
+        stats = self.flock.stats
+        stats.agent_runs += 1  # attempts that ended, failed ones included
         if not recorded:
-            self.flock.stats.runs_fenced += 1
+            stats.runs_fenced += 1
+            stats.count_run(run.agent, "fenced")
+        else:
+            outcome = "retried" if retry_at is not None else "dead"
+            stats.count_run(run.agent, outcome, seconds=active.elapsed())
 
     async def _renew(self, active: _Active) -> None:
         """Renew the run's lease every third of it; stop the engine once it is lost."""

@@ -23,13 +23,21 @@ async def visible_count(service: ServiceDep, principal: Principal, correlation_i
     return visible
 
 
+async def _may_see_input(service: ServiceDep, principal: Principal, correlation_id: str) -> bool:
+    first, _ = await service.flock.store.query_artifacts(
+        FilterConfig(correlation_id=correlation_id), limit=1
+    )
+    return not first or first[0].visibility.allows(principal.identity)  # type: ignore[union-attr]
+
+
 async def _answer(
     service: ServiceDep, principal: Principal, correlation_id: str, status: CorrelationRecord | None
 ) -> Response:
-    # A caller sees a correlation only through the artifacts it may see.
-    visible = await visible_count(service, principal, correlation_id) if status else 0
-    if status is None or (visible == 0 and status.artifact_count > 0):
+    # A caller sees a correlation (its status, runs and errors) only if it may see its
+    # input: the correlation's first artifact.
+    if status is None or not await _may_see_input(service, principal, correlation_id):
         raise APIError(ErrorCode.NOT_FOUND, f"no correlation {correlation_id!r}")
+    visible = await visible_count(service, principal, correlation_id)
     body = status.to_dict()
     body["artifact_count"] = visible
     return json_response(body, headers={"X-Correlation-ID": correlation_id})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import bisect
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -367,6 +367,9 @@ class InMemoryBlackboardStore:
             first = self._by_id.get(run.input_ids[0]) if run.input_ids else None
             return first is not None and first.visibility.allows(filters.visible_to)
         return True
+
+    async def subscribe(self, callback: Callable[[str], None]) -> bool:
+        return False  # one process: its own changes wake it directly
 
     async def ping(self) -> None:
         return None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -235,6 +235,10 @@ class BlackboardStore(Protocol):
         self, filters: RunFilter | None = None, limit: int = 50, offset: int = 0
     ) -> tuple[list[Run], int]:
         """Matching runs ordered by (created_at, id), and the total count of matches."""
+
+    async def subscribe(self, callback: Callable[[str], None]) -> bool:
+        """Deliver other processes' change notifications (payloads of
+        `flock.core.store.notifications`) to `callback`; False if the store has none."""
 
     async def ping(self) -> None:
         """Raise `StoreUnavailableError` if the backend cannot be reached."""

@@ -13,20 +13,20 @@ import asyncio
 import json
 import os
 from collections import Counter
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 from sqlalchemy.schema import CreateSchema
 
 from flock.core.artifacts import AgentError, Artifact, ArtifactEnvelope, ConsumptionRecord
 from flock.core.runs import Run, Usage, lease_until
-from flock.core.store import sql_runs
+from flock.core.store import notifications, sql_runs
 from flock.core.store import sql_statements as sql
 from flock.core.store.memory import InMemoryBlackboardStore
 from flock.core.store.protocol import (
@@ -63,6 +63,7 @@ from flock.core.store.sql_schema import (
 )
 from flock.core.store.sql_schema import migrate as migrate_schema
 
+_NOTIFY = text("SELECT pg_notify(:channel, :payload)")
 _IN_CHUNK = 1000  # ids per `IN (...)`, far below SQLite's and asyncpg's parameter limits
 # A correlation row created by an artifact or an error, before any state write: any seq wins.
 _NO_SEQ = -1
@@ -93,6 +94,7 @@ class SQLBlackboardStore:
         )
         self._ready = False
         self._ready_lock = asyncio.Lock()
+        self._channel: str | None = None  # PostgreSQL's notification channel
 
     # -- writes -----------------------------------------------------------------------------
 
@@ -105,6 +107,7 @@ class SQLBlackboardStore:
                 return artifact_from_row(row)
             if runs:
                 await sql_runs.insert_runs(conn, runs, postgres=self._postgres, max_runs=max_runs)
+                await self._notify(conn, True, ())
         return artifact
 
     put = publish
@@ -215,6 +218,7 @@ class SQLBlackboardStore:
                 await sql_runs.insert_runs(
                     conn, triggered, postgres=self._postgres, max_runs=max_runs
                 )
+            await self._notify(conn, bool(triggered), (row.correlation_id,))
         return True
 
     async def _consume(self, conn: AsyncConnection, row: Any, now: int) -> None:
@@ -242,17 +246,22 @@ class SQLBlackboardStore:
             if retry_at is not None:
                 params["p_retry_at"] = to_micros(retry_at)
                 result = await conn.execute(sql_runs.REQUEUE_AFTER_FAILURE, params)
+                if result.rowcount:
+                    await self._notify(conn, True, ())  # idle workers learn when it is due
                 return bool(result.rowcount)
             row = (await conn.execute(sql_runs.DIE, params)).first()
             if row is None:
                 return False
             await self._consume(conn, row, now)
+            await self._notify(conn, False, (row.correlation_id,))
         return True
 
     async def release_run(self, run_id: str, fence: int) -> bool:
         params = {"p_run_id": run_id, "p_fence": fence, "p_now": to_micros(utcnow())}
         async with self._transaction() as conn:
             result = await conn.execute(sql_runs.RELEASE, params)
+            if result.rowcount:
+                await self._notify(conn, True, ())
         return bool(result.rowcount)
 
     async def cancel_correlation(self, correlation_id: str) -> bool:
@@ -262,6 +271,7 @@ class SQLBlackboardStore:
             if not result.rowcount:
                 return False
             await conn.execute(sql_runs.CANCEL_RUNS, params)
+            await self._notify(conn, False, (correlation_id,))
         return True
 
     async def retry_run(self, run_id: str) -> Run | None:
@@ -277,6 +287,7 @@ class SQLBlackboardStore:
                 )
             run = run_from_row(row)
             await conn.execute(sql_runs.UNCANCEL, {"p_correlation_id": run.correlation_id})
+            await self._notify(conn, True, (run.correlation_id,))
         return run
 
     async def get_run(self, run_id: str) -> Run | None:
@@ -402,6 +413,21 @@ class SQLBlackboardStore:
         except Exception as exc:
             raise unavailable(exc) from exc
 
+    async def subscribe(self, callback: Callable[[str], None]) -> bool:
+        """Deliver other processes' notifications to `callback`; False: this store has
+        none (SQLite: processes sharing a file find each other's changes by polling)."""
+        return False
+
+    async def _notify(
+        self, conn: AsyncConnection, runs: bool, correlation_ids: Iterable[str]
+    ) -> None:
+        """Tell other processes, when this transaction commits, that runs may be due and
+        that these correlations changed (PostgreSQL only)."""
+        if self._channel is None:
+            return
+        for payload in notifications.payloads(runs, correlation_ids):
+            await conn.execute(_NOTIFY, {"channel": self._channel, "payload": payload})
+
     async def close(self) -> None:
         await self._root_engine.dispose()
 
@@ -486,9 +512,22 @@ class PostgresBlackboardStore(SQLBlackboardStore):
         # size each extra one opened and closed a connection of its own (SQLAlchemy keeps 5
         # by default): with 16 concurrent sync calls that halved the throughput.
         engine_options.setdefault("pool_size", 10)
-        super().__init__(
-            asyncpg_url(dsn), schema=schema, connect_args=connect_args, **engine_options
+        url = asyncpg_url(dsn)
+        super().__init__(url, schema=schema, connect_args=connect_args, **engine_options)
+        # One channel per schema: stores in other schemas of the database never wake us.
+        self._channel = f"flock_{schema or 'public'}"[:63]
+        listen_dsn = url.set(drivername="postgresql").difference_update_query(["ssl"])
+        self._listener = notifications.PostgresListener(
+            listen_dsn.render_as_string(hide_password=False), self._channel
         )
+
+    async def subscribe(self, callback: Callable[[str], None]) -> bool:
+        self._listener.start(callback)
+        return True
+
+    async def close(self) -> None:
+        await self._listener.close()
+        await super().close()
 
 
 def store_from_url(url: str) -> BlackboardStore:
