@@ -402,6 +402,12 @@ async def test_metrics(api_client: Any) -> None:
     assert samples[("flock_agent_runs_total", ())] == 3
     assert samples[("flock_agent_failures_total", ())] == 1
     assert samples[("flock_artifacts_published_total", ())] == 3
+    # per agent and outcome, and each run's duration
+    assert samples[("flock_runs_total", (("agent", "doubler"), ("outcome", "succeeded")))] == 1
+    assert samples[("flock_runs_total", (("agent", "broken"), ("outcome", "dead")))] == 1
+    assert samples[("flock_run_duration_seconds_count", (("agent", "echo"),))] == 1
+    assert samples[("flock_run_queue_seconds_count", (("agent", "doubler"),))] == 1
+    assert samples[("flock_runs_fenced_total", ())] == 0
 
 
 # -- docs and OpenAPI ---------------------------------------------------------------------

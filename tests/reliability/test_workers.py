@@ -32,7 +32,8 @@ def scenario(serve: ServerFactory, tmp_path: Path, durable_store: str) -> Iterat
 
 async def test_an_http_only_server_hands_its_runs_to_a_worker(scenario: Scenario) -> None:
     server = scenario.start(FLOCK_WORKER="0")
-    worker = scenario.start_worker()
+    metrics_port = free_port()
+    worker = scenario.start_worker(FLOCK_METRICS_PORT=str(metrics_port))
     await server.wait_healthy()
     await worker.wait_ready()
     scenario.marker.touch()
@@ -48,6 +49,9 @@ async def test_an_http_only_server_hands_its_runs_to_a_worker(scenario: Scenario
     _, run = await outputs_and_run(server, answer["correlation_id"])
     assert run["worker"].endswith(f":{worker.pid}")  # not the server's process
     assert [row[0] for row in scenario.attempt_log()] == [worker.pid]
+    async with httpx.AsyncClient(timeout=10) as client:
+        metrics = (await client.get(f"http://127.0.0.1:{metrics_port}/metrics")).text
+    assert 'flock_runs_total{agent="worker",outcome="succeeded"} 1.0' in metrics
 
 
 async def test_a_killed_workers_run_is_finished_by_another_worker_once(
