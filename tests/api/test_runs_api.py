@@ -176,3 +176,43 @@ async def test_the_client_lists_gets_retries_runs_and_cancels(api_client: Any) -
             assert exc.code == "NOT_FOUND"
         else:
             raise AssertionError("retrying an unknown run did not fail")
+
+
+NOTE = f"RunsApiNote_{_SUFFIX}"
+
+
+@flock_type(name=NOTE)
+class Note(BaseModel):
+    text: str = ""
+
+
+async def test_past_the_queue_bound_publishes_answer_503_and_store_nothing(
+    api_client: Any,
+) -> None:
+    from flock.core.worker import WorkerSettings
+
+    release = asyncio.Event()
+
+    async def doer(t: Task) -> Result:
+        await release.wait()
+        return Result(mode=t.mode)
+
+    flock = Flock(worker=WorkerSettings(concurrency=1, max_queued_runs=3))
+    flock.agent("doer").consumes(Task).publishes(Result).with_engines(doer)
+    client = await api_client(flock)
+    for n in range(3):
+        assert (await client.post("/api/v1/artifacts", json=task(f"m{n}"))).status_code == 200
+
+    refused = await client.post("/api/v1/artifacts", json=task("one too many"))
+    assert refused.status_code == 503 and refused.json()["code"] == "SERVICE_UNAVAILABLE"
+    assert refused.json()["retryable"] is True and "Retry-After" in refused.headers
+    assert "FLOCK_MAX_QUEUED_RUNS" in refused.json()["message"]
+    batch = await client.post(
+        "/api/v1/artifacts/batch",
+        json={"items": [task("in batch"), {"type": NOTE, "payload": {}}]},
+    )
+    statuses = [item["status"] for item in batch.json()["items"]]
+    assert statuses == ["failed", "accepted"]  # the item that queues no run goes on
+    listed = await client.get("/api/v1/artifacts", params={"type": TASK})
+    assert listed.json()["pagination"]["total"] == 3  # nothing of the refused ones stored
+    release.set()

@@ -221,3 +221,20 @@ async def test_runs_are_listed_by_filter_and_by_what_the_viewer_may_see(
     assert total == 4 and "job-2" not in {r.input_ids[0] for r in seen}
     _, total = await store.query_runs(RunFilter(visible_to=Identity("bob")))
     assert total == 6
+
+
+async def test_claims_take_turns_across_principals(store: BlackboardStore) -> None:
+    for n in range(5):
+        artifact = job(n)
+        run = run_of("worker", artifact)
+        run.principal = "burst"
+        await store.publish(artifact, [run])
+    late = job(9, correlation_id="corr-b")
+    other = run_of("worker", late)
+    other.principal = "other"
+    await store.publish(late, [other])
+
+    first = await store.claim_runs("w", 2, 30, {})
+    assert sorted(str(c.run.principal) for c in first) == ["burst", "other"]
+    rest = await store.claim_runs("w", 10, 30, {})
+    assert [c.run.input_ids[0] for c in rest] == ["job-1", "job-2", "job-3", "job-4"]

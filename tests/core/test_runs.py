@@ -15,6 +15,7 @@ from pydantic import BaseModel
 from flock import Artifact, Flock, RunContext, flock_type
 from flock.core.runs import NonRetryableError, RunState
 from flock.core.store.protocol import RunFilter
+from flock.core.worker import WorkerSettings
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -238,3 +239,36 @@ async def test_a_direct_run_is_bounded_by_the_agents_timeout() -> None:
     with pytest.raises(TimeoutError):
         await flock.direct_invoke("slow", [Job(n=1)])
     assert flock.stats.agent_failures == 1
+
+
+async def test_one_callers_burst_does_not_starve_another_caller() -> None:
+    """Four slots, forty slow runs of one principal queued first: another principal's run
+    starts as soon as a slot or two free up, not after the whole burst."""
+    flock = Flock(worker=WorkerSettings(concurrency=4))
+    entered: asyncio.Queue[int] = asyncio.Queue()
+    gates: dict[int, asyncio.Event] = {}
+
+    async def gated(job: Job) -> Done:
+        gates[job.n] = asyncio.Event()
+        entered.put_nowait(job.n)
+        await gates[job.n].wait()
+        return Done(n=job.n)
+
+    flock.agent("gated").consumes(Job).publishes(Done).with_engines(gated)
+    for n in range(40):
+        await flock.publish(Job(n=n), principal="bulk")
+    first = [await asyncio.wait_for(entered.get(), 5) for _ in range(4)]
+    await flock.publish(Job(n=1000), principal="interactive")
+
+    started: list[int] = []
+    for n in first[:2]:
+        gates[n].set()
+        started.append(await asyncio.wait_for(entered.get(), 5))
+    assert 1000 in started
+    for gate in list(gates.values()):
+        gate.set()
+    while len(gates) < 41 or not all(g.is_set() for g in gates.values()):
+        await asyncio.wait_for(entered.get(), 5)
+        for gate in gates.values():
+            gate.set()
+    await flock.run_until_idle(timeout=10)

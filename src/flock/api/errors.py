@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from flock.api.idempotency.protocol import IdempotencyStoreUnavailableError
 from flock.api.routing import routes_on_path
 from flock.core.agent import AgentOutputError
-from flock.core.store.protocol import StoreUnavailableError
+from flock.core.store.protocol import RunQueueFullError, StoreUnavailableError
 from flock.core.validation import ArtifactValidationError, scrub_json
 from flock.core.visibility import TenantScopeError, VisibilityError
 from flock.registry import RegistryError
@@ -281,6 +281,10 @@ def _allowed_methods(request: Request) -> list[str]:
 
 
 async def _store_unavailable(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, RunQueueFullError):
+        return create_error_response(
+            ErrorCode.SERVICE_UNAVAILABLE, str(exc), correlation_id=request_correlation_id(request)
+        )
     logger.warning("store unavailable during %s %s: %s", request.method, request.url.path, exc)
     return create_error_response(
         ErrorCode.SERVICE_UNAVAILABLE,
@@ -355,6 +359,10 @@ def error_response_for(exc: Exception, correlation_id: str | None) -> Response |
         )
     if isinstance(exc, RegistryError):
         return create_error_response(ErrorCode.NOT_FOUND, str(exc), correlation_id=correlation_id)
+    if isinstance(exc, RunQueueFullError):
+        return create_error_response(
+            ErrorCode.SERVICE_UNAVAILABLE, str(exc), correlation_id=correlation_id
+        )
     if isinstance(exc, StoreUnavailableError | IdempotencyStoreUnavailableError):
         return create_error_response(
             ErrorCode.SERVICE_UNAVAILABLE,

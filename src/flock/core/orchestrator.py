@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -18,7 +19,12 @@ from flock.core.stats import FlockStats
 from flock.core.store.memory import InMemoryBlackboardStore
 from flock.core.store.notifications import EVERYTHING
 from flock.core.store.notifications import parse as parse_notification
-from flock.core.store.protocol import BlackboardStore, CorrelationStatus, RunFilter
+from flock.core.store.protocol import (
+    BlackboardStore,
+    CorrelationStatus,
+    RunFilter,
+    RunQueueFullError,
+)
 from flock.core.triggers import runs_for
 from flock.core.validation import validate_artifact
 from flock.core.visibility import PUBLIC, AnyVisibility, inherit_visibility, require_consumable
@@ -35,6 +41,7 @@ logger = logging.getLogger("flock.orchestrator")
 # How often a waiter re-reads a store other processes may change, at most (until the
 # store's notifications wake it).
 _SHARED_STORE_POLL = 0.25
+_QUEUE_CHECK_SECONDS = 0.1
 
 
 class Flock:
@@ -70,6 +77,7 @@ class Flock:
         self.watch = CorrelationWatch(poll_seconds=self._poll_for(self._store))
         self._engine_threads: ThreadPoolExecutor | None = None
         self._listening: asyncio.Task[None] | None = None
+        self._queued, self._queue_checked_at = 0, float("-inf")
 
     @staticmethod
     def _poll_for(store: BlackboardStore) -> float | None:
@@ -171,12 +179,32 @@ class Flock:
             artifact.visibility = visibility or PUBLIC
         validate_artifact(artifact)  # ArtifactValidationError: nothing is stored
         runs = runs_for(self._by_type, artifact, principal=principal, at=datetime.now(UTC))
+        if runs:
+            await self._check_queue()
         stored = await self._store.publish(artifact, runs, max_runs=self.max_runs_per_correlation)
         if stored is artifact:
             self.stats.artifacts_published += 1
             if runs:
                 self._runs_queued()
         return stored
+
+    async def _check_queue(self) -> None:
+        """Refuse a publish that would queue runs past `max_queued_runs` (backpressure).
+
+        The store's count is read at most every `_QUEUE_CHECK_SECONDS`, so the bound is
+        approximate by what is published in that time, and costs no query per publish.
+        """
+        now = time.monotonic()
+        if now - self._queue_checked_at >= _QUEUE_CHECK_SECONDS:
+            self._queued = (await self._store.progress()).pending
+            self._queue_checked_at = now
+        limit = self.worker.settings.max_queued_runs
+        if self._queued >= limit:
+            raise RunQueueFullError(
+                f"{self._queued} runs are queued, the limit is {limit} (FLOCK_MAX_QUEUED_RUNS); "
+                "nothing was stored: retry later"
+            )
+        self._queued += 1
 
     @staticmethod
     def _to_artifact(obj: BaseModel | Mapping[str, Any], produced_by: str) -> Artifact:

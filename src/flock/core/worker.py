@@ -61,12 +61,15 @@ class WorkerSettings:
     - run_timeout (`FLOCK_RUN_TIMEOUT`, 600): seconds per attempt unless `agent.timeout()`.
     - poll_seconds (`FLOCK_WORKER_POLL`, 1): how often an idle worker looks for runs queued
       by other processes (a fallback; runs of this process wake it at once).
+    - max_queued_runs (`FLOCK_MAX_QUEUED_RUNS`, 10,000): past this many pending runs in
+      the store, publishing refuses (503) and stores nothing.
     """
 
     concurrency: int = 64
     lease_seconds: float = 30.0
     run_timeout: float = 600.0
     poll_seconds: float = 1.0
+    max_queued_runs: int = 10_000
 
     @classmethod
     def from_env(cls) -> WorkerSettings:
@@ -75,6 +78,7 @@ class WorkerSettings:
             lease_seconds=_env_number("FLOCK_RUN_LEASE", 30.0),
             run_timeout=_env_number("FLOCK_RUN_TIMEOUT", 600.0),
             poll_seconds=_env_number("FLOCK_WORKER_POLL", 1.0),
+            max_queued_runs=int(_env_number("FLOCK_MAX_QUEUED_RUNS", 10_000, integer=True)),
         )
 
 

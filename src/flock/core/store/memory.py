@@ -23,6 +23,7 @@ from flock.core.store.shared import (
     add_usage,
     correlation_state,
     dead_run_error,
+    fair_order,
     requeue,
     run_limit_error,
     start_attempt,
@@ -202,21 +203,13 @@ class InMemoryBlackboardStore:
         self, worker: str, limit: int, lease_seconds: float, caps: Mapping[str, int]
     ) -> list[ClaimedRun]:
         now = utcnow()
-        running: Counter[str] = Counter()
-        if caps:
-            running.update(
-                r.agent
-                for r in self._pending.values()
-                if r.state == RUNNING
-                and r.lease_expires_at is not None
-                and r.lease_expires_at > now
-            )
+        live = [r for r in self._pending.values() if r.state == RUNNING and _due(r) > now]
+        running = Counter(r.agent for r in live)
+        busy = Counter(r.principal for r in live)
         claimed: list[ClaimedRun] = []
-        for run in self._pending.values():
+        for run in fair_order((r for r in self._pending.values() if _due(r) <= now), busy):
             if len(claimed) >= limit:
                 break
-            if _due(run) > now:
-                continue
             cap = caps.get(run.agent)
             if cap is not None:
                 if running[run.agent] >= cap:

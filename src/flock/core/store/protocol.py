@@ -16,6 +16,10 @@ class StoreUnavailableError(RuntimeError):
     """The store's backend could not be reached; the operation may be retried."""
 
 
+class RunQueueFullError(StoreUnavailableError):
+    """More runs are queued than `FLOCK_MAX_QUEUED_RUNS`: nothing was stored; retry later."""
+
+
 @dataclass(frozen=True, slots=True)
 class FilterConfig:
     """What `query_artifacts` and `summarize_artifacts` select. Empty fields match everything.
@@ -256,5 +260,6 @@ __all__ = [
     "InvalidRunStateError",
     "Progress",
     "RunFilter",
+    "RunQueueFullError",
     "StoreUnavailableError",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 
 from flock.core.artifacts import AgentError
@@ -20,6 +21,20 @@ def correlation_state(cancelled: bool, pending: int) -> CorrelationState:
     if cancelled:
         return "cancelled"
     return "running" if pending else "idle"
+
+
+def fair_order(runs: Iterable[Run], busy: Mapping[str | None, int]) -> list[Run]:
+    """Due runs (oldest first) in the order a claim takes them: round-robin across their
+    principals, a principal with `busy[p]` runs running already waiting that many turns,
+    so a caller whose burst holds the slots yields the next free one to another caller."""
+    seen: dict[str | None, int] = {}
+    keyed = []
+    for position, run in enumerate(runs):
+        turn = seen.get(run.principal, busy.get(run.principal, 0))
+        seen[run.principal] = turn + 1
+        keyed.append((turn, position, run))
+    keyed.sort(key=lambda item: item[:2])
+    return [run for _, _, run in keyed]
 
 
 def start_attempt(
@@ -87,6 +102,7 @@ __all__ = [
     "add_usage",
     "correlation_state",
     "dead_run_error",
+    "fair_order",
     "requeue",
     "run_limit_error",
     "start_attempt",

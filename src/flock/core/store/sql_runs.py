@@ -59,18 +59,32 @@ _CLAIM_VALUES: dict[str, Any] = {
 
 
 def _claim_statement(postgres: bool, scope: str) -> Update:
+    """Due runs, claimed fairly: round-robin across the principals that published them
+    (each one's oldest first, a principal with runs running already waiting that many
+    turns), so one caller's burst cannot starve another's run."""
+    due = [r.due_at.is_not(None), r.due_at <= bindparam("p_now")]
+    if scope == "agent":
+        due.append(r.agent == bindparam("p_agent"))
+    elif scope == "uncapped":
+        due.append(r.agent.not_in(bindparam("p_capped", expanding=True)))
+    turn = func.row_number().over(partition_by=r.principal, order_by=(r.due_at, r.id))
+    ranked = select(r.id, r.principal, r.due_at, turn.label("turn")).where(*due).subquery()
+    # A principal whose runs hold slots already waits that many turns.
+    busy = (
+        select(r.principal, func.count().label("running"))
+        .where(r.due_at.is_not(None), r.state == RUNNING, r.due_at > bindparam("p_now"))
+        .group_by(r.principal)
+        .subquery()
+    )
     candidates = (
         select(r.id)
-        .where(r.due_at.is_not(None), r.due_at <= bindparam("p_now"))
-        .order_by(r.due_at, r.id)
+        .join(ranked, ranked.c.id == r.id)
+        .outerjoin(busy, busy.c.principal.is_not_distinct_from(ranked.c.principal))
+        .order_by(ranked.c.turn + func.coalesce(busy.c.running, 0), ranked.c.due_at, r.id)
         .limit(bindparam("p_limit"))
     )
-    if scope == "agent":
-        candidates = candidates.where(r.agent == bindparam("p_agent"))
-    elif scope == "uncapped":
-        candidates = candidates.where(r.agent.not_in(bindparam("p_capped", expanding=True)))
     if postgres:
-        candidates = candidates.with_for_update(skip_locked=True)
+        candidates = candidates.with_for_update(skip_locked=True, of=runs)
     return (
         update(runs)
         .where(r.id.in_(candidates.scalar_subquery()))
