@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 
 RUN_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 600.0)
@@ -18,9 +19,9 @@ class Histogram:
     def observe(self, value: float) -> None:
         self.count += 1
         self.total += value
-        for i, bound in enumerate(RUN_BUCKETS):
-            if value <= bound:
-                self.buckets[i] += 1
+        first = bisect.bisect_left(RUN_BUCKETS, value)  # buckets are cumulative (le)
+        for i in range(first, len(RUN_BUCKETS)):
+            self.buckets[i] += 1
 
 
 @dataclass(slots=True)

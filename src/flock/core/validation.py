@@ -60,6 +60,9 @@ class ArtifactValidationError(ValueError):
         super().__init__(summary or "invalid input")
 
 
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
+
+
 def text_problem(value: str, field: str, *, max_length: int | None = None) -> Problem | None:
     """Why `value` cannot be stored as text (NUL, lone surrogate, too long), or None."""
     if max_length is not None and len(value) > max_length:
@@ -83,7 +86,7 @@ def name_problem(value: object, field: str, *, max_length: int = MAX_NAME_LENGTH
     found = text_problem(value, field, max_length=max_length)
     if found is not None:
         return found
-    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value):
+    if _CONTROL.search(value) is not None:
         return Problem(field, "control characters are not allowed", "control_character")
     return None
 

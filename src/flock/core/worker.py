@@ -189,9 +189,10 @@ class Worker:
                         self._spawn(item)
                     if len(claimed) == free:
                         continue  # perhaps more are due; free slots wake us
-                    # Sleep until the next run falls due; one due already is held back by
-                    # a `max_concurrency` cap, and a run ending wakes us for it.
-                    due = await self.flock.store.next_due()
+                    # Nothing more is due now. With runs started, their ends wake us (a
+                    # retry falling due meanwhile waits at most the poll); idle, sleep until
+                    # the next run falls due (one due already is held back by a cap).
+                    due = None if claimed else await self.flock.store.next_due()
                     if due is not None:
                         wait = (due - datetime.now(UTC)).total_seconds()
                         if wait > 0:
@@ -208,11 +209,9 @@ class Worker:
             if not self._claiming:
                 break
             if delay > 0:
-                try:
-                    async with asyncio.timeout(delay):
-                        await wake.wait()
-                except TimeoutError:
-                    pass
+                timer = asyncio.get_running_loop().call_later(delay, wake.set)
+                await wake.wait()
+                timer.cancel()
 
     def _spawn(self, claimed: ClaimedRun) -> None:
         active = _Active(claimed)

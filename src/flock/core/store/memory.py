@@ -112,8 +112,7 @@ class InMemoryBlackboardStore:
                     record.limit_reported = True
                     record.errors.append(run_limit_error(run, max_runs))
                 continue
-            run = run.copy()
-            record.run_count += 1
+            record.run_count += 1  # the store keeps the record it was given
             record.runs.append(run)
             self._runs[run.id] = run
             if run.pending:
