@@ -95,6 +95,7 @@ class SQLBlackboardStore:
         self._ready = False
         self._ready_lock = asyncio.Lock()
         self._channel: str | None = None  # PostgreSQL's notification channel
+        self._write_lock = None if self._postgres else asyncio.Lock()
 
     # -- writes -----------------------------------------------------------------------------
 
@@ -106,7 +107,9 @@ class SQLBlackboardStore:
                 row = (await conn.execute(sql.GET_ARTIFACT, {"id": artifact.id})).mappings().one()
                 return artifact_from_row(row)
             if runs:
-                await sql_runs.insert_runs(conn, runs, postgres=self._postgres, max_runs=max_runs)
+                await sql_runs.insert_runs(
+                    conn, runs, postgres=self._postgres, schema=self._schema, max_runs=max_runs
+                )
                 await self._notify(conn, True, ())
         return artifact
 
@@ -216,7 +219,7 @@ class SQLBlackboardStore:
             await self._consume(conn, row, now)
             if triggered:
                 await sql_runs.insert_runs(
-                    conn, triggered, postgres=self._postgres, max_runs=max_runs
+                    conn, triggered, postgres=self._postgres, schema=self._schema, max_runs=max_runs
                 )
             await self._notify(conn, bool(triggered), (row.correlation_id,))
         return True
@@ -433,8 +436,17 @@ class SQLBlackboardStore:
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[AsyncConnection]:
-        """One write transaction, committed at the end (or rolled back)."""
-        async with self._errors_mapped(), self._engine.begin() as conn:
+        """One write transaction, committed at the end (or rolled back).
+
+        SQLite has one writer at a time: this process's writers queue here, in order,
+        instead of in SQLite's busy handler, whose sleeps grow to 100 ms under contention.
+        Other processes sharing the file still wait in the busy handler.
+        """
+        if self._write_lock is None:
+            async with self._errors_mapped(), self._engine.begin() as conn:
+                yield conn
+            return
+        async with self._write_lock, self._errors_mapped(), self._engine.begin() as conn:
             yield conn
 
     @asynccontextmanager
