@@ -34,7 +34,9 @@ async def run_worker(flock: Flock, grace: float, metrics_port: int | None = None
         agents,
         flock.worker.settings.concurrency,
     )
+    gauge = loop.create_task(flock.watch_queue())
     received = await stops.get()
+    gauge.cancel()
     logger.info(
         "%s: no new claims; %d run(s) running get %g s, then are released",
         signal.Signals(received).name,

@@ -16,6 +16,7 @@ from flock import Artifact, Flock, RunContext, flock_type
 from flock.core.runs import NonRetryableError, RunState
 from flock.core.store.protocol import RunFilter
 from flock.core.worker import WorkerSettings
+from support.polling import poll_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -272,3 +273,27 @@ async def test_one_callers_burst_does_not_starve_another_caller() -> None:
         for gate in gates.values():
             gate.set()
     await flock.run_until_idle(timeout=10)
+
+
+async def test_the_queued_gauge_reads_the_stores_queued_runs_per_agent() -> None:
+    from prometheus_client import generate_latest
+
+    from flock.api.metrics import ServiceMetrics
+
+    flock = Flock(worker=False)  # nothing claims: the runs stay queued
+    flock.agent("count").consumes(Job).publishes(Done).with_engines(lambda job: Done(n=job.n))
+    flock.agent("idle").consumes(Done).with_engines(lambda done: None)
+    for n in range(3):
+        await flock.publish(Job(n=n))
+    gauge = asyncio.create_task(flock.watch_queue(interval=0.01))
+    try:
+
+        async def read() -> bool:
+            return flock.stats.runs_queued == {"count": 3, "idle": 0}
+
+        await poll_until(read, seconds=5, what="the gauge to read the store")
+    finally:
+        gauge.cancel()
+    text = generate_latest(ServiceMetrics(flock.stats).registry).decode()
+    assert 'flock_runs_queued{agent="count"} 3.0' in text
+    assert 'flock_runs_queued{agent="idle"} 0.0' in text

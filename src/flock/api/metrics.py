@@ -12,7 +12,12 @@ from prometheus_client import (
     Counter,
     Histogram,
 )
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from flock.core.stats import RUN_BUCKETS, FlockStats
@@ -57,6 +62,12 @@ class _StatsCollector(Collector):
         for (agent, outcome), value in sorted(stats.run_outcomes.items()):
             runs.add_metric((agent, outcome), value)
         yield runs
+        queued = GaugeMetricFamily(
+            "flock_runs_queued", "Runs waiting to be claimed, per agent", labels=("agent",)
+        )
+        for agent, count in sorted(stats.runs_queued.items()):
+            queued.add_metric((agent,), count)
+        yield queued
         yield CounterMetricFamily(
             "flock_runs_fenced", "Run results dropped: the lease was lost", value=stats.runs_fenced
         )

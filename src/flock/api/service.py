@@ -96,15 +96,18 @@ class BlackboardHTTPService:
         # The worker starts with the app, so runs a crashed process left behind are taken
         # over without waiting for a request.
         self.flock.start()
-        purger = asyncio.get_running_loop().create_task(
+        loop = asyncio.get_running_loop()
+        purger = loop.create_task(
             purge_periodically(self.idempotency, self.settings.purge_interval)
         )
+        gauge = loop.create_task(self.flock.watch_queue())
         try:
             yield
         finally:
             self.begin_shutdown()
             purger.cancel()
-            await asyncio.gather(purger, return_exceptions=True)
+            gauge.cancel()
+            await asyncio.gather(purger, gauge, return_exceptions=True)
             await self.stop_runs(self.drain_seconds)
             await self.idempotency.close()
             await self.flock.close()

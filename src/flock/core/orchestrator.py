@@ -42,6 +42,7 @@ logger = logging.getLogger("flock.orchestrator")
 # store's notifications wake it).
 _SHARED_STORE_POLL = 0.25
 _QUEUE_CHECK_SECONDS = 0.1
+QUEUE_GAUGE_SECONDS = 5.0
 
 
 class Flock:
@@ -187,6 +188,18 @@ class Flock:
             if runs:
                 self._runs_queued()
         return stored
+
+    async def watch_queue(self, interval: float = QUEUE_GAUGE_SECONDS) -> None:
+        """Keep `stats.runs_queued` (the `flock_runs_queued` gauge) current: the store's
+        queued runs per agent, read every `interval` seconds. Runs until cancelled."""
+        while True:
+            try:
+                queued = await self._store.queued_by_agent()
+            except Exception as exc:
+                logger.debug("cannot read the queued runs: %s", exc)
+            else:
+                self.stats.runs_queued = {a.name: queued.get(a.name, 0) for a in self.agents}
+            await asyncio.sleep(interval)
 
     async def _check_queue(self) -> None:
         """Refuse a publish that would queue runs past `max_queued_runs` (backpressure).

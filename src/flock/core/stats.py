@@ -42,6 +42,7 @@ class FlockStats:
     run_outcomes: dict[tuple[str, str], int] = field(default_factory=dict)
     run_durations: dict[str, Histogram] = field(default_factory=dict)  # per agent, seconds
     run_queue_waits: dict[str, Histogram] = field(default_factory=dict)  # created -> started
+    runs_queued: dict[str, int] = field(default_factory=dict)  # per agent, as last read
     llm_tokens: dict[tuple[str, str], int] = field(default_factory=dict)
     llm_requests: dict[tuple[str, str], int] = field(default_factory=dict)
 

@@ -220,6 +220,9 @@ class InMemoryBlackboardStore:
             claimed.append(ClaimedRun(run.copy(), inputs, recovered))
         return claimed
 
+    async def queued_by_agent(self) -> dict[str, int]:
+        return dict(Counter(r.agent for r in self._pending.values() if r.state == QUEUED))
+
     async def next_due(self) -> datetime | None:
         return min((_due(r) for r in self._pending.values()), default=None)
 

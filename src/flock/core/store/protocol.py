@@ -196,6 +196,9 @@ class BlackboardStore(Protocol):
     async def next_due(self) -> datetime | None:
         """When the earliest pending run becomes claimable (now or later), if any."""
 
+    async def queued_by_agent(self) -> dict[str, int]:
+        """How many runs of each agent are queued (waiting to be claimed)."""
+
     async def renew_lease(self, run_id: str, fence: int, lease_seconds: float) -> bool: ...
 
     async def complete_run(

@@ -182,6 +182,11 @@ class SQLBlackboardStore:
             for run in claimed
         ]
 
+    async def queued_by_agent(self) -> dict[str, int]:
+        async with self._reading() as conn:
+            rows = (await conn.execute(sql_runs.QUEUED_BY_AGENT)).tuples().all()
+        return {agent: count for agent, count in rows}
+
     async def next_due(self) -> datetime | None:
         async with self._reading() as conn:
             value = (await conn.execute(sql_runs.NEXT_DUE)).scalar()

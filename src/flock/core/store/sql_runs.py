@@ -170,6 +170,9 @@ async def inputs_of(conn: AsyncConnection, claimed: Sequence[Run]) -> dict[str, 
 
 
 NEXT_DUE = select(func.min(r.due_at)).where(r.due_at.is_not(None))
+QUEUED_BY_AGENT = (
+    select(r.agent, func.count()).where(r.due_at.is_not(None), r.state == QUEUED).group_by(r.agent)
+)
 
 
 def _fenced(*, live: bool = True) -> list[ColumnElement[bool]]:
