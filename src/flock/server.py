@@ -28,6 +28,7 @@ logger = logging.getLogger("flock.server")
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 DEFAULT_GRACE_SECONDS = 30.0
+_LAST_ANSWERS_SECONDS = 5.0  # after the grace period, for waiting sync calls to answer
 
 
 class Drain:
@@ -74,15 +75,18 @@ class Drain:
                 self.grace_seconds,
             )
         # Running engines get the grace period; then their runs are released (another
-        # process takes them at once) and sync calls still waiting answer completed=false.
+        # process takes them at once). Sync calls still waiting may yet see their cascade
+        # finish elsewhere until the grace period ends; then they answer completed=false.
         await self.service.stop_runs(self.grace_seconds)
         if not await self.service.wait_drained(max(deadline - loop.time(), 0.0)):
             logger.warning(
                 "shutdown grace period of %g s over with %d request(s) still in flight; "
-                "stopping (uvicorn waits for them)",
+                "sync calls answer completed=false now",
                 self.grace_seconds,
                 self.service.requests_in_flight,
             )
+            self.service.answer_waiters()
+            await self.service.wait_drained(_LAST_ANSWERS_SECONDS)
         self.server.should_exit = True
 
     def take_over_signals(self) -> None:

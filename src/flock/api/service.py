@@ -119,9 +119,12 @@ class BlackboardHTTPService:
         self.flock.worker.stop_claiming()
 
     async def stop_runs(self, grace: float) -> None:
-        """Give running engines `grace` seconds, then release their runs to other workers;
-        sync calls still waiting answer `completed: false`."""
-        await self.flock.stop(grace)
+        """Give running engines `grace` seconds, then release their runs to other workers."""
+        await self.flock.worker.stop(grace)
+
+    def answer_waiters(self) -> None:
+        """Sync calls still waiting answer now (`completed: false`)."""
+        self.flock.watch.close()
 
     async def wait_drained(self, seconds: float) -> bool:
         """Wait until no request is in flight, at most `seconds`; whether none is left."""
