@@ -11,6 +11,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -121,3 +122,23 @@ def test_memory_stores_are_refused_in_one_line(
     )
     assert done.returncode == 2, done.stderr
     assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+async def test_two_replicas_report_the_same_pending_runs(scenario: Scenario) -> None:
+    running = scenario.start()
+    http_only = scenario.start(FLOCK_WORKER="0")
+    await running.wait_healthy()
+    await http_only.wait_healthy()
+    correlation_id = await publish(http_only)  # executed by the other replica's worker
+    await scenario.wait_attempts(1)
+
+    async def status(server: Any) -> dict[str, Any]:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+            return (await client.get(f"/api/v1/correlations/{correlation_id}")).json()
+
+    first, second = await status(running), await status(http_only)
+    assert (first["state"], first["pending_runs"]) == ("running", 1)
+    assert (second["state"], second["pending_runs"]) == ("running", 1)
+    scenario.marker.touch()
+    await wait_idle(http_only, correlation_id)
+    assert (await status(running))["pending_runs"] == 0
