@@ -25,6 +25,7 @@ SCENARIOS = {
     "idempotency": "idempotency store claim/complete/lookup (memory, SQLite, PostgreSQL, Redis)",
     "memory": "server RSS over 100,000 keyed requests with a 2 s TTL, before/after purge",
     "scaleout": "sync publish with flock serve --workers 1 vs 2 (PostgreSQL + Redis)",
+    "stores": "memory vs SQLite vs PostgreSQL: sync publish at 16 conn, in-process cascade",
 }
 
 
