@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import Connection, text
 from sqlalchemy.engine import URL, make_url
@@ -62,6 +62,7 @@ from flock.core.store.sql_schema import (
     usage_params,
 )
 from flock.core.store.sql_schema import migrate as migrate_schema
+from flock.core.store.sql_thread import SQLiteFiles
 
 _NOTIFY = text("SELECT pg_notify(:channel, :payload)")
 _IN_CHUNK = 1000  # ids per `IN (...)`, far below SQLite's and asyncpg's parameter limits
@@ -96,6 +97,7 @@ class SQLBlackboardStore:
         self._ready_lock = asyncio.Lock()
         self._channel: str | None = None  # PostgreSQL's notification channel
         self._write_lock = None if self._postgres else asyncio.Lock()
+        self._files: SQLiteFiles | None = None  # SQLite: statements in place (sql_thread)
 
     # -- writes -----------------------------------------------------------------------------
 
@@ -307,7 +309,7 @@ class SQLBlackboardStore:
         self, filters: RunFilter | None = None, limit: int = 50, offset: int = 0
     ) -> tuple[list[Run], int]:
         page, count, params = sql_runs.query_runs_statements(filters or RunFilter(), limit, offset)
-        async with self._reading() as conn:
+        async with self._reading(many_rows=True) as conn:
             rows = (await conn.execute(page, params)).mappings().all()
             total = await _total(conn, len(rows), limit, offset, count, params)
         return [run_from_row(row) for row in rows], total
@@ -342,7 +344,7 @@ class SQLBlackboardStore:
         shape, params = sql.filter_params(filters)
         limited = limit >= 0
         page_params = {**params, "offset": offset, **({"limit": limit} if limited else {})}
-        async with self._reading() as conn:
+        async with self._reading(many_rows=True) as conn:
             rows = (await conn.execute(sql.page(shape, limited), page_params)).mappings().all()
             total = await _total(conn, len(rows), limit, offset, sql.count(shape), params)
             items = [artifact_from_row(row) for row in rows]
@@ -353,7 +355,7 @@ class SQLBlackboardStore:
 
     async def summarize_artifacts(self, filters: FilterConfig | None = None) -> dict[str, Any]:
         shape, params = sql.filter_params(filters)
-        async with self._reading() as conn:
+        async with self._reading(many_rows=True) as conn:
             rows = (await conn.execute(sql.summary(shape), params)).all()
         by_type: Counter[str] = Counter()
         by_producer: Counter[str] = Counter()
@@ -416,6 +418,9 @@ class SQLBlackboardStore:
     async def ping(self) -> None:
         # Whatever stops a `SELECT 1` makes the store unusable: all of it counts as unavailable.
         try:
+            if self._files is not None:
+                await self._files.ping()
+                return
             async with self._engine.connect() as conn:
                 await conn.exec_driver_sql("SELECT 1")
         except Exception as exc:
@@ -437,6 +442,8 @@ class SQLBlackboardStore:
             await conn.execute(_NOTIFY, {"channel": self._channel, "payload": payload})
 
     async def close(self) -> None:
+        if self._files is not None:
+            await self._files.close()
         await self._root_engine.dispose()
 
     @asynccontextmanager
@@ -451,12 +458,21 @@ class SQLBlackboardStore:
             async with self._errors_mapped(), self._engine.begin() as conn:
                 yield conn
             return
+        if self._files is not None:
+            files = self._files
+            async with self._write_lock, self._errors_mapped(), files.transaction() as inline:
+                yield cast(AsyncConnection, inline)
+            return
         async with self._write_lock, self._errors_mapped(), self._engine.begin() as conn:
             yield conn
 
     @asynccontextmanager
-    async def _reading(self) -> AsyncIterator[AsyncConnection]:
-        """A connection for reads only."""
+    async def _reading(self, *, many_rows: bool = False) -> AsyncIterator[AsyncConnection]:
+        """A connection for reads only (`many_rows`: pages of rows, not run in place)."""
+        if self._files is not None:
+            async with self._errors_mapped(), self._files.reading(many_rows=many_rows) as conn:
+                yield cast(AsyncConnection, conn)
+            return
         async with self._errors_mapped(), self._reader.connect() as conn:
             yield conn
 
@@ -478,8 +494,19 @@ class SQLBlackboardStore:
                 self._ready = True
 
     async def _create_tables_once(self) -> None:
+        if self._files is not None:
+            await self._files.run_sync(self._create_tables_committed)
+            return
         async with self._engine.begin() as conn:
             await conn.run_sync(self._create_tables_sync)
+
+    def _create_tables_committed(self, conn: Connection) -> None:
+        try:
+            self._create_tables_sync(conn)
+        except BaseException:
+            conn.rollback()
+            raise
+        conn.commit()
 
     def _create_tables_sync(self, conn: Connection) -> None:
         if not self._postgres:
@@ -514,6 +541,9 @@ class SQLiteBlackboardStore(SQLBlackboardStore):
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         super().__init__(URL.create("sqlite+aiosqlite", database=self.path), **engine_options)
         configure_sqlite(self._root_engine, busy_timeout)
+        # Every statement goes to the file through these connections (see sql_thread); the
+        # aiosqlite engine above only names the dialect the statements are compiled for.
+        self._files = SQLiteFiles(self.path, busy_timeout)
 
 
 class PostgresBlackboardStore(SQLBlackboardStore):

@@ -1,0 +1,319 @@
+"""SQLite without a thread round trip per driver call: short statements run in place.
+
+aiosqlite runs every driver call (cursor, execute, fetch, close, begin, commit) as its own
+round trip to a worker thread, about four per statement, each a pair of thread wake-ups
+that cost more than the statement. SQLite in WAL mode with `synchronous=NORMAL` commits
+without waiting for the disk (the transaction is written to the WAL file, which the OS
+keeps across a crash of the process), so what can block is only waiting for another
+process's write lock, a checkpoint (which syncs the file), or a large read. So:
+
+- A write transaction first takes the write lock (`BEGIN IMMEDIATE`) without waiting; if
+  another process holds it, it waits for it on a thread, up to the busy timeout. Holding
+  the lock, its statements and its commit run in place on the event loop: they cannot wait.
+- The store's own checkpoints run on that thread, on a connection of their own, every
+  `CHECKPOINT_EVERY` commits (`PASSIVE`: they never block a writer); the writer connection's
+  automatic checkpoint, which would sync the file on the loop, is off.
+- Short reads (one row, a count) run in place on a reader connection of their own, so they
+  see committed data only; one that finds the file busy is repeated on the thread. Reads of
+  a page of rows run on the thread.
+
+Statements are the same SQLAlchemy constructs as for every backend: the store's code does
+not change with the driver. Results come back buffered, with `rowcount`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+from sqlalchemy import Connection, CursorResult, Engine, Result, create_engine, event
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import URL
+from sqlalchemy.pool import NullPool, StaticPool
+
+logger = logging.getLogger("flock.store")
+
+T = TypeVar("T")
+CHECKPOINT_EVERY = 500  # commits between two PASSIVE checkpoints
+_BUSY = 5  # SQLITE_BUSY
+
+
+class BufferedResult:
+    """A statement's result, read to the end: its rows (as SQLAlchemy's `Result` methods
+    give them: first(), mappings(), scalars(), all(), ...) and `rowcount`."""
+
+    __slots__ = ("_frozen", "rowcount")
+
+    def __init__(self, result: CursorResult[Any]) -> None:
+        self.rowcount: int = result.rowcount
+        self._frozen = result.freeze() if result.returns_rows else None
+
+    def _result(self) -> Result[Any]:
+        if self._frozen is None:
+            raise RuntimeError("this statement returned no rows")
+        return self._frozen()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._result(), name)
+
+    def __iter__(self) -> Any:
+        return iter(self._result())
+
+
+def _is_busy(exc: BaseException) -> bool:
+    orig = exc.orig if isinstance(exc, sa_exc.DBAPIError) else exc
+    code = getattr(orig, "sqlite_errorcode", None)
+    return isinstance(code, int) and code & 0xFF == _BUSY
+
+
+class InlineConnection:
+    """The part of `AsyncConnection` the SQL store uses, run in place on a connection."""
+
+    __slots__ = ("_conn", "_files")
+
+    def __init__(self, conn: Connection, files: SQLiteFiles) -> None:
+        self._conn = conn
+        self._files = files
+
+    async def execute(self, statement: Any, parameters: Any = None) -> BufferedResult:
+        return BufferedResult(self._conn.execute(statement, parameters))
+
+    async def exec_driver_sql(self, statement: str) -> BufferedResult:
+        return BufferedResult(self._conn.exec_driver_sql(statement))
+
+    async def run_sync(self, fn: Callable[[Connection], T]) -> T:
+        return fn(self._conn)
+
+
+class ReadConnection(InlineConnection):
+    """Reads in place; a read that finds the file busy is repeated on the thread."""
+
+    __slots__ = ()
+
+    async def execute(self, statement: Any, parameters: Any = None) -> BufferedResult:
+        try:
+            return BufferedResult(self._conn.execute(statement, parameters))
+        except sa_exc.OperationalError as exc:
+            if not _is_busy(exc):
+                raise
+            self._conn.rollback()
+        return await self._files.on_thread(
+            lambda conn: BufferedResult(conn.execute(statement, parameters))
+        )
+
+
+class ThreadConnection:
+    """The same, each statement run on the thread's connection (reads of many rows)."""
+
+    __slots__ = ("_files",)
+
+    def __init__(self, files: SQLiteFiles) -> None:
+        self._files = files
+
+    async def execute(self, statement: Any, parameters: Any = None) -> BufferedResult:
+        return await self._files.on_thread(
+            lambda conn: BufferedResult(conn.execute(statement, parameters))
+        )
+
+
+class SQLiteFiles:
+    """The connections of one SQLite file: writer and reader used in place, and one thread
+    (with a connection of its own) for lock waits, checkpoints and long reads."""
+
+    def __init__(self, path: str, busy_timeout: float) -> None:
+        self.memory = path == ":memory:"
+        self.busy_ms = int(busy_timeout * 1000)
+        url = URL.create("sqlite+pysqlite", database=path)
+        # `:memory:` is one database per connection: there, one connection does everything.
+        pool = StaticPool if self.memory else NullPool
+        self.engine: Engine = create_engine(
+            url, poolclass=pool, connect_args={"check_same_thread": False}
+        )
+
+        @event.listens_for(self.engine, "connect")
+        def _configure(dbapi_connection: Any, _record: Any) -> None:
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA busy_timeout = 0")  # waits happen on the thread
+            cursor.execute("PRAGMA synchronous = NORMAL")
+            cursor.execute("PRAGMA wal_autocheckpoint = 0")  # ours run on the thread
+            cursor.close()
+
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flock-sqlite")
+        self._writer: Connection | None = None
+        self._reader: Connection | None = None
+        self._threads_own: Connection | None = None
+        self._commits = 0
+        self._checkpoint: Future[None] | None = None
+        self._waiting: asyncio.Future[None] | None = None  # a lock wait on the thread
+        self._active = False  # a transaction uses the writer
+
+    # -- connections --------------------------------------------------------------------------
+
+    def _connect(self) -> Connection:
+        return self.engine.connect()
+
+    def writer(self) -> Connection:
+        if self._writer is None:
+            self._writer = self._connect()
+        return self._writer
+
+    def reader(self) -> Connection:
+        if self.memory:
+            return self.writer()
+        if self._reader is None:
+            self._reader = self._connect()
+        return self._reader
+
+    def _own(self) -> Connection:
+        if self.memory:
+            return self.writer()
+        if self._threads_own is None:
+            self._threads_own = self._connect()
+            self._threads_own.exec_driver_sql(f"PRAGMA busy_timeout = {self.busy_ms}")
+        return self._threads_own
+
+    # -- the thread ---------------------------------------------------------------------------
+
+    def _on_own(self, fn: Callable[[Connection], T]) -> T:
+        conn = self._own()
+        try:
+            return fn(conn)
+        finally:
+            if not self.memory:
+                conn.rollback()  # ends SQLAlchemy's transaction; pysqlite began none to read
+
+    async def on_thread(self, fn: Callable[[Connection], T]) -> T:
+        """`fn` on the thread's own connection (which waits for locks up to the timeout)."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._on_own, fn)
+
+    def _begin_waiting(self) -> None:
+        """On the thread: take the write lock, waiting for it up to the busy timeout."""
+        conn = self.writer()
+        conn.exec_driver_sql(f"PRAGMA busy_timeout = {self.busy_ms}")
+        try:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        finally:
+            conn.exec_driver_sql("PRAGMA busy_timeout = 0")
+
+    def _checkpoint_now(self) -> None:
+        try:
+            self._own().exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+        except Exception as exc:  # the next one tries again
+            logger.debug("SQLite checkpoint failed: %s", exc)
+
+    # -- what the store uses ------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[InlineConnection]:
+        """One write transaction: the write lock, the statements, one commit (or rollback).
+        The caller makes sure one transaction at a time uses the writer."""
+        if self._waiting is not None and not self._waiting.done():
+            await asyncio.wait([self._waiting])  # an abandoned wait still runs: let it end
+        self._drop_stale()
+        conn = self.writer()
+        self._active = True
+        try:
+            try:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+            except sa_exc.OperationalError as exc:
+                if not _is_busy(exc):
+                    raise
+                conn.rollback()
+                await self._wait_for_lock()
+            try:
+                yield InlineConnection(conn, self)
+            except BaseException:
+                _rollback_or_drop(self, conn)
+                raise
+            try:
+                conn.commit()
+            except BaseException:
+                _rollback_or_drop(self, conn)
+                raise
+        finally:
+            self._active = False
+        self._commits += 1
+        due = self._commits % CHECKPOINT_EVERY == 0 and not self.memory
+        if due and (self._checkpoint is None or self._checkpoint.done()):
+            self._checkpoint = self._executor.submit(self._checkpoint_now)
+
+    async def _wait_for_lock(self) -> None:
+        """Another process holds the write lock: wait for it on the thread. If the caller is
+        cancelled meanwhile, the lock the thread may still get is given back."""
+        loop = asyncio.get_running_loop()
+        waiting = loop.run_in_executor(self._executor, self._begin_waiting)
+        self._waiting = waiting
+        try:
+            await asyncio.shield(waiting)
+        except asyncio.CancelledError:
+            waiting.add_done_callback(lambda _: self._drop_stale())
+            raise
+
+    def _drop_stale(self) -> None:
+        """Roll back a transaction nobody uses (a lock an abandoned wait took)."""
+        conn = self._writer
+        if conn is None or self._active:
+            return
+        dbapi = conn.connection.dbapi_connection
+        if dbapi is not None and dbapi.in_transaction:
+            _rollback_or_drop(self, conn)
+
+    @asynccontextmanager
+    async def reading(self, *, many_rows: bool = False) -> AsyncIterator[Any]:
+        if many_rows and not self.memory:
+            yield ThreadConnection(self)
+            return
+        conn = self.reader()
+        try:
+            yield ReadConnection(conn, self)
+        finally:
+            if not self.memory:
+                conn.rollback()
+
+    async def run_sync(self, fn: Callable[[Connection], T]) -> T:
+        """`fn` on the writer, on the thread (table creation: it may wait for the lock)."""
+        conn = self.writer()
+
+        def run() -> T:
+            conn.exec_driver_sql(f"PRAGMA busy_timeout = {self.busy_ms}")
+            try:
+                return fn(conn)
+            finally:
+                conn.exec_driver_sql("PRAGMA busy_timeout = 0")
+
+        return await asyncio.get_running_loop().run_in_executor(self._executor, run)
+
+    async def ping(self) -> None:
+        conn = self.reader()
+        try:
+            conn.exec_driver_sql("SELECT 1")
+        finally:
+            conn.rollback()
+
+    async def close(self) -> None:
+        def close_all() -> None:
+            for conn in (self._threads_own, self._reader, self._writer):
+                if conn is not None:
+                    conn.close()
+            self._threads_own = self._reader = self._writer = None
+
+        await asyncio.get_running_loop().run_in_executor(self._executor, close_all)
+        self._executor.shutdown(wait=True)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flock-sqlite")
+        self.engine.dispose()
+
+
+def _rollback_or_drop(files: SQLiteFiles, conn: Connection) -> None:
+    try:
+        conn.rollback()
+    except Exception:  # a broken connection: the next transaction opens a new one
+        conn.invalidate()
+        conn.close()
+        files._writer = None
+
+
+__all__ = ["CHECKPOINT_EVERY", "SQLiteFiles"]
