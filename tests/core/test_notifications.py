@@ -99,3 +99,31 @@ def test_payloads_round_trip_and_split_when_long() -> None:
     assert parse(packed[0])[0] is True
     assert [cid for p in packed for cid in parse(p)[1]] == ids
     assert payloads(False, []) == [] and parse("r") == (True, [])
+
+
+async def test_a_store_hears_other_stores_notifications_but_not_its_own(
+    postgres_url: str, pg_schema: str
+) -> None:
+    """Its own writes woke this process already: hearing them again only cost a claim and a
+    progress read per commit. Another store on the schema (another process) is heard."""
+    listening = PostgresBlackboardStore(postgres_url, schema=pg_schema)
+    other = PostgresBlackboardStore(postgres_url, schema=pg_schema)
+    heard: list[str] = []
+    got = asyncio.Event()
+
+    def callback(payload: str) -> None:
+        heard.append(payload)
+        got.set()
+
+    flock_a, flock_b = declare(Flock(store=listening)), declare(Flock(store=other))
+    try:
+        assert await listening.subscribe(callback)
+        await listening._listener.connected.wait()
+        own = await flock_a.publish(Job(n=1))  # queues a run: notifies "runs due"
+        await other.cancel_correlation(own.correlation_id)  # another store: notifies the id
+        await asyncio.wait_for(got.wait(), 30)
+        await asyncio.sleep(0.2)  # had our own publish been delivered, it came first
+        assert [parse(p) for p in heard] == [(False, [own.correlation_id])]
+    finally:
+        await flock_a.close()
+        await flock_b.close()

@@ -2,10 +2,12 @@
 
 Every write that makes runs claimable, or that may end a correlation's pending work, sends
 one `pg_notify` in its own transaction (so it is delivered when, and only if, it commits).
-The payload is `r|cid|cid...`: a leading `r` says runs may be due; the correlation ids say
-whose waiters should look again. A listener that lost its connection reconnects with a
-backoff and then reports `*` (everything may have changed), since notifications sent
-meanwhile are gone; the pollers' long fallback interval covers the gap.
+The payload is `r|cid|cid...|@origin`: a leading `r` says runs may be due; the correlation
+ids say whose waiters should look again; the origin names the store that sent it, which
+drops its own notifications (it has woken its worker and waiters already, in process). A
+listener that lost its connection reconnects with a backoff and then reports `*`
+(everything may have changed), since notifications sent meanwhile are gone; the pollers'
+long fallback interval covers the gap.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ logger = logging.getLogger("flock.notifications")
 
 RUNS = "r"
 EVERYTHING = "*"
+ORIGIN = "@"
 _MAX_PAYLOAD = 7900  # PostgreSQL's limit is 8000 bytes
 
 
@@ -43,8 +46,13 @@ def parse(payload: str) -> tuple[bool, list[str]]:
     """(runs may be due, correlation ids; `*` among them for everything)."""
     parts = payload.split("|")
     runs = parts[0] in (RUNS, EVERYTHING)
-    ids = [p for p in parts if p != RUNS]
+    ids = [p for p in parts if p != RUNS and not p.startswith(ORIGIN)]
     return runs, ids
+
+
+def from_origin(payload: str, origin: str) -> bool:
+    """True if the store named `origin` sent this payload."""
+    return payload.endswith(f"|{ORIGIN}{origin}")
 
 
 def _setter(event: asyncio.Event) -> Callable[[Any], None]:

@@ -96,6 +96,7 @@ class SQLBlackboardStore:
         self._ready = False
         self._ready_lock = asyncio.Lock()
         self._channel: str | None = None  # PostgreSQL's notification channel
+        self._origin = os.urandom(6).hex()  # names this store's notifications
         self._write_lock = None if self._postgres else asyncio.Lock()
         self._files: SQLiteFiles | None = None  # SQLite: statements in place (sql_thread)
 
@@ -439,6 +440,7 @@ class SQLBlackboardStore:
         if self._channel is None:
             return
         for payload in notifications.payloads(runs, correlation_ids):
+            payload = f"{payload}|{notifications.ORIGIN}{self._origin}"
             await conn.execute(_NOTIFY, {"channel": self._channel, "payload": payload})
 
     async def close(self) -> None:
@@ -569,7 +571,14 @@ class PostgresBlackboardStore(SQLBlackboardStore):
         )
 
     async def subscribe(self, callback: Callable[[str], None]) -> bool:
-        self._listener.start(callback)
+        origin = self._origin
+
+        def others(payload: str) -> None:
+            # Our own writes woke this process's worker and waiters when they were made.
+            if not notifications.from_origin(payload, origin):
+                callback(payload)
+
+        self._listener.start(others)
         return True
 
     async def close(self) -> None:

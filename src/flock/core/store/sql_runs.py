@@ -16,12 +16,15 @@ from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
+    Integer,
+    Text,
     TextClause,
     Update,
     bindparam,
     case,
     func,
     literal,
+    or_,
     select,
     text,
     update,
@@ -60,30 +63,54 @@ _CLAIM_VALUES: dict[str, Any] = {
 }
 
 
-def _claim_statement(postgres: bool, scope: str) -> Update:
+def _claim_statement(postgres: bool, capped: int) -> Update:
     """Due runs, claimed fairly: round-robin across the principals that published them
     (each one's oldest first, a principal with runs running already waiting that many
-    turns), so one caller's burst cannot starve another's run."""
-    due = [r.due_at.is_not(None), r.due_at <= bindparam("p_now")]
-    if scope == "agent":
-        due.append(r.agent == bindparam("p_agent"))
-    elif scope == "uncapped":
-        due.append(r.agent.not_in(bindparam("p_capped", expanding=True)))
+    turns), so one caller's burst cannot starve another's run. The first `capped` agents
+    named `p_agent_<i>` take at most `p_room_<i>` more: their cap less their runs running,
+    counted in the same statement, the first in that same fair order."""
+    live = (r.due_at.is_not(None), r.state == RUNNING, r.due_at > bindparam("p_now"))
     turn = func.row_number().over(partition_by=r.principal, order_by=(r.due_at, r.id))
-    ranked = select(r.id, r.principal, r.due_at, turn.label("turn")).where(*due).subquery()
+    ranked = (
+        select(r.id, r.agent, r.principal, r.due_at, turn.label("turn"))
+        .where(r.due_at.is_not(None), r.due_at <= bindparam("p_now"))
+        .subquery()
+    )
     # A principal whose runs hold slots already waits that many turns.
     busy = (
         select(r.principal, func.count().label("running"))
-        .where(r.due_at.is_not(None), r.state == RUNNING, r.due_at > bindparam("p_now"))
+        .where(*live)
         .group_by(r.principal)
         .subquery()
     )
-    candidates = (
-        select(r.id)
-        .join(ranked, ranked.c.id == r.id)
-        .outerjoin(busy, busy.c.principal.is_not_distinct_from(ranked.c.principal))
-        .order_by(ranked.c.turn + func.coalesce(busy.c.running, 0), ranked.c.due_at, r.id)
-        .limit(bindparam("p_limit"))
+    score = ranked.c.turn + func.coalesce(busy.c.running, 0)
+    fair = (score, ranked.c.due_at, ranked.c.id)
+    scored = select(ranked.c.id, ranked.c.agent, ranked.c.due_at, score.label("score")).outerjoin(
+        busy, busy.c.principal.is_not_distinct_from(ranked.c.principal)
+    )
+    if capped:
+        agents = [bindparam(f"p_agent_{i}", type_=Text) for i in range(capped)]
+        # How many more each capped agent may take (its cap less its live runs); NULL: no cap.
+        caps = [bindparam(f"p_room_{i}", type_=Integer) for i in range(capped)]
+        room = case(*((ranked.c.agent == agents[i], caps[i]) for i in range(capped)), else_=None)
+        running = (
+            select(r.agent, func.count().label("running"))
+            .where(*live, r.agent.in_(agents))
+            .group_by(r.agent)
+            .subquery()
+        )
+        nth = func.row_number().over(partition_by=ranked.c.agent, order_by=fair)
+        scored = scored.add_columns(
+            nth.label("nth"), (room - func.coalesce(running.c.running, 0)).label("room")
+        ).outerjoin(running, running.c.agent == ranked.c.agent)
+    scored_q = scored.subquery()
+    candidates = select(r.id).join(scored_q, scored_q.c.id == r.id)
+    if capped:
+        candidates = candidates.where(
+            or_(scored_q.c.room.is_(None), scored_q.c.nth <= scored_q.c.room)
+        )
+    candidates = candidates.order_by(scored_q.c.score, scored_q.c.due_at, r.id).limit(
+        bindparam("p_limit")
     )
     if postgres:
         candidates = candidates.with_for_update(skip_locked=True, of=runs)
@@ -95,21 +122,14 @@ def _claim_statement(postgres: bool, scope: str) -> Update:
     )
 
 
-_CLAIMS = {
-    (postgres, scope): _claim_statement(postgres, scope)
-    for postgres in (False, True)
-    for scope in ("all", "agent", "uncapped")
-}
-_RUNNING_BY_AGENT = (
-    select(r.agent, func.count())
-    .where(
-        r.due_at.is_not(None),
-        r.state == RUNNING,
-        r.due_at > bindparam("p_now"),
-        r.agent.in_(bindparam("p_capped", expanding=True)),
-    )
-    .group_by(r.agent)
-)
+@cache
+def _claims(postgres: bool, capped: int) -> Update:
+    return _claim_statement(postgres, capped)
+
+
+# One claimer at a time counts capped agents' running runs (PostgreSQL; SQLite's write lock
+# serialises claimers already). Taken before the claim, whose snapshot then sees theirs.
+_CLAIM_LOCK = text("SELECT pg_advisory_xact_lock(hashtext('flock:capped-claims'))")
 _INPUTS = select(artifacts).where(artifacts.c.id.in_(bindparam("ids", expanding=True)))
 
 
@@ -123,37 +143,21 @@ async def claim(
     lease_until: datetime,
     caps: Mapping[str, int],
 ) -> list[Run]:
-    """Claim up to `limit` due runs (see the module docstring); returns them as claimed."""
+    """Claim up to `limit` due runs (see the module docstring); returns them as claimed.
+    One statement, capped agents or not (and on PostgreSQL, with caps, one lock before it)."""
     params: dict[str, Any] = {
         "p_worker": worker,
         "p_now": to_micros(now),
         "p_lease_until": to_micros(lease_until),
+        "p_limit": limit,
     }
-    if not caps:
-        rows = await conn.execute(_CLAIMS[postgres, "all"], {**params, "p_limit": limit})
-        return _sorted([run_from_row(row) for row in rows.mappings()])
-    capped = sorted(caps)
-    claimed: list[Run] = []
-    if postgres:  # one claimer at a time counts a capped agent's running runs
-        for agent in capped:
-            await conn.execute(
-                text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": f"flock:{agent}"}
-            )
-    counts = await conn.execute(_RUNNING_BY_AGENT, {"p_now": params["p_now"], "p_capped": capped})
-    running = dict(counts.tuples().all())
-    rows = await conn.execute(
-        _CLAIMS[postgres, "uncapped"], {**params, "p_limit": limit, "p_capped": capped}
-    )
-    claimed.extend(run_from_row(row) for row in rows.mappings())
-    for agent in capped:
-        room = min(caps[agent] - running.get(agent, 0), limit - len(claimed))
-        if room <= 0:
-            continue
-        rows = await conn.execute(
-            _CLAIMS[postgres, "agent"], {**params, "p_limit": room, "p_agent": agent}
-        )
-        claimed.extend(run_from_row(row) for row in rows.mappings())
-    return _sorted(claimed)
+    for i, agent in enumerate(sorted(caps)):
+        params[f"p_agent_{i}"] = agent
+        params[f"p_room_{i}"] = caps[agent]
+    if caps and postgres:
+        await conn.execute(_CLAIM_LOCK)
+    rows = await conn.execute(_claims(postgres, len(caps)), params)
+    return _sorted([run_from_row(row) for row in rows.mappings()])
 
 
 def _sorted(claimed: list[Run]) -> list[Run]:
