@@ -125,21 +125,29 @@ class SQLBlackboardStore:
             await conn.execute(sql.INSERT_ERROR, error_row(error))
             await conn.execute(self._upserts.ensure_correlation, row)
 
-    async def _insert_artifacts(self, conn: AsyncConnection, items: Sequence[Artifact]) -> int:
+    async def _insert_artifacts(
+        self,
+        conn: AsyncConnection,
+        items: Sequence[Artifact],
+        touch: tuple[str, int] | None = None,
+    ) -> int:
         """Insert the artifacts not stored yet, with their tags, audience and correlation
-        rows; return how many were new."""
-        if not items:
-            return 0
-        if len(items) == 1:
-            result = await conn.execute(self._upserts.artifact, artifact_row(items[0]))
+        rows; return how many were new. `touch` (correlation id, moment) is touched in the
+        same statement as theirs, even if none was new."""
+        if items:
+            if len(items) == 1:
+                result = await conn.execute(self._upserts.artifact, artifact_row(items[0]))
+            else:
+                rows = [artifact_row(a) for a in items]
+                result = await conn.execute(self._upserts.artifacts, rows)
+            inserted = set(result.scalars().all())
         else:
-            result = await conn.execute(self._upserts.artifacts, [artifact_row(a) for a in items])
-        inserted = set(result.scalars().all())
+            inserted = set()
         new: dict[str, Artifact] = {}  # the first artifact of each new id, as the insert kept
         for artifact in items:
             if artifact.id in inserted:
                 new.setdefault(artifact.id, artifact)
-        if not new:
+        if not new and touch is None:
             return 0
         tags = [row for a in new.values() for row in tag_rows(a)]
         if tags:
@@ -148,10 +156,10 @@ class SQLBlackboardStore:
         if members:
             await conn.execute(sql.INSERT_AUDIENCE, members)
         spans: dict[str, tuple[int, int]] = {}
-        for artifact in new.values():
-            moment = to_micros(artifact.created_at)
-            first, last = spans.get(artifact.correlation_id, (moment, moment))
-            spans[artifact.correlation_id] = (min(first, moment), max(last, moment))
+        moments = [(a.correlation_id, to_micros(a.created_at)) for a in new.values()]
+        for correlation_id, moment in [*moments, *([touch] if touch else [])]:
+            first, last = spans.get(correlation_id, (moment, moment))
+            spans[correlation_id] = (min(first, moment), max(last, moment))
         rows = [correlation_row(cid, "idle", _NO_SEQ, *span) for cid, span in spans.items()]
         await conn.execute(self._upserts.touch_correlation, rows)
         return len(new)
@@ -223,8 +231,9 @@ class SQLBlackboardStore:
             row = (await conn.execute(sql_runs.SUCCEED, params)).first()
             if row is None:
                 return False
-            await self._insert_artifacts(conn, outputs)
-            await self._consume(conn, row, now)
+            # The outputs' correlation row and the consumption's moment: one touch.
+            await self._insert_artifacts(conn, outputs, touch=(row.correlation_id, now))
+            await self._consume(conn, row, now, touch=False)
             if triggered:
                 await sql_runs.insert_runs(
                     conn, triggered, postgres=self._postgres, schema=self._schema, max_runs=max_runs
@@ -232,14 +241,17 @@ class SQLBlackboardStore:
             await self._notify(conn, bool(triggered), (row.correlation_id,))
         return True
 
-    async def _consume(self, conn: AsyncConnection, row: Any, now: int) -> None:
+    async def _consume(
+        self, conn: AsyncConnection, row: Any, now: int, *, touch: bool = True
+    ) -> None:
         records = sql_runs.consumption_rows(
             row.agent, row.correlation_id, json.loads(row.input_ids), now
         )
         if records:
             await conn.execute(self._upserts.consumptions, records)
-        moment = correlation_row(row.correlation_id, "idle", _NO_SEQ, now, now)
-        await conn.execute(self._upserts.touch_correlation, moment)
+        if touch:
+            moment = correlation_row(row.correlation_id, "idle", _NO_SEQ, now, now)
+            await conn.execute(self._upserts.touch_correlation, moment)
 
     async def fail_run(
         self,

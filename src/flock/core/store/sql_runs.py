@@ -300,6 +300,33 @@ def _insert_one_run(postgres: bool, schema: str | None) -> TextClause:
     return text(str(compiled))
 
 
+_TAKE_ROOM = (
+    update(correlations)
+    .where(
+        correlations.c.correlation_id == bindparam("p_correlation_id"),
+        correlations.c.cancelled == 0,
+        correlations.c.run_count + bindparam("p_added") <= bindparam("p_max_runs"),
+    )
+    .values(run_count=correlations.c.run_count + bindparam("p_added"))
+)
+_GIVE_BACK = (
+    update(correlations)
+    .where(correlations.c.correlation_id == bindparam("p_correlation_id"))
+    .values(run_count=correlations.c.run_count - bindparam("p_unused"))
+)
+
+
+async def _insert_group(
+    conn: AsyncConnection, group: Sequence[Run], *, postgres: bool, schema: str | None
+) -> int:
+    """Insert the runs not stored yet; how many were new."""
+    if len(group) == 1:
+        one = _insert_one_run(postgres, schema)
+        return len((await conn.execute(one, run_row(group[0]))).scalars().all())
+    result = await conn.execute(_INSERT_RUNS[postgres], [run_row(run) for run in group])
+    return len(result.scalars().all())
+
+
 async def insert_runs(
     conn: AsyncConnection,
     new_runs: Sequence[Run],
@@ -309,25 +336,29 @@ async def insert_runs(
     max_runs: int | None,
 ) -> None:
     """Create runs not stored yet, within each correlation's run bound; none in a
-    cancelled correlation. The correlation rows exist (their artifacts touched them)."""
+    cancelled correlation. The correlation rows exist (their artifacts touched them).
+
+    Usually all of a correlation's runs fit: one UPDATE takes their room (it holds the row
+    until commit, as FOR UPDATE would), then the INSERT; the count is given back for runs
+    that were stored already. Otherwise (cancelled, or at the bound) the row is read."""
     by_correlation: dict[str, list[Run]] = {}
     for run in new_runs:
         by_correlation.setdefault(run.correlation_id, []).append(run)
     for correlation_id, group in by_correlation.items():
         params = {"p_correlation_id": correlation_id}
+        fast = {**params, "p_added": len(group), "p_max_runs": max_runs or 2**31 - 1}
+        if (await conn.execute(_TAKE_ROOM, fast)).rowcount:
+            added = await _insert_group(conn, group, postgres=postgres, schema=schema)
+            if added < len(group):
+                await conn.execute(_GIVE_BACK, {**params, "p_unused": len(group) - added})
+            continue
         statement = _CORRELATION_FOR_RUNS.with_for_update() if postgres else _CORRELATION_FOR_RUNS
         row = (await conn.execute(statement, params)).first()
         if row is None or row.cancelled:
             continue
         room = len(group) if max_runs is None else max(max_runs - row.run_count, 0)
         taken = group[:room]
-        added = 0
-        if len(taken) == 1:
-            one = _insert_one_run(postgres, schema)
-            added = len((await conn.execute(one, run_row(taken[0]))).scalars().all())
-        elif taken:
-            result = await conn.execute(_INSERT_RUNS[postgres], [run_row(run) for run in taken])
-            added = len(result.scalars().all())
+        added = await _insert_group(conn, taken, postgres=postgres, schema=schema) if taken else 0
         over = len(group) > room and not row.limit_reported
         if over:
             assert max_runs is not None
