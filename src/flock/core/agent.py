@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import inspect
 import math
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -108,10 +106,7 @@ class _CallableEngine:
         if self._is_async:
             return await self._fn(arg)
         # A plain function may block: it runs on the flock's engine threads, never the loop.
-        loop = asyncio.get_running_loop()
-        result = await loop.run_in_executor(
-            ctx.flock.engine_threads, functools.partial(self._fn, arg)
-        )
+        result = await ctx.flock.engine_threads.run(self._fn, arg)
         if inspect.isawaitable(result):
             return await result
         return result

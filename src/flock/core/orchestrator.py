@@ -6,7 +6,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -14,6 +13,7 @@ from pydantic import BaseModel
 
 from flock.core.agent import Agent, AgentBuilder, AgentConfigError, RunContext
 from flock.core.artifacts import Artifact, new_id
+from flock.core.engine_threads import EngineThreads
 from flock.core.runs import Run, output_id_for
 from flock.core.stats import FlockStats
 from flock.core.store.memory import InMemoryBlackboardStore
@@ -76,7 +76,7 @@ class Flock:
         self.worker_enabled = worker is not False
         self.worker = Worker(self, settings)
         self.watch = CorrelationWatch(poll_seconds=self._poll_for(self._store))
-        self._engine_threads: ThreadPoolExecutor | None = None
+        self._engine_threads: EngineThreads | None = None
         self._listening: asyncio.Task[None] | None = None
         self._queued, self._queue_checked_at = 0, float("-inf")
 
@@ -85,12 +85,10 @@ class Flock:
         return None if isinstance(store, InMemoryBlackboardStore) else _SHARED_STORE_POLL
 
     @property
-    def engine_threads(self) -> ThreadPoolExecutor:
+    def engine_threads(self) -> EngineThreads:
         """The threads plain `def` engines run on (as many as the worker runs at once)."""
         if self._engine_threads is None:
-            self._engine_threads = ThreadPoolExecutor(
-                max_workers=self.worker.settings.concurrency, thread_name_prefix="flock-engine"
-            )
+            self._engine_threads = EngineThreads(self.worker.settings.concurrency)
         return self._engine_threads
 
     # -- declaration ------------------------------------------------------------------------
@@ -460,7 +458,7 @@ class Flock:
         if self._listening is not None:
             self._listening.cancel()
         if self._engine_threads is not None:
-            self._engine_threads.shutdown(wait=False, cancel_futures=True)
+            self._engine_threads.shutdown()
             self._engine_threads = None
         await self._store.close()
 
