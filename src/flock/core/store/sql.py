@@ -65,6 +65,11 @@ from flock.core.store.sql_schema import migrate as migrate_schema
 from flock.core.store.sql_thread import SQLiteFiles
 
 _NOTIFY = text("SELECT pg_notify(:channel, :payload)")
+# For claims and lease renewals on PostgreSQL: their commit need not wait for the disk. One
+# lost in a database crash only lets the run be claimed again (its engine may run twice, as
+# after any lost lease); every commit of effects is synchronous and fenced, and flushing it
+# flushes the claims before it. This saves a WAL flush (~3 ms on our disk) per claim.
+_NO_FLUSH_WAIT = text("SET LOCAL synchronous_commit TO off")
 _IN_CHUNK = 1000  # ids per `IN (...)`, far below SQLite's and asyncpg's parameter limits
 # A correlation row created by an artifact or an error, before any state write: any seq wins.
 _NO_SEQ = -1
@@ -171,6 +176,8 @@ class SQLBlackboardStore:
     ) -> list[ClaimedRun]:
         now = utcnow()
         async with self._transaction() as conn:
+            if self._postgres:
+                await conn.execute(_NO_FLUSH_WAIT)
             claimed = await sql_runs.claim(
                 conn,
                 postgres=self._postgres,
@@ -212,6 +219,8 @@ class SQLBlackboardStore:
             "p_lease_until": to_micros(lease_until(now, lease_seconds)),
         }
         async with self._transaction() as conn:
+            if self._postgres:
+                await conn.execute(_NO_FLUSH_WAIT)
             result = await conn.execute(sql_runs.RENEW, params)
         return bool(result.rowcount)
 
