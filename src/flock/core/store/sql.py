@@ -581,7 +581,7 @@ class PostgresBlackboardStore(SQLBlackboardStore):
         # Every publish and agent run holds a connection for its transaction. Past the pool's
         # size each extra one opened and closed a connection of its own (SQLAlchemy keeps 5
         # by default): with 16 concurrent sync calls that halved the throughput.
-        engine_options.setdefault("pool_size", 10)
+        engine_options.setdefault("pool_size", 32)
         url = asyncpg_url(dsn)
         super().__init__(url, schema=schema, connect_args=connect_args, **engine_options)
         # One channel per schema: stores in other schemas of the database never wake us.

@@ -18,14 +18,20 @@ process's write lock, a checkpoint (which syncs the file), or a large read. So:
   a page of rows run on the thread.
 
 Statements are the same SQLAlchemy constructs as for every backend: the store's code does
-not change with the driver. Results come back buffered, with `rowcount`.
+not change with the driver. Each is compiled once (per statement and parameter names) and
+then run straight on the sqlite3 cursor, which costs a tenth of SQLAlchemy's execution
+path; statements that need SQLAlchemy at run time (expanding `IN` lists, many rows with
+RETURNING, bind processors) take SQLAlchemy's path. Results come back buffered, with
+`rowcount`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+import sqlite3
+from collections import namedtuple
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -70,6 +76,121 @@ def _is_busy(exc: BaseException) -> bool:
     return isinstance(code, int) and code & 0xFF == _BUSY
 
 
+class _Rows:
+    """Scalars, tuples or mappings of a `FastResult` (what the store calls on them)."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: list[Any]) -> None:
+        self._items = items
+
+    def all(self) -> list[Any]:
+        return self._items
+
+    def first(self) -> Any:
+        return self._items[0] if self._items else None
+
+    def one(self) -> Any:
+        if len(self._items) != 1:
+            raise sa_exc.NoResultFound if not self._items else sa_exc.MultipleResultsFound
+        return self._items[0]
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._items)
+
+
+class FastResult:
+    """A statement's rows as the sqlite3 cursor gave them, with SQLAlchemy `Result`'s
+    accessors the store uses: rows with attribute access, mappings, scalars, tuples."""
+
+    __slots__ = ("_keys", "_make", "_rows", "rowcount")
+
+    def __init__(self, rowcount: int, keys: Sequence[str], make: Any, rows: list[Any]) -> None:
+        self.rowcount = rowcount
+        self._keys = keys
+        self._make = make
+        self._rows = rows
+
+    def all(self) -> list[Any]:
+        return [self._make(row) for row in self._rows]
+
+    def first(self) -> Any:
+        return self._make(self._rows[0]) if self._rows else None
+
+    def one(self) -> Any:
+        return _Rows(self.all()).one()
+
+    def scalar(self) -> Any:
+        return self._rows[0][0] if self._rows else None
+
+    def scalar_one(self) -> Any:
+        return _Rows(self._rows).one()[0]
+
+    def scalars(self) -> _Rows:
+        return _Rows([row[0] for row in self._rows])
+
+    def tuples(self) -> _Rows:
+        return _Rows(list(self._rows))
+
+    def mappings(self) -> _Rows:
+        keys = self._keys
+        return _Rows([dict(zip(keys, row, strict=True)) for row in self._rows])
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.all())
+
+
+class _Compiled:
+    """A statement compiled for sqlite3: its SQL, and where each positional value comes from
+    (a parameter the caller passes, or a value fixed in the statement). An expanding
+    parameter (`IN` a list) becomes one `?` per value when it runs."""
+
+    __slots__ = ("expanding", "fixed", "names", "sql")
+
+    def __init__(
+        self, sql: str, names: Sequence[str], fixed: dict[str, Any], expanding: frozenset[str]
+    ) -> None:
+        self.sql, self.names, self.fixed, self.expanding = sql, names, fixed, expanding
+
+    def values(self, params: dict[str, Any]) -> tuple[Any, ...]:
+        fixed = self.fixed
+        return tuple(params[n] if n in params else fixed[n] for n in self.names)
+
+    def bound(self, params: dict[str, Any]) -> tuple[str, tuple[Any, ...]]:
+        """The SQL and its values for these parameters."""
+        if not self.expanding:
+            return self.sql, self.values(params)
+        sql, values = self.sql, []
+        for name in self.names:
+            if name in self.expanding:
+                items = list(params[name])
+                if not items:
+                    raise _NeedsSQLAlchemy  # an empty IN: SQLAlchemy renders it specially
+                sql = sql.replace(f"__[POSTCOMPILE_{name}]", ", ".join("?" * len(items)), 1)
+                values.extend(items)
+            else:
+                values.append(params[name] if name in params else self.fixed[name])
+        return sql, tuple(values)
+
+
+class _NeedsSQLAlchemy(Exception):
+    pass
+
+
+_SLOW = None  # a statement that takes SQLAlchemy's path
+_MAX_COMPILED = 512  # statements built per call are compiled again; the rest stay
+_row_types: dict[tuple[str, ...], Any] = {}
+_namedtuple: Any = namedtuple  # row types named at run time (the columns a statement returns)
+
+
+def _row_type(keys: tuple[str, ...]) -> Any:
+    made = _row_types.get(keys)
+    if made is None:
+        made = _namedtuple("Row", keys, rename=True)._make
+        _row_types[keys] = made
+    return made
+
+
 class InlineConnection:
     """The part of `AsyncConnection` the SQL store uses, run in place on a connection."""
 
@@ -79,8 +200,31 @@ class InlineConnection:
         self._conn = conn
         self._files = files
 
-    async def execute(self, statement: Any, parameters: Any = None) -> BufferedResult:
+    async def execute(self, statement: Any, parameters: Any = None) -> Any:
+        return self._run(statement, parameters)
+
+    def _run(self, statement: Any, parameters: Any) -> Any:
+        """On sqlite3 directly where the statement allows it (see the module docstring)."""
+        if isinstance(parameters, list):
+            if len(parameters) != 1:
+                return self._many(statement, parameters)
+            parameters = parameters[0]
+        params = parameters or {}
+        compiled = self._files.compiled(statement, params)
+        if compiled is not _SLOW:
+            try:
+                sql, values = compiled.bound(params)
+            except _NeedsSQLAlchemy:
+                pass
+            else:
+                return self._files.raw(self._conn, sql, values)
         return BufferedResult(self._conn.execute(statement, parameters))
+
+    def _many(self, statement: Any, rows: list[dict[str, Any]]) -> Any:
+        compiled = self._files.compiled(statement, rows[0]) if rows else _SLOW
+        if compiled is _SLOW or compiled.expanding or _returns(statement):
+            return BufferedResult(self._conn.execute(statement, rows))
+        return self._files.raw_many(self._conn, compiled.sql, [compiled.values(r) for r in rows])
 
     async def exec_driver_sql(self, statement: str) -> BufferedResult:
         return BufferedResult(self._conn.exec_driver_sql(statement))
@@ -89,14 +233,20 @@ class InlineConnection:
         return fn(self._conn)
 
 
+def _returns(statement: Any) -> bool:
+    return bool(getattr(statement, "_returning", ())) or "RETURNING" in str(
+        getattr(statement, "text", "")
+    )
+
+
 class ReadConnection(InlineConnection):
     """Reads in place; a read that finds the file busy is repeated on the thread."""
 
     __slots__ = ()
 
-    async def execute(self, statement: Any, parameters: Any = None) -> BufferedResult:
+    async def execute(self, statement: Any, parameters: Any = None) -> Any:
         try:
-            return BufferedResult(self._conn.execute(statement, parameters))
+            return self._run(statement, parameters)
         except sa_exc.OperationalError as exc:
             if not _is_busy(exc):
                 raise
@@ -150,6 +300,80 @@ class SQLiteFiles:
         self._checkpoint: Future[None] | None = None
         self._waiting: asyncio.Future[None] | None = None  # a lock wait on the thread
         self._active = False  # a transaction uses the writer
+        self._compiled: dict[tuple[Any, tuple[str, ...]], _Compiled | None] = {}
+
+    # -- statements straight on sqlite3 ----------------------------------------------------
+
+    def compiled(self, statement: Any, params: dict[str, Any]) -> _Compiled | None:
+        key = (statement, tuple(params))
+        try:
+            return self._compiled[key]
+        except KeyError:
+            pass
+        except TypeError:  # not hashable: a plain string
+            return _SLOW
+        made = self._compile(statement, params)
+        if len(self._compiled) >= _MAX_COMPILED:
+            self._compiled.clear()
+        self._compiled[key] = made
+        return made
+
+    def _compile(self, statement: Any, params: dict[str, Any]) -> _Compiled | None:
+        if not hasattr(statement, "compile"):
+            return _SLOW
+        dialect = self.engine.dialect
+        keys = sorted(params) if getattr(statement, "is_dml", False) else None
+        compiled = statement.compile(dialect=dialect, column_keys=keys)
+        if compiled._bind_processors:
+            return _SLOW  # values SQLAlchemy must convert
+        names = list(compiled.positiontup or ())
+        fixed = {}
+        expanding = set()
+        for name in names:
+            bind = compiled.binds.get(name)
+            if bind is None:
+                return _SLOW
+            if bind.expanding:
+                if f"__[POSTCOMPILE_{name}]" not in compiled.string or name not in params:
+                    return _SLOW
+                expanding.add(name)
+                continue
+            if name not in params:
+                if bind.callable is not None or (bind.required and bind.value is None):
+                    return _SLOW
+                fixed[name] = bind.value
+        if "POSTCOMPILE" in compiled.string and not expanding:
+            return _SLOW
+        return _Compiled(compiled.string, names, fixed, frozenset(expanding))
+
+    def raw(self, conn: Connection, sql: str, values: tuple[Any, ...]) -> FastResult:
+        dbapi = conn.connection.dbapi_connection
+        assert dbapi is not None
+        cursor = dbapi.cursor()
+        try:
+            cursor.execute(sql, values)
+            description = cursor.description
+            rows = list(cursor.fetchall()) if description else []
+            rowcount = cursor.rowcount
+        except sqlite3.Error as exc:
+            raise sa_exc.DBAPIError.instance(sql, values, exc, sqlite3.Error) from exc
+        finally:
+            cursor.close()
+        keys = tuple(d[0] for d in description) if description else ()
+        return FastResult(rowcount, keys, _row_type(keys) if keys else tuple, rows)
+
+    def raw_many(self, conn: Connection, sql: str, values: list[tuple[Any, ...]]) -> FastResult:
+        dbapi = conn.connection.dbapi_connection
+        assert dbapi is not None
+        cursor = dbapi.cursor()
+        try:
+            cursor.executemany(sql, values)
+            rowcount = cursor.rowcount
+        except sqlite3.Error as exc:
+            raise sa_exc.DBAPIError.instance(sql, values, exc, sqlite3.Error) from exc
+        finally:
+            cursor.close()
+        return FastResult(rowcount, (), tuple, [])
 
     # -- connections --------------------------------------------------------------------------
 
@@ -218,7 +442,7 @@ class SQLiteFiles:
         self._active = True
         try:
             try:
-                conn.exec_driver_sql("BEGIN IMMEDIATE")
+                self.raw(conn, "BEGIN IMMEDIATE", ())
             except sa_exc.OperationalError as exc:
                 if not _is_busy(exc):
                     raise
@@ -230,7 +454,11 @@ class SQLiteFiles:
                 _rollback_or_drop(self, conn)
                 raise
             try:
-                conn.commit()
+                dbapi = conn.connection.dbapi_connection
+                assert dbapi is not None
+                dbapi.commit()
+                if conn.in_transaction():  # a statement took SQLAlchemy's path
+                    conn.commit()
             except BaseException:
                 _rollback_or_drop(self, conn)
                 raise
@@ -309,7 +537,11 @@ class SQLiteFiles:
 
 def _rollback_or_drop(files: SQLiteFiles, conn: Connection) -> None:
     try:
-        conn.rollback()
+        dbapi = conn.connection.dbapi_connection
+        if dbapi is not None:
+            dbapi.rollback()  # the transaction began on sqlite3 directly
+        if conn.in_transaction():
+            conn.rollback()
     except Exception:  # a broken connection: the next transaction opens a new one
         conn.invalidate()
         conn.close()
