@@ -44,7 +44,7 @@ from sqlalchemy.pool import NullPool, StaticPool
 logger = logging.getLogger("flock.store")
 
 T = TypeVar("T")
-CHECKPOINT_EVERY = 500  # commits between two PASSIVE checkpoints
+CHECKPOINT_EVERY = 200  # commits between two PASSIVE checkpoints (each syncs the WAL)
 _BUSY = 5  # SQLITE_BUSY
 
 
