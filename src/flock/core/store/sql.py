@@ -26,7 +26,7 @@ from sqlalchemy.schema import CreateSchema
 
 from flock.core.artifacts import AgentError, Artifact, ArtifactEnvelope, ConsumptionRecord
 from flock.core.runs import Run, Usage, lease_until
-from flock.core.store import notifications, sql_runs
+from flock.core.store import notifications, sql_pg, sql_runs
 from flock.core.store import sql_statements as sql
 from flock.core.store.memory import InMemoryBlackboardStore
 from flock.core.store.protocol import (
@@ -90,6 +90,10 @@ class SQLBlackboardStore:
         self._schema = schema
         self._postgres = self._root_engine.dialect.name == "postgresql"
         self._upserts = sql.upserts(self._root_engine.dialect.name, schema)
+        # PostgreSQL: statements run straight on asyncpg (sql_pg).
+        self._pg = (
+            sql_pg.PgStatements(self._root_engine.dialect, schema) if self._postgres else None
+        )
         # Reads skip BEGIN/COMMIT on PostgreSQL: under READ COMMITTED every statement sees its
         # own snapshot anyway, so a read transaction only costs two round trips. (pysqlite
         # never opens a transaction for a SELECT, so SQLite reads need no such switch.)
@@ -477,6 +481,11 @@ class SQLBlackboardStore:
         instead of in SQLite's busy handler, whose sleeps grow to 100 ms under contention.
         Other processes sharing the file still wait in the busy handler.
         """
+        if self._pg is not None:
+            pg = sql_pg.connection(self._root_engine, self._pg, transaction=True)
+            async with self._errors_mapped(), pg as conn:
+                yield conn
+            return
         if self._write_lock is None:
             async with self._errors_mapped(), self._engine.begin() as conn:
                 yield conn
@@ -495,6 +504,11 @@ class SQLBlackboardStore:
         if self._files is not None:
             async with self._errors_mapped(), self._files.reading(many_rows=many_rows) as conn:
                 yield cast(AsyncConnection, conn)
+            return
+        if self._pg is not None:
+            pg = sql_pg.connection(self._root_engine, self._pg, transaction=False)
+            async with self._errors_mapped(), pg as conn:
+                yield conn
             return
         async with self._errors_mapped(), self._reader.connect() as conn:
             yield conn

@@ -76,12 +76,28 @@ def is_unavailable(exc: BaseException) -> bool:
         if exc.connection_invalidated:
             return True
         exc = exc.orig if exc.orig is not None else exc
+    if _asyncpg_connection_error(exc):  # raised by asyncpg directly (sql_pg)
+        return True
     # asyncpg's errors (raw when raised while connecting) carry `sqlstate`.
     sqlstate = getattr(exc, "sqlstate", None) or getattr(exc, "pgcode", None)
     if isinstance(sqlstate, str):
         return sqlstate[:2] in _PG_UNAVAILABLE
     code = getattr(exc, "sqlite_errorcode", None)
     return isinstance(code, int) and code & 0xFF in _SQLITE_UNAVAILABLE
+
+
+def _asyncpg_connection_error(exc: BaseException) -> bool:
+    """A closed or broken asyncpg connection (asyncpg's client-side errors)."""
+    if not type(exc).__module__.startswith("asyncpg"):
+        return False
+    from asyncpg import exceptions
+
+    broken = (
+        exceptions.InterfaceError,
+        exceptions.ConnectionDoesNotExistError,
+        exceptions.InternalClientError,  # e.g. a connection the server just terminated
+    )
+    return isinstance(exc, broken)
 
 
 def unavailable(exc: BaseException) -> StoreUnavailableError:

@@ -112,11 +112,16 @@ def _claim_statement(postgres: bool, capped: int) -> Update:
     candidates = candidates.order_by(scored_q.c.score, scored_q.c.due_at, r.id).limit(
         bindparam("p_limit")
     )
+    # Due again on the row itself: under READ COMMITTED, PostgreSQL re-checks these on the
+    # latest version of a row a concurrent claimer just committed, which is no longer due.
+    # (The ranking above reads other references of the table, which it does not re-check.)
+    due_now = (r.due_at.is_not(None), r.due_at <= bindparam("p_now"))
+    candidates = candidates.where(*due_now)
     if postgres:
         candidates = candidates.with_for_update(skip_locked=True, of=runs)
     return (
         update(runs)
-        .where(r.id.in_(candidates.scalar_subquery()))
+        .where(r.id.in_(candidates.scalar_subquery()), *due_now)
         .values(_CLAIM_VALUES)
         .returning(*runs.c)
     )

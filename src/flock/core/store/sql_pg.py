@@ -1,0 +1,165 @@
+"""PostgreSQL statements straight on asyncpg: compiled once, run with positional values.
+
+SQLAlchemy's asyncpg adapter costs several times the database's own time per statement
+(execution context, greenlet bridge, adapter cursor, result objects). The store's
+statements are the same SQLAlchemy constructs; here each is compiled once for the asyncpg
+dialect (per statement, parameter names and schema) and run with `fetch`/`execute` on the
+pooled connection's asyncpg connection, whose statement cache prepares it once. A write
+transaction is asyncpg's own; SQLAlchemy only lends the pooled connection, and a
+connection that failed mid-statement is invalidated, so the pool opens a new one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from sqlalchemy.engine import Dialect
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from flock.core.store.sql_backends import is_unavailable
+from flock.core.store.sql_thread import FastResult, _row_type
+
+_MAX_COMPILED = 512
+
+
+class PgStatements:
+    """Compiled statements for one dialect and schema."""
+
+    def __init__(self, dialect: Dialect, schema: str | None) -> None:
+        self._dialect = dialect
+        self._schema = schema
+        self._compiled: dict[tuple[Any, tuple[str, ...]], Any] = {}
+
+    def compiled(self, statement: Any, params: dict[str, Any]) -> Any:
+        key = (statement, tuple(params))
+        made = self._compiled.get(key)
+        if made is None:
+            keys = sorted(params) if getattr(statement, "is_dml", False) else None
+            options: dict[str, Any] = {}
+            if self._schema is not None:
+                options = {
+                    "schema_translate_map": {None: self._schema},
+                    "render_schema_translate": True,
+                }
+            made = statement.compile(dialect=self._dialect, column_keys=keys, **options)
+            if len(self._compiled) >= _MAX_COMPILED:
+                self._compiled.clear()
+            self._compiled[key] = made
+        return made
+
+    def bound(self, statement: Any, params: dict[str, Any]) -> tuple[str, list[Any]]:
+        """The SQL (expanding lists rendered) and its positional values, converted."""
+        state = self.compiled(statement, params).construct_expanded_state(params)
+        processors = state.processors
+        names = state.positiontup or ()
+        values = state.parameters
+        if processors:
+            return state.statement, [
+                processors[n](values[n]) if n in processors else values[n] for n in names
+            ]
+        return state.statement, [values[n] for n in names]
+
+
+def _returns_rows(sql: str) -> bool:
+    head = sql.lstrip()[:6].upper()
+    return head == "SELECT" or head.startswith("WITH") or "RETURNING" in sql
+
+
+class PgConnection:
+    """The part of `AsyncConnection` the SQL store uses, on the asyncpg connection."""
+
+    __slots__ = ("_driver", "_statements")
+
+    def __init__(self, driver: Any, statements: PgStatements) -> None:
+        self._driver = driver
+        self._statements = statements
+
+    async def execute(self, statement: Any, parameters: Any = None) -> FastResult:
+        if isinstance(parameters, list):
+            if len(parameters) == 1:
+                return await self._one(statement, parameters[0])
+            return await self._many(statement, parameters)
+        return await self._one(statement, parameters or {})
+
+    async def _one(self, statement: Any, params: dict[str, Any]) -> FastResult:
+        sql, values = self._statements.bound(statement, params)
+        if _returns_rows(sql):
+            records = await self._driver.fetch(sql, *values)
+            if not records:
+                return FastResult(0, (), tuple, [])
+            keys = tuple(records[0].keys())
+            return FastResult(len(records), keys, _row_type(keys), [tuple(r) for r in records])
+        status = await self._driver.execute(sql, *values)
+        count = status.rsplit(" ", 1)[-1]
+        return FastResult(int(count) if count.isdigit() else -1, (), tuple, [])
+
+    async def _many(self, statement: Any, rows: list[dict[str, Any]]) -> FastResult:
+        if not rows:
+            return FastResult(0, (), tuple, [])
+        sql, _ = self._statements.bound(statement, rows[0])
+        if (
+            _returns_rows(sql)
+            or "POSTCOMPILE" in self._statements.compiled(statement, rows[0]).string
+        ):
+            results = [await self._one(statement, row) for row in rows]  # rare: fan-outs
+            found = [r for r in results if r.rowcount > 0]
+            if not found:
+                return FastResult(0, (), tuple, [])
+            keys = tuple(found[0]._keys)
+            merged = [row for r in found for row in r._rows]
+            return FastResult(len(merged), keys, _row_type(keys), merged)
+        await self._driver.executemany(sql, [self._statements.bound(statement, r)[1] for r in rows])
+        return FastResult(-1, (), tuple, [])
+
+
+async def _invalidate(
+    engine: AsyncEngine, conn: AsyncConnection, driver: Any, exc: BaseException
+) -> None:
+    """Never reuse a connection whose state is unknown. If the database was out of reach
+    (the server restarted, or terminated the connection), its pool-mates most likely were
+    too: start a new pool, as SQLAlchemy does when it sees a disconnect."""
+    await conn.invalidate()
+    if driver.is_closed() or is_unavailable(exc):
+        await engine.dispose(close=False)
+
+
+@asynccontextmanager
+async def connection(
+    engine: AsyncEngine, statements: PgStatements, *, transaction: bool
+) -> AsyncIterator[AsyncConnection]:
+    """A pooled connection's asyncpg connection, in a transaction or not."""
+    async with engine.connect() as conn:
+        fairy = await conn.get_raw_connection()
+        driver: Any = fairy.driver_connection
+        proxy: Any = PgConnection(driver, statements)
+        if not transaction:
+            try:
+                yield proxy
+            except BaseException as exc:
+                await _invalidate(engine, conn, driver, exc)  # a failed read is rare: start afresh
+                raise
+            return
+        try:
+            tx = driver.transaction()  # raises at once on a connection closed under us
+            await tx.start()
+        except BaseException as exc:
+            await _invalidate(engine, conn, driver, exc)
+            raise
+        try:
+            yield proxy
+        except BaseException:
+            try:
+                await tx.rollback()
+            except BaseException as exc:
+                await _invalidate(engine, conn, driver, exc)
+            raise
+        try:
+            await tx.commit()
+        except BaseException as exc:
+            await _invalidate(engine, conn, driver, exc)
+            raise
+
+
+__all__ = ["PgConnection", "PgStatements", "connection"]
