@@ -111,6 +111,9 @@ class CorrelationStatusResponse(BaseModel):
     correlation_id: str
     state: Literal["running", "idle", "cancelled"]
     pending_runs: int
+    waiting_artifacts: int = Field(
+        0, description="Its artifacts waiting in open groups (AND gates, joins, batches)."
+    )
     artifact_count: int
     errors: list[AgentErrorModel]
     started_at: str

@@ -232,6 +232,7 @@ class CorrelationInfo:
     errors: list[AgentFailure]
     started_at: datetime
     updated_at: datetime
+    waiting_artifacts: int = 0  # held in open groups (AND gates, joins, batches)
 
     @property
     def idle(self) -> bool:
@@ -247,6 +248,7 @@ class CorrelationInfo:
             errors=[AgentFailure.from_dict(e) for e in data["errors"]],
             started_at=_time(data["started_at"]),
             updated_at=_time(data["updated_at"]),
+            waiting_artifacts=int(data.get("waiting_artifacts", 0)),
         )
 
 

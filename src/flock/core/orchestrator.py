@@ -25,7 +25,7 @@ from flock.core.store.protocol import (
     RunFilter,
     RunQueueFullError,
 )
-from flock.core.triggers import runs_for
+from flock.core.triggers import Triggers, triggers_for, triggers_of
 from flock.core.validation import validate_artifact
 from flock.core.visibility import PUBLIC, AnyVisibility, inherit_visibility, require_consumable
 from flock.core.waiting import CorrelationWatch, WaitOutcome
@@ -179,14 +179,17 @@ class Flock:
             artifact.partition_key = partition_key
             artifact.visibility = visibility or PUBLIC
         validate_artifact(artifact)  # ArtifactValidationError: nothing is stored
-        runs = runs_for(self._by_type, artifact, principal=principal, at=datetime.now(UTC))
-        if runs:
+        found = triggers_for(self._by_type, artifact, principal=principal, at=datetime.now(UTC))
+        if found:
             await self._check_queue()
-        stored = await self._store.publish(artifact, runs, max_runs=self.max_runs_per_correlation)
+        stored = await self._store.publish(
+            artifact, found.runs, parts=found.parts, max_runs=self.max_runs_per_correlation
+        )
         if stored is artifact:
             self.stats.artifacts_published += 1
-            if runs:
+            if found:
                 self._runs_queued()
+                self.worker.note_deadline(found.next_deadline())
         return stored
 
     async def watch_queue(self, interval: float = QUEUE_GAUGE_SECONDS) -> None:
@@ -239,13 +242,10 @@ class Flock:
             _model=model,
         )
 
-    def runs_triggered_by(self, outputs: Sequence[Artifact], *, principal: str | None) -> list[Run]:
-        """The runs a run's outputs trigger (created when the run commits)."""
+    def triggered_by(self, outputs: Sequence[Artifact], *, principal: str | None) -> Triggers:
+        """The runs and group parts a run's outputs trigger (stored when the run commits)."""
         self._ensure_ready()
-        now = datetime.now(UTC)
-        return [
-            run for a in outputs for run in runs_for(self._by_type, a, principal=principal, at=now)
-        ]
+        return triggers_of(self._by_type, outputs, principal=principal, at=datetime.now(UTC))
 
     def caps(self) -> Mapping[str, int]:
         """`max_concurrency` of every agent that has one."""
@@ -412,6 +412,7 @@ class Flock:
         ]
         require_consumable(target.identity, artifacts)
         ctx = RunContext(target.name, correlation_id, tuple(artifacts), self, new_id(), 1)
+        ctx.batch = target.takes_list(artifacts)
         timeout = target.timeout or self.worker.settings.run_timeout
         try:
             async with asyncio.timeout(timeout):

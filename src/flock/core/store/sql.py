@@ -25,8 +25,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 from sqlalchemy.schema import CreateSchema
 
 from flock.core.artifacts import AgentError, Artifact, ArtifactEnvelope, ConsumptionRecord
+from flock.core.groups import GroupFlush, GroupPart
 from flock.core.runs import Run, Usage, lease_until
-from flock.core.store import notifications, sql_runs
+from flock.core.store import notifications, sql_groups, sql_runs
 from flock.core.store import sql_statements as sql
 from flock.core.store.memory import InMemoryBlackboardStore
 from flock.core.store.protocol import (
@@ -100,18 +101,48 @@ class SQLBlackboardStore:
     # -- writes -----------------------------------------------------------------------------
 
     async def publish(
-        self, artifact: Artifact, runs: Sequence[Run] = (), *, max_runs: int | None = None
+        self,
+        artifact: Artifact,
+        runs: Sequence[Run] = (),
+        *,
+        parts: Sequence[GroupPart] = (),
+        max_runs: int | None = None,
     ) -> Artifact:
         async with self._transaction() as conn:
+            if parts:
+                await self._lock_groups(conn, parts)
             if not await self._insert_artifacts(conn, (artifact,)):
                 row = (await conn.execute(sql.GET_ARTIFACT, {"id": artifact.id})).mappings().one()
                 return artifact_from_row(row)
-            if runs:
-                await sql_runs.insert_runs(
-                    conn, runs, postgres=self._postgres, schema=self._schema, max_runs=max_runs
-                )
-                await self._notify(conn, True, ())
+            await self._trigger(conn, runs, parts, max_runs)
         return artifact
+
+    async def _lock_groups(self, conn: AsyncConnection, parts: Sequence[GroupPart]) -> None:
+        keys = ((p.agent, p.group) for p in parts)
+        await sql_groups.lock_groups(conn, keys, postgres=self._postgres)
+
+    async def _trigger(
+        self,
+        conn: AsyncConnection,
+        runs: Sequence[Run],
+        parts: Sequence[GroupPart],
+        max_runs: int | None,
+    ) -> None:
+        """Create the runs, put the parts in their groups (and make runs of the groups they
+        complete), and tell workers when any was made."""
+        made: list[Run] = []
+        if parts:
+            made = await sql_groups.add_parts(conn, parts, postgres=self._postgres, now=utcnow())
+        if runs or made:
+            await sql_runs.insert_runs(
+                conn,
+                [*runs, *made],
+                postgres=self._postgres,
+                schema=self._schema,
+                max_runs=max_runs,
+            )
+            await sql_groups.link_runs(conn, made, postgres=self._postgres)
+            await self._notify(conn, True, ())
 
     put = publish
 
@@ -211,6 +242,7 @@ class SQLBlackboardStore:
         outputs: Sequence[Artifact],
         triggered: Sequence[Run],
         *,
+        parts: Sequence[GroupPart] = (),
         usage: Usage | None = None,
         max_runs: int | None = None,
     ) -> bool:
@@ -220,14 +252,23 @@ class SQLBlackboardStore:
             row = (await conn.execute(sql_runs.SUCCEED, params)).first()
             if row is None:
                 return False
+            if parts:
+                await self._lock_groups(conn, parts)
             await self._insert_artifacts(conn, outputs)
             await self._consume(conn, row, now)
-            if triggered:
-                await sql_runs.insert_runs(
-                    conn, triggered, postgres=self._postgres, schema=self._schema, max_runs=max_runs
-                )
-            await self._notify(conn, bool(triggered), (row.correlation_id,))
+            if triggered or parts:
+                await self._trigger(conn, triggered, parts, max_runs)
+            await self._notify(conn, False, await self._correlations_of(conn, run_id, row))
         return True
+
+    async def _correlations_of(self, conn: AsyncConnection, run_id: str, row: Any) -> list[str]:
+        """The correlations a finished run was pending work of: its own, and those of its
+        inputs' other correlations (a join or batch across correlations)."""
+        found = [row.correlation_id]
+        if self._channel is not None and row.input_ids.count(",") > 0:
+            params = {"p_run_id": run_id}
+            found.extend((await conn.execute(sql_groups.LINKED_CORRELATIONS, params)).scalars())
+        return found
 
     async def _consume(self, conn: AsyncConnection, row: Any, now: int) -> None:
         records = sql_runs.consumption_rows(
@@ -261,7 +302,7 @@ class SQLBlackboardStore:
             if row is None:
                 return False
             await self._consume(conn, row, now)
-            await self._notify(conn, False, (row.correlation_id,))
+            await self._notify(conn, False, await self._correlations_of(conn, run_id, row))
         return True
 
     async def release_run(self, run_id: str, fence: int) -> bool:
@@ -279,6 +320,7 @@ class SQLBlackboardStore:
             if not result.rowcount:
                 return False
             await conn.execute(sql_runs.CANCEL_RUNS, params)
+            await conn.execute(sql_groups.DROP_CORRELATION_PARTS, params)
             await self._notify(conn, False, (correlation_id,))
         return True
 
@@ -297,6 +339,34 @@ class SQLBlackboardStore:
             await conn.execute(sql_runs.UNCANCEL, {"p_correlation_id": run.correlation_id})
             await self._notify(conn, True, (run.correlation_id,))
         return run
+
+    async def flush_groups(self) -> GroupFlush:
+        now = utcnow()
+        async with self._reading() as conn:
+            due = (await conn.execute(sql_groups.NEXT_DEADLINE)).scalar()
+        if due is None or from_micros(due) > now:
+            return GroupFlush(next_deadline=None if due is None else from_micros(due))
+        async with self._transaction() as conn:
+            if not self._postgres:
+                # Take the file's write lock before reading, as every other write does.
+                await conn.execute(sql_groups.TAKE_WRITE_LOCK)
+            made, errors, next_deadline = await sql_groups.settle_due(
+                conn, postgres=self._postgres, now=now
+            )
+            if made:
+                await sql_runs.insert_runs(
+                    conn, made, postgres=self._postgres, schema=self._schema, max_runs=None
+                )
+                await sql_groups.link_runs(conn, made, postgres=self._postgres)
+            changed = {e.correlation_id for e in errors}
+            changed.update(c for run in made for c in (run.correlation_id, *run.linked))
+            await self._notify(conn, bool(made), changed)
+        return GroupFlush(changed, len(made), next_deadline)
+
+    async def open_groups(self) -> dict[str, int]:
+        async with self._reading() as conn:
+            rows = (await conn.execute(sql_groups.OPEN_GROUPS)).tuples().all()
+        return {agent: count for agent, count in rows}
 
     async def get_run(self, run_id: str) -> Run | None:
         async with self._reading() as conn:
@@ -403,12 +473,15 @@ class SQLBlackboardStore:
         errors.sort(key=lambda e: e.at)
         return CorrelationRecord(
             correlation_id,
-            correlation_state(bool(row["cancelled"]), row["pending_runs"]),
+            correlation_state(
+                bool(row["cancelled"]), row["pending_runs"] + row["waiting_artifacts"]
+            ),
             from_micros(row["started_at"]),
             from_micros(row["updated_at"]),
             row["artifact_count"],
             errors,
             row["pending_runs"],
+            row["waiting_artifacts"],
         )
 
     # -- lifecycle --------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from flock.core.runs import Run, RunState, Usage
 from flock.core.store.protocol import RunFilter
 from flock.core.store.shared import LEASE_LOST, run_limit_error
+from flock.core.store.sql_groups import pending_linked, waiting_parts
 from flock.core.store.sql_schema import (
     agent_errors,
     artifacts,
@@ -262,11 +263,14 @@ _COUNT_RUNS = (
 PENDING_ALL = select(func.count()).select_from(runs).where(r.due_at.is_not(None))
 PROGRESS = select(
     correlations.c.cancelled,
-    select(func.count())
-    .select_from(runs)
-    .where(r.correlation_id == correlations.c.correlation_id, r.due_at.is_not(None))
-    .scalar_subquery()
-    .label("pending"),
+    (
+        select(func.count())
+        .select_from(runs)
+        .where(r.correlation_id == correlations.c.correlation_id, r.due_at.is_not(None))
+        .scalar_subquery()
+        + pending_linked(correlations.c.correlation_id)
+        + waiting_parts(correlations.c.correlation_id)
+    ).label("pending"),
 ).where(correlations.c.correlation_id == bindparam("p_correlation_id"))
 DEAD_RUNS = (
     select(runs)
