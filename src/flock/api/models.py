@@ -176,9 +176,14 @@ class AgentDescription(BaseModel):
     description: str
     subscriptions: list[dict[str, Any]]
     outputs: list[dict[str, Any]]
-    max_concurrency: int
+    max_concurrency: int | None
+    max_attempts: int
+    timeout: float | None
     labels: list[str]
     tenant: str | None
+    open_groups: int = Field(
+        0, description="Its open groups (AND gates, joins, batches) waiting for parts."
+    )
 
 
 class AgentListResponse(BaseModel):

@@ -29,7 +29,10 @@ async def list_agents(
     # A tenant's caller sees the shared agents and its own tenant's, not another tenant's.
     tenant = principal.tenant
     agents = [a for a in service.flock.agents if a.tenant is None or tenant in (None, a.tenant)]
-    return json_response({"agents": [a.describe() for a in agents]})
+    open_groups = await service.flock.store.open_groups()
+    return json_response(
+        {"agents": [{**a.describe(), "open_groups": open_groups.get(a.name, 0)} for a in agents]}
+    )
 
 
 @router.post("/agents/{name}/run", response_model=AgentRunResponse, summary="Run one agent")
