@@ -423,3 +423,22 @@ def test_declarations_that_cannot_work_are_refused() -> None:
         BatchSpec(size=0)
     with pytest.raises(TypeError, match="callable"):
         JoinSpec(by="order_id", within=5)  # type: ignore[arg-type]
+
+
+async def test_run_until_idle_of_everything_waits_for_timed_groups_only(
+    make_store: StoreFactory,
+) -> None:
+    store = make_store()
+    flock = _flock(store)
+    flock.agent("digest").consumes(Event, batch=BatchSpec(size=10, timeout=0.3)).publishes(
+        Digest
+    ).with_engines(digest)
+    flock.agent("reviewer").consumes(FactCheck, Draft).publishes(Review).with_engines(review)
+    try:
+        await flock.publish(Event(n=3))
+        await flock.publish(Draft(text="may wait for ever"))
+        await flock.run_until_idle(timeout=30)  # the batch's timeout settles it; the gate not
+        assert [d.ns for d in await _of_type(store, Digest)] == [[3]]
+        assert await store.open_groups() == {"reviewer": 1}
+    finally:
+        await flock.close()

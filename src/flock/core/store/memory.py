@@ -275,8 +275,9 @@ class InMemoryBlackboardStore:
         )
 
     async def progress(self, correlation_id: str | None = None) -> Progress:
-        if correlation_id is None:
-            return Progress(len(self._pending))
+        if correlation_id is None:  # plain AND gates may wait for ever: not counted
+            timed = sum(p.deadline is not None for g in self._groups.values() for p in g)
+            return Progress(len(self._pending) + timed)
         record = self._correlations.get(correlation_id)
         if record is None:
             return Progress(0, exists=False)

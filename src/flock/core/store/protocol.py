@@ -109,7 +109,8 @@ class Progress:
     """How far a correlation (or, for None, the whole store) is: what waiters check.
 
     `pending` counts its queued and running runs and its artifacts waiting in open groups
-    (for the whole store: the pending runs only).
+    (for the whole store: the pending runs, and the waiting artifacts a deadline will
+    settle, of joins and batches with a timeout).
     """
 
     pending: int

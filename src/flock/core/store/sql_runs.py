@@ -39,6 +39,7 @@ from flock.core.store.sql_schema import (
     correlations,
     dumps_ids,
     error_row,
+    group_parts,
     run_from_row,
     run_row,
     runs,
@@ -260,7 +261,16 @@ _COUNT_RUNS = (
         limit_reported=bindparam("p_limit_reported"),
     )
 )
-PENDING_ALL = select(func.count()).select_from(runs).where(r.due_at.is_not(None))
+# The whole store's pending work: its pending runs, and the waiting artifacts that will
+# be settled by a deadline (a join's window, a batch's timeout); plain AND gates may wait
+# for ever, so they do not keep "everything" from being idle.
+PENDING_ALL = select(
+    select(func.count()).select_from(runs).where(r.due_at.is_not(None)).scalar_subquery()
+    + select(func.count())
+    .select_from(group_parts)
+    .where(group_parts.c.deadline.is_not(None))
+    .scalar_subquery()
+)
 PROGRESS = select(
     correlations.c.cancelled,
     (
