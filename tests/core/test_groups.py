@@ -442,3 +442,38 @@ async def test_run_until_idle_of_everything_waits_for_timed_groups_only(
         assert await store.open_groups() == {"reviewer": 1}
     finally:
         await flock.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+async def test_a_version_2_database_gets_the_group_tables(make_store: StoreFactory) -> None:
+    """Schema version 2 (the durable-runs release) had no group tables: opening it adds
+    them, keeps the data and serves AND gates."""
+    from sqlalchemy import select
+
+    from flock.core.store.sql import SQLBlackboardStore
+    from flock.core.store.sql_schema import group_parts, run_links, schema_info
+
+    old = make_store()
+    assert isinstance(old, SQLBlackboardStore)
+    kept = await Flock(store=old).publish(Draft(text="from version 2"))
+    async with old._engine.begin() as conn:  # make it what version 2 wrote
+        await conn.run_sync(group_parts.drop)
+        await conn.run_sync(run_links.drop)
+        await conn.execute(schema_info.update().values(version=2))
+    await old.close()
+
+    store = make_store()
+    flock = _flock(store)
+    flock.agent("reviewer").consumes(FactCheck, Draft).publishes(Review).with_engines(review)
+    try:
+        assert await store.get(kept.id) is not None
+        draft = await flock.publish(Draft(text="new"))
+        await flock.publish(FactCheck(ok=True), correlation_id=draft.correlation_id)
+        await flock.run_until_idle(draft.correlation_id, timeout=30)
+        assert await _of_type(store, Review) == [Review(text="new", ok=True)]
+        assert isinstance(store, SQLBlackboardStore)
+        async with store._engine.connect() as conn:
+            version = (await conn.execute(select(schema_info.c.version))).scalar()
+        assert version == 3
+    finally:
+        await flock.close()
