@@ -477,3 +477,27 @@ async def test_a_version_2_database_gets_the_group_tables(make_store: StoreFacto
         assert version == 3
     finally:
         await flock.close()
+
+
+async def test_the_open_groups_gauge_reads_the_store() -> None:
+    from prometheus_client import generate_latest
+
+    from flock.api.metrics import ServiceMetrics
+
+    flock = Flock()
+    flock.agent("reviewer").consumes(FactCheck, Draft).publishes(Review).with_engines(review)
+    flock.agent("single").consumes(Review).with_engines(lambda r: None)
+    for n in range(2):
+        await flock.publish(Draft(text=str(n)))  # two correlations: two open groups
+    gauge = asyncio.create_task(flock.watch_queue(interval=0.01))
+    try:
+
+        async def read() -> bool:
+            return flock.stats.open_groups == {"reviewer": 2, "single": 0}
+
+        await poll_until(read, seconds=5, what="the gauge to read the store")
+    finally:
+        gauge.cancel()
+        await flock.close()
+    text = generate_latest(ServiceMetrics(flock.stats).registry).decode()
+    assert 'flock_open_groups{agent="reviewer"} 2.0' in text

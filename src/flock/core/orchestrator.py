@@ -193,15 +193,19 @@ class Flock:
         return stored
 
     async def watch_queue(self, interval: float = QUEUE_GAUGE_SECONDS) -> None:
-        """Keep `stats.runs_queued` (the `flock_runs_queued` gauge) current: the store's
-        queued runs per agent, read every `interval` seconds. Runs until cancelled."""
+        """Keep `stats.runs_queued` and `stats.open_groups` (the `flock_runs_queued` and
+        `flock_open_groups` gauges) current: the store's queued runs and open groups per
+        agent, read every `interval` seconds. Runs until cancelled."""
         while True:
             try:
                 queued = await self._store.queued_by_agent()
+                groups = await self._store.open_groups()
             except Exception as exc:
                 logger.debug("cannot read the queued runs: %s", exc)
             else:
-                self.stats.runs_queued = {a.name: queued.get(a.name, 0) for a in self.agents}
+                names = [a.name for a in self.agents]
+                self.stats.runs_queued = {name: queued.get(name, 0) for name in names}
+                self.stats.open_groups = {name: groups.get(name, 0) for name in names}
             await asyncio.sleep(interval)
 
     async def _check_queue(self) -> None:
