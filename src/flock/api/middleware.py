@@ -52,11 +52,19 @@ class RequestContextMiddleware:
         state = scope.setdefault("state", {})
         sent = _header(scope, b"x-correlation-id")
         state["correlation_id"] = sent if sent and _VALID_CORRELATION_ID.match(sent) else new_id()
+        method = scope.get("method", "")
+        if method == "HEAD":
+            # HEAD is GET without the body (RFC 9110 9.3.2), on every GET route; the server
+            # sees the original scope, so it frames the answer as one to a HEAD.
+            scope = {**scope, "method": "GET"}
+            state["head"] = True
         status = 500
         response_started = False
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status, response_started
+            if method == "HEAD" and message["type"] == "http.response.body":
+                message = {**message, "body": b""}
             if message["type"] == "http.response.start":
                 response_started = True
                 status = message["status"]
@@ -87,7 +95,6 @@ class RequestContextMiddleware:
             if admitted:
                 self.service.requests_in_flight -= 1
             elapsed = time.perf_counter() - started
-            method = scope.get("method", "")
             self.service.metrics.observe_request(method, self._route_label(scope), status, elapsed)
 
     def _route_label(self, scope: Scope) -> str:

@@ -21,7 +21,9 @@ logger = logging.getLogger("flock.api")
 router = APIRouter(prefix="/api/v1", tags=["agents"])
 
 
-@router.get("/agents", response_model=AgentListResponse, summary="List agents")
+@router.get(
+    "/agents", operation_id="listAgents", response_model=AgentListResponse, summary="List agents"
+)
 async def list_agents(
     principal: PrincipalDep,
     service: ServiceDep,
@@ -32,7 +34,12 @@ async def list_agents(
     return json_response({"agents": [a.describe() for a in agents]})
 
 
-@router.post("/agents/{name}/run", response_model=AgentRunResponse, summary="Run one agent")
+@router.post(
+    "/agents/{name}/run",
+    operation_id="runAgent",
+    response_model=AgentRunResponse,
+    summary="Run one agent",
+)
 async def run_agent(
     name: Name,
     body: AgentRunRequest,
