@@ -11,6 +11,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from flock import logs
 from flock.api.auth import authenticate
 from flock.api.errors import APIError, ErrorCode, create_error_response, internal_error_response
 from flock.api.routing import is_json_media_type, routes_on_path
@@ -74,6 +75,7 @@ class RequestContextMiddleware:
             await send(message)
 
         admitted = False
+        bound = logs.bind(state)  # log records name the request's (then workflow's) correlation
         try:
             early = self._reject_early(scope)
             if early is not None:
@@ -92,6 +94,7 @@ class RequestContextMiddleware:
             if not response_started:
                 await internal_error_response(state["correlation_id"])(scope, receive, send_wrapper)
         finally:
+            logs.unbind(bound)
             if admitted:
                 self.service.requests_in_flight -= 1
             elapsed = time.perf_counter() - started

@@ -84,7 +84,7 @@ async def run_agent(
     except VisibilityError:
         raise  # a tenant-bound agent of another tenant: 403, not the agent's failure
     except Exception as exc:  # the agent's failure is the run's result, as in sync publish
-        logger.warning("direct run of agent %s failed: %s", name, exc)
+        logger.warning("direct run of agent %s failed: %s", name, exc, exc_info=exc)
         error = AgentError(name, inputs[0].id, describe_failure(exc), inputs[0].correlation_id)
         return json_response({"agent": name, "artifacts": [], "errors": [error.to_dict()]})
     visible = [a.to_dict() for a in outputs if a.visibility.allows(principal.identity)]
