@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -261,3 +262,23 @@ def test_an_unknown_log_format_is_one_line(tmp_path: Path) -> None:
     assert result.stderr.strip().splitlines() == [
         "error: --log-format must be text or json, not 'xml'"
     ]
+
+
+def test_a_startup_failure_is_a_json_line_with_json_logs(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "flock", "serve", "--demo", "--port", str(port)],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=server_env(FLOCK_LOG_FORMAT="json"),
+        )
+
+    assert result.returncode == 2
+    (entry,) = _json_lines(result.stderr)
+    assert entry["level"] == "ERROR"
+    assert entry["message"].startswith(f"error: cannot listen on 127.0.0.1:{port}")

@@ -358,8 +358,18 @@ def _fail(exc: BaseException, debug: bool) -> None:
         traceback.print_exception(exc.__cause__ or exc)
     elif exc.__cause__ is not None or not expected:
         message += " (--debug shows the traceback)"
-    typer.echo(f"error: {message}", err=True)
+    _error_line(message)
     raise typer.Exit(EXIT_USAGE if expected else 1) from None
+
+
+def _error_line(message: str) -> None:
+    """`error: MESSAGE` on stderr; with JSON logs, a JSON log record like every other line."""
+    from flock import logs
+
+    if logs.configured_format() == "json":
+        logger.error("error: %s", message)
+    else:
+        typer.echo(f"error: {message}", err=True)
 
 
 def _serve_one(
@@ -410,7 +420,7 @@ def _serve_one(
     finally:
         sock.close()
     if not server.started:
-        typer.echo("error: the server did not start (see the log above)", err=True)
+        _error_line("the server did not start (see the log above)")
         raise typer.Exit(EXIT_STARTUP)
 
 

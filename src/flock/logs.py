@@ -78,9 +78,18 @@ def parse_format(value: str) -> LogFormat:
     raise ValueError(f"--log-format must be text or json, not {value!r}")
 
 
+_configured: list[LogFormat] = []  # the format `configure` set, if it ran
+
+
+def configured_format() -> LogFormat | None:
+    """The format `configure` set in this process, None if it did not run."""
+    return _configured[-1] if _configured else None
+
+
 def configure(level: str, log_format: str = "text") -> LogFormat:
     """Send every record of `level` and above to stderr, in the given format; the format."""
     chosen = parse_format(log_format)
+    _configured[:] = [chosen]
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JSONFormatter() if chosen == "json" else logging.Formatter(TEXT_FORMAT))
     root = logging.getLogger()
@@ -108,6 +117,7 @@ __all__ = [
     "LogFormat",
     "bind",
     "configure",
+    "configured_format",
     "current",
     "parse_format",
     "unbind",
