@@ -290,7 +290,7 @@ def _add_publish_variants(
         content["schema"] = union
         content["examples"] = {
             t.component: {
-                "summary": f"publish a {t.name}",
+                "summary": f"an artifact of type {t.name}",
                 "value": {"type": t.name, "payload": t.example, **(extra or {})},
             }
             for t in types
