@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from fastapi import Response
 
 from flock import Flock
 from support.serve import ServeProcess
@@ -55,3 +56,23 @@ async def test_head_over_a_real_server(tmp_path: Path) -> None:
     assert head.headers["content-length"] == str(len(get.content))
     assert get.json() == {"status": "ok"}
     assert second.status_code == 200 and second.content == b""
+
+
+async def test_an_apps_own_head_route_is_kept(api_client: Any) -> None:
+    client = await api_client(Flock())
+    app = client.service.app
+
+    @app.get("/things")
+    async def things() -> dict[str, str]:
+        return {"what": "things"}
+
+    @app.head("/things")
+    async def things_head() -> Response:
+        return Response(headers={"X-Things": "counted"})
+
+    head = await client.head("/things")
+    got = await client.get("/things")
+
+    assert head.status_code == 200 and head.headers["x-things"] == "counted"
+    assert head.content == b""
+    assert got.json() == {"what": "things"} and "x-things" not in got.headers

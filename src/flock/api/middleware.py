@@ -54,7 +54,7 @@ class RequestContextMiddleware:
         sent = _header(scope, b"x-correlation-id")
         state["correlation_id"] = sent if sent and _VALID_CORRELATION_ID.match(sent) else new_id()
         method = scope.get("method", "")
-        if method == "HEAD":
+        if method == "HEAD" and not self._routes_head(scope):
             # HEAD is GET without the body (RFC 9110 9.3.2), on every GET route; the server
             # sees the original scope, so it frames the answer as one to a HEAD.
             scope = {**scope, "method": "GET"}
@@ -99,6 +99,11 @@ class RequestContextMiddleware:
                 self.service.requests_in_flight -= 1
             elapsed = time.perf_counter() - started
             self.service.metrics.observe_request(method, self._route_label(scope), status, elapsed)
+
+    def _routes_head(self, scope: Scope) -> bool:
+        """Whether a route of the path takes HEAD itself (an app's own `@app.head`)."""
+        routes = routes_on_path(self.service.app.router.routes, scope)
+        return any("HEAD" in (route.methods or ()) for route in routes)
 
     def _route_label(self, scope: Scope) -> str:
         """The route template a request is counted under; "unmatched" when no route has its
