@@ -18,7 +18,8 @@ import pytest
 from pydantic import BaseModel
 
 from flock import Flock, flock_type
-from flock.logs import JSONFormatter, bind, configure, parse_format, unbind
+from flock.core.store.protocol import RunFilter
+from flock.logs import JSONFormatter, bind, configure, current, parse_format, unbind
 from support.durable import WorkerProcess
 from support.polling import poll_until
 from support.serve import ServeProcess, server_env
@@ -282,3 +283,32 @@ def test_a_startup_failure_is_a_json_line_with_json_logs(tmp_path: Path) -> None
     (entry,) = _json_lines(result.stderr)
     assert entry["level"] == "ERROR"
     assert entry["message"].startswith(f"error: cannot listen on 127.0.0.1:{port}")
+
+
+async def test_engines_log_in_the_context_of_their_run() -> None:
+    seen: list[dict[str, Any]] = []
+
+    def sync_engine(job: Job) -> Done:  # runs on an engine thread
+        seen.append(dict(current()))
+        return Done(n=job.n)
+
+    async def async_engine(job: Job) -> Done:
+        seen.append(dict(current()))
+        return Done(n=job.n)
+
+    flock = Flock()
+    flock.agent("sync-one").consumes(Job).publishes(Done).with_engines(sync_engine)
+    flock.agent("async-one").consumes(Job).publishes(Done).with_engines(async_engine)
+    try:
+        artifact = await flock.publish(Job(n=1))
+        await flock.run_until_idle(correlation_id=artifact.correlation_id)
+        listed, _ = await flock.list_runs(RunFilter(correlation_id=artifact.correlation_id))
+        runs = {run.agent: run for run in listed}
+    finally:
+        await flock.close()
+
+    assert sorted(c["agent"] for c in seen) == ["async-one", "sync-one"]
+    for context in seen:
+        assert context["correlation_id"] == artifact.correlation_id
+        assert context["run_id"] == runs[context["agent"]].id
+    assert current() == {}  # nothing leaked into the test's own context

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import inspect
 import math
@@ -107,11 +108,11 @@ class _CallableEngine:
         arg: Any = inputs[0] if len(inputs) == 1 else inputs
         if self._is_async:
             return await self._fn(arg)
-        # A plain function may block: it runs on the flock's engine threads, never the loop.
+        # A plain function may block: it runs on the flock's engine threads, never the loop,
+        # in a copy of this context (so its log records name the run, as an async one's do).
         loop = asyncio.get_running_loop()
-        result = await loop.run_in_executor(
-            ctx.flock.engine_threads, functools.partial(self._fn, arg)
-        )
+        call = functools.partial(contextvars.copy_context().run, self._fn, arg)
+        result = await loop.run_in_executor(ctx.flock.engine_threads, call)
         if inspect.isawaitable(result):
             return await result
         return result
