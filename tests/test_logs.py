@@ -117,20 +117,22 @@ def test_parse_format_refuses_unknown_formats() -> None:
         parse_format("xml")
 
 
-def test_configure_replaces_the_root_handlers() -> None:
+def test_configure_replaces_its_own_handler_only() -> None:
     root = logging.getLogger()
     saved, level = list(root.handlers), root.level
     try:
         assert configure("warning", "json") == "json"
-        assert [type(h.formatter) for h in root.handlers] == [JSONFormatter]
+        ours = [h for h in root.handlers if h not in saved]
+        assert [type(h.formatter) for h in ours] == [JSONFormatter]
         assert root.level == logging.WARNING
         configure("info", "text")
-        assert len(root.handlers) == 1 and not isinstance(root.handlers[0].formatter, JSONFormatter)
+        ours = [h for h in root.handlers if h not in saved]
+        assert len(ours) == 1 and not isinstance(ours[0].formatter, JSONFormatter)
+        assert all(h in root.handlers for h in saved)  # pytest's capture is still there
     finally:
         for handler in list(root.handlers):
-            root.removeHandler(handler)
-        for handler in saved:
-            root.addHandler(handler)
+            if handler not in saved:
+                root.removeHandler(handler)
         root.setLevel(level)
 
 

@@ -78,25 +78,29 @@ def parse_format(value: str) -> LogFormat:
     raise ValueError(f"--log-format must be text or json, not {value!r}")
 
 
-_configured: list[LogFormat] = []  # the format `configure` set, if it ran
+_configured: list[tuple[LogFormat, logging.Handler]] = []  # what `configure` set, if it ran
 
 
 def configured_format() -> LogFormat | None:
     """The format `configure` set in this process, None if it did not run."""
-    return _configured[-1] if _configured else None
+    return _configured[-1][0] if _configured else None
 
 
 def configure(level: str, log_format: str = "text") -> LogFormat:
-    """Send every record of `level` and above to stderr, in the given format; the format."""
+    """Send every record of `level` and above to stderr, in the given format; the format.
+
+    Configuring again replaces the handler the last call added; handlers that something
+    else put on the root logger (a test's log capture, say) stay.
+    """
     chosen = parse_format(log_format)
-    _configured[:] = [chosen]
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JSONFormatter() if chosen == "json" else logging.Formatter(TEXT_FORMAT))
     root = logging.getLogger()
-    for old in list(root.handlers):
-        root.removeHandler(old)
+    for _, previous in _configured:
+        root.removeHandler(previous)
     root.addHandler(handler)
     root.setLevel(level.upper())
+    _configured[:] = [(chosen, handler)]
     return chosen
 
 
