@@ -298,3 +298,25 @@ __all__ += [
     "BatchPublishRequest",
     "BatchPublishResponse",
 ]
+
+
+# -- artifact types (GET /types) -----------------------------------------------------------
+
+
+class TypeDescription(BaseModel):
+    """A registered artifact type: its name and its payload's JSON Schema."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    name: str
+    json_schema: dict[str, Any] = Field(
+        alias="schema",
+        description="the payload's JSON Schema (2020-12), with an example under `examples`",
+    )
+
+
+class TypeListResponse(BaseModel):
+    types: list[TypeDescription]
+
+
+__all__ += ["TypeDescription", "TypeListResponse"]

@@ -253,6 +253,18 @@ class CorrelationInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class TypeInfo:
+    """`GET /types`: a registered artifact type and its payload's JSON Schema."""
+
+    name: str
+    schema: dict[str, Any]
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TypeInfo:
+        return cls(name=data["name"], schema=dict(data["schema"]))
+
+
+@dataclass(frozen=True, slots=True)
 class ArtifactPage:
     """One page of `GET /artifacts` (the client's iterators page through them)."""
 
@@ -269,4 +281,5 @@ __all__ = [
     "PublishResult",
     "RunInfo",
     "SyncResult",
+    "TypeInfo",
 ]

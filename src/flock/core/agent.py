@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import inspect
 import math
@@ -140,11 +141,11 @@ class _CallableEngine:
         args: tuple[Any, ...] = (list(inputs),) if ctx.batch else tuple(inputs)
         if self._is_async:
             return await self._fn(*args)
-        # A plain function may block: it runs on the flock's engine threads, never the loop.
+        # A plain function may block: it runs on the flock's engine threads, never the loop,
+        # in a copy of this context (so its log records name the run, as an async one's do).
         loop = asyncio.get_running_loop()
-        result = await loop.run_in_executor(
-            ctx.flock.engine_threads, functools.partial(self._fn, *args)
-        )
+        call = functools.partial(contextvars.copy_context().run, self._fn, *args)
+        result = await loop.run_in_executor(ctx.flock.engine_threads, call)
         if inspect.isawaitable(result):
             return await result
         return result

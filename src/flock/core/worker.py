@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Literal
 
+from flock import logs
 from flock.core.agent import AgentOutputError, RunContext
 from flock.core.failures import describe_failure
 from flock.core.runs import NonRetryableError
@@ -270,6 +271,8 @@ class Worker:
         flock, store, stats = self.flock, self.flock.store, self.flock.stats
         claimed = active.claimed
         run = claimed.run
+        # This task's log records name the run (its own context: nothing leaks elsewhere).
+        logs.bind({"correlation_id": run.correlation_id, "run_id": run.id, "agent": run.agent})
         if claimed.recovered:
             stats.runs_recovered += 1
         if run.attempt == 1 and run.started_at is not None:

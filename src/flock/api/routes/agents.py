@@ -21,7 +21,9 @@ logger = logging.getLogger("flock.api")
 router = APIRouter(prefix="/api/v1", tags=["agents"])
 
 
-@router.get("/agents", response_model=AgentListResponse, summary="List agents")
+@router.get(
+    "/agents", operation_id="listAgents", response_model=AgentListResponse, summary="List agents"
+)
 async def list_agents(
     principal: PrincipalDep,
     service: ServiceDep,
@@ -35,7 +37,12 @@ async def list_agents(
     )
 
 
-@router.post("/agents/{name}/run", response_model=AgentRunResponse, summary="Run one agent")
+@router.post(
+    "/agents/{name}/run",
+    operation_id="runAgent",
+    response_model=AgentRunResponse,
+    summary="Run one agent",
+)
 async def run_agent(
     name: Name,
     body: AgentRunRequest,
@@ -80,7 +87,7 @@ async def run_agent(
     except VisibilityError:
         raise  # a tenant-bound agent of another tenant: 403, not the agent's failure
     except Exception as exc:  # the agent's failure is the run's result, as in sync publish
-        logger.warning("direct run of agent %s failed: %s", name, exc)
+        logger.warning("direct run of agent %s failed: %s", name, exc, exc_info=exc)
         error = AgentError(name, inputs[0].id, describe_failure(exc), inputs[0].correlation_id)
         return json_response({"agent": name, "artifacts": [], "errors": [error.to_dict()]})
     visible = [a.to_dict() for a in outputs if a.visibility.allows(principal.identity)]
