@@ -149,3 +149,26 @@ async def test_a_batch_answers_each_sync_caller(api_client: Any) -> None:
     assert seen == [["a", "b"]]
     agents = (await client.get("/api/v1/agents")).json()["agents"]
     assert agents[0]["subscriptions"][0]["batch"] == {"size": 2, "timeout": 5.0}
+
+
+async def test_a_direct_run_of_a_gate_needs_all_its_inputs(api_client: Any) -> None:
+    flock = Flock()
+    flock.agent("reviewer").consumes(Draft, Check).publishes(Review).with_engines(_review)
+    client = await api_client(flock)
+    alone = await client.post(
+        "/api/v1/agents/reviewer/run", json={"inputs": [{"type": DRAFT, "payload": {"text": "x"}}]}
+    )
+    assert alone.status_code == 422, alone.text
+    assert alone.json()["code"] == "VALIDATION_ERROR"
+    both = await client.post(
+        "/api/v1/agents/reviewer/run",
+        json={
+            "inputs": [
+                {"type": CHECK, "payload": {"ok": False}},  # not in declared order
+                {"type": DRAFT, "payload": {"text": "x"}},
+            ]
+        },
+    )
+    assert both.status_code == 200, both.text
+    (review,) = both.json()["artifacts"]
+    assert review["payload"] == {"text": "x", "ok": False}

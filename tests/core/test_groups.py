@@ -501,3 +501,141 @@ async def test_the_open_groups_gauge_reads_the_store() -> None:
         await flock.close()
     text = generate_latest(ServiceMetrics(flock.stats).registry).decode()
     assert 'flock_open_groups{agent="reviewer"} 2.0' in text
+
+
+async def test_joins_crossing_correlations_on_two_flocks_all_complete(
+    make_store: StoreFactory,
+) -> None:
+    """Each last part completes a join whose first input is in another correlation, in
+    both directions at once: PostgreSQL may pick one as a deadlock victim, and the store
+    runs that write again, so no publish fails and no join is lost."""
+    stores = [make_store(), make_store()]
+    flocks = [_flock(s) for s in stores]
+    for flock in flocks:
+        flock.agent("shipper").consumes(
+            Order, Payment, join=JoinSpec(by=lambda m: m.order_id, within=600)
+        ).publishes(Shipment).with_engines(ship)
+    try:
+        pairs = []
+        for n in range(40):
+            x = await flocks[0].publish(Order(order_id=f"x{n}"))
+            y = await flocks[0].publish(Order(order_id=f"y{n}"))
+            pairs.append((x.correlation_id, y.correlation_id, n))
+        await asyncio.gather(
+            *(
+                publish
+                for x, y, n in pairs
+                for publish in (
+                    flocks[0].publish(Payment(order_id=f"x{n}", amount=n), correlation_id=y),
+                    flocks[1].publish(Payment(order_id=f"y{n}", amount=n), correlation_id=x),
+                )
+            )
+        )
+        _, total = await flocks[0].list_runs(RunFilter(agent="shipper"), limit=-1)
+        assert total == 80
+        for x, y, _ in pairs:
+            await flocks[0].run_until_idle(x, timeout=60)
+            await flocks[0].run_until_idle(y, timeout=60)
+        assert len(await _of_type(stores[0], Shipment)) == 80
+    finally:
+        for flock in flocks:
+            await flock.close()
+
+
+async def test_a_dead_batch_run_is_an_error_of_every_correlation_it_took_from(
+    make_store: StoreFactory,
+) -> None:
+    store = make_store()
+    flock = _flock(store)
+
+    def broken(events: list[Event]) -> None:
+        raise RuntimeError("cannot digest")
+
+    flock.agent("digest").consumes(Event, batch=BatchSpec(size=2)).with_engines(broken).retry(
+        max_attempts=1
+    )
+    try:
+        first = await flock.publish(Event(n=1))
+        second = await flock.publish(Event(n=2))
+        for item in (first, second):
+            await flock.run_until_idle(item.correlation_id, timeout=30)
+            status = await flock.correlation_status(item.correlation_id)
+            assert status is not None and status.state == "idle"
+            (error,) = status.errors
+            assert "cannot digest" in error.message and error.agent == "digest"
+    finally:
+        await flock.close()
+
+
+async def test_cancelling_one_side_of_a_join_wakes_the_other_sides_waiters(
+    make_store: StoreFactory,
+) -> None:
+    store = make_store()
+    flock = _flock(store)
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    async def slow_ship(order: Order, payment: Payment) -> Shipment:
+        entered.set()
+        await release.wait()
+        return Shipment(order_id=order.order_id, amount=payment.amount)
+
+    flock.agent("shipper").consumes(
+        Order, Payment, join=JoinSpec(by=lambda m: m.order_id, within=600)
+    ).publishes(Shipment).with_engines(slow_ship)
+    try:
+        order = await flock.publish(Order(order_id="c"))
+        payment = await flock.publish(Payment(order_id="c", amount=1))
+        await asyncio.wait_for(entered.wait(), 30)
+        waiter = asyncio.create_task(flock.wait_for_correlation(payment.correlation_id, 30))
+        await asyncio.sleep(0)
+        await flock.cancel(order.correlation_id)  # the run belongs to the Order's correlation
+        assert await asyncio.wait_for(waiter, 10) is True  # the Payment's side is done too
+        assert await _of_type(store, Shipment) == []
+    finally:
+        release.set()
+        await flock.close()
+
+
+async def test_waiting_parts_are_not_counted_as_queued_runs(make_store: StoreFactory) -> None:
+    from flock.core.worker import WorkerSettings
+
+    store = make_store()
+    flock = Flock(store=store, worker=WorkerSettings(max_queued_runs=3))
+    flock.agent("shipper").consumes(
+        Order, Payment, join=JoinSpec(by=lambda m: m.order_id, within=600)
+    ).publishes(Shipment).with_engines(ship)
+    try:
+        for n in range(6):  # six parts wait; no run is queued
+            await flock.publish(Order(order_id=f"o{n}"))
+        await flock.publish(Payment(order_id="o0", amount=1))  # the queue is not "full"
+        assert await store.open_groups() == {"shipper": 5}
+    finally:
+        await flock.close()
+
+
+async def test_a_direct_run_gets_its_inputs_in_declared_order() -> None:
+    flock = Flock()
+    seen: list[tuple[str, str]] = []
+
+    def gate(check: FactCheck, draft: Draft) -> None:
+        seen.append((type(check).__name__, type(draft).__name__))
+
+    flock.agent("reviewer").consumes(FactCheck, Draft).with_engines(gate)
+    await flock.direct_invoke("reviewer", [Draft(text="d"), FactCheck(ok=True)])
+    assert seen == [(FactCheck.__name__, Draft.__name__)]
+
+
+async def test_a_long_join_key_fits(make_store: StoreFactory) -> None:
+    store = make_store()
+    flock = _flock(store)
+    flock.agent("shipper").consumes(
+        Order, Payment, join=JoinSpec(by=lambda m: m.order_id, within=600)
+    ).publishes(Shipment).with_engines(ship)
+    try:
+        key = "k" * 6000
+        order = await flock.publish(Order(order_id=key))
+        await flock.publish(Payment(order_id=key, amount=7))
+        await flock.run_until_idle(order.correlation_id, timeout=30)
+        assert [s.amount for s in await _of_type(store, Shipment)] == [7]
+    finally:
+        await flock.close()

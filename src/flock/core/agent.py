@@ -7,6 +7,7 @@ import contextvars
 import functools
 import inspect
 import math
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -202,6 +203,33 @@ class Agent:
         return len(inputs) > 1 and not any(
             sub.batch is None and len(sub.types) == len(inputs) for sub in self.subscriptions
         )
+
+    def fits(self, inputs: Sequence[Artifact]) -> bool:
+        """The inputs are what one of its subscriptions runs on: artifacts of a one-type or
+        batch subscription's types, or exactly an AND gate's types."""
+        types = Counter(a.type for a in inputs)
+        for sub in self.subscriptions:
+            if sub.batch is not None or len(sub.types) <= 1:
+                if inputs and all(t in sub.type_names for t in types):
+                    return True
+            elif Counter(sub.types) == types:
+                return True
+        return False
+
+    def in_declared_order(self, inputs: Sequence[Artifact]) -> list[Artifact]:
+        """The inputs in the order of the AND gate whose types they are (as given when they
+        fit no gate): a direct run's engine gets them as a triggered run's would."""
+        types = Counter(a.type for a in inputs)
+        for sub in self.subscriptions:
+            if sub.batch is None and len(sub.types) > 1 and Counter(sub.types) == types:
+                pool = list(inputs)
+                ordered = []
+                for type_name in sub.types:
+                    item = next(a for a in pool if a.type == type_name)
+                    pool.remove(item)
+                    ordered.append(item)
+                return ordered
+        return list(inputs)
 
     def output_for(self, value: BaseModel) -> Output:
         for output in self.outputs:

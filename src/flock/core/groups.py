@@ -19,6 +19,7 @@ Groups never mix tenants: a tenant's artifacts only join artifacts of the same t
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Callable, Iterable, Sequence
@@ -30,14 +31,15 @@ from flock.core.artifacts import AgentError
 from flock.core.runs import Run
 
 GroupKind = Literal["and", "batch"]
+MAX_WAIT_SECONDS = 366 * 86_400  # join windows and batch timeouts, at most
 
 
 def _seconds(value: timedelta | float | int, what: str) -> float:
     seconds = value.total_seconds() if isinstance(value, timedelta) else value
     if isinstance(seconds, bool) or not isinstance(seconds, int | float):
         raise TypeError(f"{what} takes a timedelta or a number of seconds, got {value!r}")
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise ValueError(f"{what} must be a positive duration, got {value!r}")
+    if not math.isfinite(seconds) or not 0 < seconds <= MAX_WAIT_SECONDS:
+        raise ValueError(f"{what} must be a positive duration of at most 366 days, got {value!r}")
     return float(seconds)
 
 
@@ -103,9 +105,13 @@ class GroupPart:
 
 
 def group_name(subscription: int, scope: str, key: Any, tenant: str | None) -> str:
-    """A group's name: the subscription's index in its agent, how it groups ("c" for a
-    correlation, "j" for a join key, "b" for a batch), the key, and the tenant."""
-    return json.dumps([subscription, scope, key, tenant], separators=(",", ":"), default=str)
+    """A group's name: a digest of the subscription's index in its agent, how it groups
+    ("c" for a correlation, "j" for a join key, "b" for a batch), the key (canonical JSON,
+    so a key of any size or shape fits an index) and the tenant."""
+    canonical = json.dumps(
+        [subscription, scope, key, tenant], separators=(",", ":"), sort_keys=True, default=str
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def deadline_after(at: datetime, seconds: float | None) -> datetime | None:
@@ -161,10 +167,12 @@ def run_for(parts: Sequence[GroupPart], at: datetime) -> Run:
 
 
 def flushable(parts: Sequence[GroupPart], now: datetime) -> list[tuple[GroupPart, ...]]:
-    """A batch group whose oldest part's timeout came: all its parts, in runs of at most
-    `size` (oldest first). Empty if the group is not due."""
+    """A batch group whose earliest deadline came (its oldest part's timeout, unless the
+    timeout changed between releases): all its parts, in runs of at most `size`, oldest
+    first. Empty if the group is not due."""
     ordered = sorted(parts, key=lambda p: p.order)
-    if not ordered or ordered[0].deadline is None or ordered[0].deadline > now:
+    due = min((p.deadline for p in ordered if p.deadline is not None), default=None)
+    if due is None or due > now:
         return []
     size = max(ordered[0].size, 1)
     return [tuple(ordered[i : i + size]) for i in range(0, len(ordered), size)]

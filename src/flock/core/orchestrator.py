@@ -180,7 +180,7 @@ class Flock:
             artifact.visibility = visibility or PUBLIC
         validate_artifact(artifact)  # ArtifactValidationError: nothing is stored
         found = triggers_for(self._by_type, artifact, principal=principal, at=datetime.now(UTC))
-        if found:
+        if found.runs:  # parts are not runs (one may complete a group: the bound is loose)
             await self._check_queue()
         stored = await self._store.publish(
             artifact, found.runs, parts=found.parts, max_runs=self.max_runs_per_correlation
@@ -216,7 +216,7 @@ class Flock:
         """
         now = time.monotonic()
         if now - self._queue_checked_at >= _QUEUE_CHECK_SECONDS:
-            self._queued = (await self._store.progress()).pending
+            self._queued = (await self._store.progress()).pending_runs
             self._queue_checked_at = now
         limit = self.worker.settings.max_queued_runs
         if self._queued >= limit:
@@ -374,7 +374,9 @@ class Flock:
         if not await self._store.cancel_correlation(correlation_id):
             return None
         self.worker.cancel_local(correlation_id)
-        self.watch.changed(correlation_id)
+        # Every waiter looks again: the cancelled runs of joins and batches were pending
+        # work of other correlations too.
+        self.watch.changed_all()
         return await self._store.get_correlation(correlation_id)
 
     # -- runs -------------------------------------------------------------------------------
@@ -415,6 +417,7 @@ class Flock:
             for item in inputs
         ]
         require_consumable(target.identity, artifacts)
+        artifacts = target.in_declared_order(artifacts)
         ctx = RunContext(target.name, correlation_id, tuple(artifacts), self, new_id(), 1)
         ctx.batch = target.takes_list(artifacts)
         timeout = target.timeout or self.worker.settings.run_timeout

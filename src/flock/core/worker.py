@@ -174,7 +174,8 @@ class Worker:
             self.flock.watch.changed(correlation_id)
         if flush.next_deadline is not None:
             wait = (flush.next_deadline - datetime.now(UTC)).total_seconds()
-            next_look = min(next_look, loop.time() + max(wait, 0.0))
+            # Never sooner than 50 ms: a due group is settled by now, whatever it said.
+            next_look = min(next_look, loop.time() + max(wait, 0.05))
         self._groups_due = next_look
 
     def stop_claiming(self) -> None:
@@ -369,6 +370,9 @@ class Worker:
             return f"this app has no agent named {run.agent!r}"
         if len(claimed.inputs) != len(run.input_ids):
             return "an input artifact of the run is missing from the store"
+        if not self.flock.get_agent(run.agent).fits(claimed.inputs):
+            kinds = ", ".join(a.type for a in claimed.inputs)
+            return f"its inputs ({kinds}) fit none of the agent's subscriptions"
         return None
 
     async def _fail(

@@ -82,6 +82,16 @@ async def run_agent(
             f"agent {name!r} consumes only {sorted(consumed)}",
             details=strangers,
         )
+    if not agent.fits(inputs):
+        gates = [" + ".join(sub.types) for sub in agent.subscriptions if len(sub.types) > 1]
+        raise APIError(
+            ErrorCode.VALIDATION_ERROR,
+            f"agent {name!r} runs on one of its types at a time or on all of an AND gate's "
+            f"inputs together ({'; '.join(gates)}); these inputs fit neither",
+            details=[
+                {"field": "inputs", "message": "one input of each gate type", "code": "arity"}
+            ],
+        )
     try:
         outputs = await service.flock.direct_invoke(agent, inputs)
     except VisibilityError:

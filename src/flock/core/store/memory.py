@@ -53,12 +53,19 @@ class _Correlation:
     started_at: datetime
     updated_at: datetime
     pending: int = 0  # its queued and running runs, those it shares with others included
-    waiting: int = 0  # its artifacts waiting in open groups
+    # Its artifacts waiting in open groups, with how many groups each waits in.
+    waiting_ids: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def waiting(self) -> int:
+        return len(self.waiting_ids)
+
     run_count: int = 0
     cancelled: bool = False
     limit_reported: bool = False
     errors: list[AgentError] = field(default_factory=list)  # correlation-level ones
     runs: list[Run] = field(default_factory=list)
+    linked_runs: list[Run] = field(default_factory=list)  # joins/batches that took its parts
 
 
 class InMemoryBlackboardStore:
@@ -132,6 +139,8 @@ class InMemoryBlackboardStore:
                 continue
             record.run_count += 1  # the store keeps the record it was given
             record.runs.append(run)
+            for linked in run.linked:
+                self._touch(linked, run.created_at).linked_runs.append(run)
             self._runs[run.id] = run
             if run.pending:
                 self._pending[run.id] = run
@@ -154,7 +163,7 @@ class InMemoryBlackboardStore:
             if any(p.artifact_id == part.artifact_id for p in group):
                 continue
             group.append(part)
-            record.waiting += 1
+            record.waiting_ids[part.artifact_id] += 1
             touched[(part.agent, part.group)] = group
         made: list[Run] = []
         for key, group in touched.items():
@@ -170,7 +179,9 @@ class InMemoryBlackboardStore:
         for part in taken:
             record = self._correlations.get(part.correlation_id)
             if record is not None:
-                record.waiting -= 1
+                record.waiting_ids[part.artifact_id] -= 1
+                if record.waiting_ids[part.artifact_id] <= 0:
+                    del record.waiting_ids[part.artifact_id]
         if not group:
             self._groups.pop(key, None)
 
@@ -261,7 +272,8 @@ class InMemoryBlackboardStore:
         record = self._correlations.get(correlation_id)
         if record is None:
             return None
-        errors = [*record.errors, *(dead_run_error(r) for r in record.runs if r.state == DEAD)]
+        runs = (*record.runs, *record.linked_runs)
+        errors = [*record.errors, *(dead_run_error(r) for r in runs if r.state == DEAD)]
         errors.sort(key=lambda e: e.at)
         return CorrelationRecord(
             correlation_id,
@@ -277,11 +289,11 @@ class InMemoryBlackboardStore:
     async def progress(self, correlation_id: str | None = None) -> Progress:
         if correlation_id is None:  # plain AND gates may wait for ever: not counted
             timed = sum(p.deadline is not None for g in self._groups.values() for p in g)
-            return Progress(len(self._pending) + timed)
+            return Progress(len(self._pending) + timed, runs=len(self._pending))
         record = self._correlations.get(correlation_id)
         if record is None:
             return Progress(0, exists=False)
-        return Progress(record.pending + record.waiting, record.cancelled)
+        return Progress(record.pending + record.waiting, record.cancelled, runs=record.pending)
 
     # -- runs -------------------------------------------------------------------------------
 

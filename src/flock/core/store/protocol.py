@@ -116,6 +116,11 @@ class Progress:
     pending: int
     cancelled: bool = False
     exists: bool = True
+    runs: int | None = None  # of `pending`, the queued and running runs (None: all of it)
+
+    @property
+    def pending_runs(self) -> int:
+        return self.pending if self.runs is None else self.runs
 
 
 @dataclass(frozen=True, slots=True)

@@ -62,6 +62,9 @@ OPEN_GROUPS = select(g.agent, func.count(func.distinct(g.grp))).group_by(g.agent
 LINKED_CORRELATIONS = select(run_links.c.correlation_id).where(
     run_links.c.run_id == bindparam("p_run_id")
 )
+_LINKS_OF = select(run_links.c.correlation_id).where(
+    run_links.c.run_id.in_(bindparam("p_ids", expanding=True))
+)
 DROP_CORRELATION_PARTS = delete(group_parts).where(
     g.correlation_id == bindparam("p_correlation_id")
 )
@@ -126,6 +129,14 @@ async def link_runs(conn: AsyncConnection, made: Sequence[Run], *, postgres: boo
         await conn.execute(_INSERT_LINKS[postgres], rows)
 
 
+async def linked_correlations(conn: AsyncConnection, run_ids: Sequence[str]) -> list[str]:
+    """The other correlations these runs were pending work of."""
+    if not run_ids:
+        return []
+    rows = await conn.execute(_LINKS_OF, {"p_ids": list(run_ids)})
+    return list(dict.fromkeys(rows.scalars()))
+
+
 async def settle_due(
     conn: AsyncConnection, *, postgres: bool, now: datetime
 ) -> tuple[list[Run], list[AgentError], datetime | None]:
@@ -168,8 +179,7 @@ def pending_linked(correlation_id_column: Any) -> Any:
 def waiting_parts(correlation_id_column: Any) -> Any:
     """Its artifacts waiting in open groups (a scalar subquery)."""
     return (
-        select(func.count())
-        .select_from(group_parts)
+        select(func.count(func.distinct(g.artifact_id)))
         .where(g.correlation_id == correlation_id_column)
         .scalar_subquery()
     )
@@ -183,6 +193,7 @@ __all__ = [
     "TAKE_WRITE_LOCK",
     "add_parts",
     "link_runs",
+    "linked_correlations",
     "lock_groups",
     "pending_linked",
     "settle_due",
