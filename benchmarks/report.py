@@ -71,6 +71,7 @@ _SHOWN = {
     "worker_rss_mib": "MiB RSS per worker",
     "serve_pg_conns": "PostgreSQL conns of serve",
     "worker_pg_conns": "PostgreSQL conns per worker",
+    "added_p50_ms": "ms p50 added by the handoff",
 }
 
 

@@ -30,7 +30,8 @@ import json
 import statistics
 import sys
 import time
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -136,29 +137,38 @@ def _load_with_cpu(
     }
 
 
-def sequential_latencies(url: str, seconds: float) -> tuple[list[float], int]:
-    """Sync calls one at a time on one keep-alive connection: each one's time (ms), and how
-    many did not answer 200 with a completed cascade."""
-    parts = urlsplit(url)
-    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=60)
-    headers = {"Content-Type": "application/json"}
-    times: list[float] = []
-    failures = 0
-    deadline = time.perf_counter() + seconds
-    try:
-        while time.perf_counter() < deadline:
-            started = time.perf_counter()
-            conn.request("POST", SYNC_PUBLISH.path, SYNC_PUBLISH.body, headers)
-            response = conn.getresponse()
-            body = response.read()
-            elapsed = (time.perf_counter() - started) * 1000
-            if response.status == 200 and json.loads(body).get("completed") is True:
-                times.append(elapsed)
-            else:
-                failures += 1
-    finally:
-        conn.close()
-    return times, failures
+class SyncCaller:
+    """Sync calls one at a time on one keep-alive connection, each timed (ms); a call that
+    does not answer 200 with a completed cascade counts as a failure."""
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        self.conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port,
+                                               timeout=60)  # fmt: skip
+        self.times: list[float] = []
+        self.failures = 0
+
+    def call(self) -> None:
+        headers = {"Content-Type": "application/json"}
+        started = time.perf_counter()
+        self.conn.request("POST", SYNC_PUBLISH.path, SYNC_PUBLISH.body, headers)
+        response = self.conn.getresponse()
+        body = response.read()
+        elapsed = (time.perf_counter() - started) * 1000
+        if response.status == 200 and json.loads(body).get("completed") is True:
+            self.times.append(elapsed)
+        else:
+            self.failures += 1
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def figures(self) -> dict[str, float]:
+        return {
+            "p50_ms": _percentile(self.times, 50),
+            "p90_ms": _percentile(self.times, 90),
+            "calls": float(len(self.times)),
+        }
 
 
 def _percentile(values: list[float], pct: float) -> float:
@@ -168,7 +178,19 @@ def _percentile(values: list[float], pct: float) -> float:
     return ordered[min(len(ordered) - 1, round(pct / 100 * (len(ordered) - 1)))]
 
 
-def measure_layout(ctx: Context, plan: Plan, layout: Layout) -> Measured:
+@dataclass
+class Deployment:
+    """The processes of one layout, running."""
+
+    layout: Layout
+    serve: Server
+    workers: list[Server]
+    backends: Backends
+
+
+@contextmanager
+def deployment(ctx: Context, plan: Plan, layout: Layout) -> Iterator[Deployment]:
+    """Start `layout` on a private schema and key prefix; stop it and remove them after."""
     postgres = plan.store or ctx.postgres_url
     schema = services.unique_name("bench_scale")
     prefix = services.unique_name("flock-bench-scale") + ":"
@@ -180,8 +202,6 @@ def measure_layout(ctx: Context, plan: Plan, layout: Layout) -> Measured:
         else services.with_query(idem_base, schema=schema)
     )
     env = {"FLOCK_WORKER_CONCURRENCY": str(plan.concurrency)} if plan.concurrency else None
-    seconds = plan.seconds or ctx.seconds
-    measured = Measured()
     try:
         with ExitStack() as stack:
             serve = stack.enter_context(
@@ -193,45 +213,84 @@ def measure_layout(ctx: Context, plan: Plan, layout: Layout) -> Measured:
                 stack.enter_context(Server.worker(store=store, env=env))
                 for _ in range(layout.workers)
             ]
-            backends = Backends(postgres)
-            for name, request in CASES:
-                check_served(serve.url, request)
-                run_load(serve.url, request, plan.connections, WARMUP_SECONDS, ctx.loadgen)
-                result, split = _load_with_cpu(
-                    serve, workers, backends, request, plan.connections, seconds, ctx
-                )
-                measured.errors += result.errors
-                measured.figures[name] = {
-                    "rps": result.rps,
-                    "rps_per_process": result.rps / layout.executing,
-                    "p50_ms": result.p50_ms,
-                    "p95_ms": result.p95_ms,
-                    "cpu_us": result.cpu_us or 0.0,
-                    **split,
-                }
-            # Right after the load: the pools are as large as the load made them.
-            measured.figures["processes"] = {
-                "serve_rss_mib": serve.rss_mib(),
-                "serve_pg_conns": float(len(backends.backends(serve.pids()))),
-            }
-            if workers:
-                measured.figures["processes"].update(
-                    worker_rss_mib=statistics.mean(w.rss_mib() for w in workers),
-                    worker_pg_conns=statistics.mean(
-                        len(backends.backends(w.pids())) for w in workers
-                    ),
-                )
-            times, measured.latency_failures = sequential_latencies(serve.url, seconds)
-            measured.figures["latency"] = {
-                "p50_ms": _percentile(times, 50),
-                "p90_ms": _percentile(times, 90),
-                "calls": float(len(times)),
-            }
-        return measured
+            check_served(serve.url, SYNC_PUBLISH)
+            yield Deployment(layout, serve, workers, Backends(postgres))
     finally:
         asyncio.run(services.drop_schema(postgres, schema))
         if idem_base.startswith("redis"):
             asyncio.run(services.delete_prefix(idem_base, prefix))
+
+
+def measure_layout(ctx: Context, plan: Plan, layout: Layout) -> Measured:
+    """Throughput and CPU per request of each case, process costs, one-at-a-time latency."""
+    seconds = plan.seconds or ctx.seconds
+    measured = Measured()
+    with deployment(ctx, plan, layout) as d:
+        for name, request in CASES:
+            check_served(d.serve.url, request)
+            run_load(d.serve.url, request, plan.connections, WARMUP_SECONDS, ctx.loadgen)
+            result, split = _load_with_cpu(
+                d.serve, d.workers, d.backends, request, plan.connections, seconds, ctx
+            )
+            measured.errors += result.errors
+            measured.figures[name] = {
+                "rps": result.rps,
+                "rps_per_process": result.rps / layout.executing,
+                "p50_ms": result.p50_ms,
+                "p95_ms": result.p95_ms,
+                "cpu_us": result.cpu_us or 0.0,
+                **split,
+            }
+        # Right after the load: the pools are as large as the load made them.
+        measured.figures["processes"] = {
+            "serve_rss_mib": d.serve.rss_mib(),
+            "serve_pg_conns": float(len(d.backends.backends(d.serve.pids()))),
+        }
+        if d.workers:
+            measured.figures["processes"].update(
+                worker_rss_mib=statistics.mean(w.rss_mib() for w in d.workers),
+                worker_pg_conns=statistics.mean(
+                    len(d.backends.backends(w.pids())) for w in d.workers
+                ),
+            )
+        caller = SyncCaller(d.serve.url)
+        try:
+            deadline = time.perf_counter() + seconds
+            while time.perf_counter() < deadline:
+                caller.call()
+        finally:
+            caller.close()
+        measured.figures["latency"] = caller.figures()
+        measured.latency_failures = caller.failures
+    return measured
+
+
+HANDOFF = Layout(1, embedded=False, workers=1)
+
+
+def measure_handoff(ctx: Context, plan: Plan) -> tuple[SyncCaller, SyncCaller]:
+    """One-at-a-time sync calls to an all-in-one server and to an HTTP-only server with one
+    worker, both running, alternating between them: a slow or noisy moment of the machine
+    hits both alike, so the difference is what the handoff between processes costs."""
+    seconds = 2 * (plan.seconds or ctx.seconds)
+    with deployment(ctx, plan, REFERENCE) as one, deployment(ctx, plan, HANDOFF) as split:
+        callers = (SyncCaller(one.serve.url), SyncCaller(split.serve.url))
+        try:
+            for caller in callers:  # warm-up, not counted
+                for _ in range(5):
+                    caller.call()
+                caller.times.clear()
+            deadline = time.perf_counter() + seconds
+            turn = 0
+            while time.perf_counter() < deadline:
+                first, second = callers if turn % 2 == 0 else callers[::-1]
+                first.call()
+                second.call()
+                turn += 1
+        finally:
+            for caller in callers:
+                caller.close()
+    return callers
 
 
 def _median(runs: list[Measured], case: str) -> dict[str, float]:
@@ -252,9 +311,19 @@ def run(ctx: Context, plan: Plan | None = None) -> list[Row]:
             return [Row("scale-out", "all layouts", note=f"skipped: {skipped}")]
     layouts = plan.layouts()
     runs: dict[Layout, list[Measured]] = {layout: [] for layout in layouts}
-    for _ in range(ctx.repeat):  # interleaved: a noisy minute hits every layout alike
+    handoffs: list[tuple[SyncCaller, SyncCaller]] = []
+    for i in range(ctx.repeat):  # interleaved: a noisy minute hits every layout alike
         for layout in layouts:
-            runs[layout].append(measure_layout(ctx, plan, layout))
+            measured = measure_layout(ctx, plan, layout)
+            runs[layout].append(measured)
+            sync = measured.figures["sync publish"]
+            print(f"  run {i + 1}, {layout.name}: {sync['rps']:.1f} req/s, "
+                  f"{sync['cpu_us'] / 1000:.1f} ms CPU per request, one-at-a-time p50 "
+                  f"{measured.figures['latency']['p50_ms']:.1f} ms", flush=True)  # fmt: skip
+        handoffs.append(measure_handoff(ctx, plan))
+        one, split = (c.figures()["p50_ms"] for c in handoffs[-1])
+        print(f"  run {i + 1}, handoff: p50 {one:.1f} ms all-in-one, {split:.1f} ms "
+              f"{HANDOFF.name}", flush=True)  # fmt: skip
     reference = {case: _median(runs[REFERENCE], case) for case in ("sync publish", "latency")}
     rows = []
     c = plan.connections
@@ -281,6 +350,29 @@ def run(ctx: Context, plan: Plan | None = None) -> list[Row]:
         errors = sum(r.errors for r in results)
         row.note = f"{layout.executing} executing process(es); {errors} load errors"
         rows.append(row)
+    rows += _handoff_rows(handoffs)
+    return rows
+
+
+def _handoff_rows(handoffs: list[tuple[SyncCaller, SyncCaller]]) -> list[Row]:
+    """The interleaved latency of both layouts: medians of each run's p50 and p90."""
+    figures = [[caller.figures() for caller in pair] for pair in handoffs]
+    rows = []
+    for i, layout in enumerate((REFERENCE, HANDOFF)):
+        shown = {k: statistics.median(f[i][k] for f in figures) for k in figures[0][i]}
+        case = f"sync call latency, 1 conn, alternating with the other layout, {layout.name}"
+        row = Row("scale-out", case, shown)
+        p50s = ", ".join(f"{f[i]['p50_ms']:.1f}" for f in figures)
+        failures = sum(pair[i].failures for pair in handoffs)
+        row.note = f"p50 ms over {len(figures)} run(s): {p50s}; {failures} failed calls"
+        rows.append(row)
+    differences = [f[1]["p50_ms"] - f[0]["p50_ms"] for f in figures]
+    rows[-1].figures["added_p50_ms"] = statistics.median(differences)
+    rows[-1].ratio = rows[-1].figures["p50_ms"] / rows[0].figures["p50_ms"]
+    rows[-1].ratio_of = "p50 of all-in-one"
+    rows[-1].note += "; p50 added by the handoff per run (ms): " + ", ".join(
+        f"{d:+.1f}" for d in differences
+    )
     return rows
 
 
