@@ -85,6 +85,7 @@ class Plan:
     connections: int = 16
     seconds: float | None = None  # of each load run (default: the context's)
     concurrency: int | None = None  # FLOCK_WORKER_CONCURRENCY for every process
+    stage_cap: str | None = None  # FLOCK_BENCH_STAGE_CAP: the stages' cap, or "none"
     store: str | None = None  # PostgreSQL URL (default: the context's)
     idempotency: str | None = None  # Redis or PostgreSQL URL (default: the context's Redis)
 
@@ -201,7 +202,9 @@ def deployment(ctx: Context, plan: Plan, layout: Layout) -> Iterator[Deployment]
         if idem_base.startswith("redis")
         else services.with_query(idem_base, schema=schema)
     )
-    env = {"FLOCK_WORKER_CONCURRENCY": str(plan.concurrency)} if plan.concurrency else None
+    env = {"FLOCK_WORKER_CONCURRENCY": str(plan.concurrency)} if plan.concurrency else {}
+    if plan.stage_cap is not None:
+        env["FLOCK_BENCH_STAGE_CAP"] = plan.stage_cap
     try:
         with ExitStack() as stack:
             serve = stack.enter_context(
@@ -442,6 +445,12 @@ def main(argv: list[str] | None = None) -> int:
         help="FLOCK_WORKER_CONCURRENCY of every process (default 64)",
     )
     parser.add_argument(
+        "--stage-cap",
+        metavar="N|none",
+        help="max_concurrency of each stage of the app (default: the app's, 64; none: "
+        "uncapped, as agents are by default)",
+    )
+    parser.add_argument(
         "--store", default=POSTGRES_URL, metavar="URL", help=f"PostgreSQL (default {POSTGRES_URL})"
     )
     parser.add_argument(
@@ -466,6 +475,7 @@ def main(argv: list[str] | None = None) -> int:
         connections=args.connections,
         seconds=3.0 if args.quick else args.seconds,
         concurrency=args.concurrency,
+        stage_cap=args.stage_cap,
         store=args.store,
         idempotency=args.idempotency,
     )
