@@ -4,7 +4,7 @@ PostgreSQL runs one backend process per connection. A process's connections are 
 sockets to the server's port (from `/proc/PID/fd` and `/proc/net/tcp`); `pg_stat_activity`
 names the backend serving each client port, and `/proc/BACKEND/stat` its CPU time. This
 works when PostgreSQL runs on this machine (its backends are local processes we can read);
-elsewhere the backend CPU reads 0 and only the connection counts are known.
+elsewhere the connections are counted, their CPU is not (it reads 0).
 """
 
 from __future__ import annotations
@@ -58,8 +58,12 @@ class Backends:
         self.url = url
         self.port = urlsplit(url).port or 5432
 
+    def connections(self, pids: list[int]) -> int:
+        """How many connections to the server `pids` hold now (wherever it runs)."""
+        return len(client_ports(pids, self.port))
+
     def backends(self, pids: list[int]) -> list[int]:
-        """Backend pids of the connections `pids` hold now."""
+        """Backend pids of the connections `pids` hold now (local backends only)."""
         ports = client_ports(pids, self.port)
         if not ports:
             return []
@@ -73,7 +77,16 @@ class Backends:
             )
         finally:
             await conn.close()
-        return [int(row["pid"]) for row in rows]
+        # Count a pid only where it is a local PostgreSQL process: with the server on
+        # another machine the same number may name an unrelated process here.
+        return [int(row["pid"]) for row in rows if _is_postgres(int(row["pid"]))]
+
+
+def _is_postgres(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip().startswith("postgres")
+    except OSError:
+        return False
 
 
 __all__ = ["Backends", "client_ports"]

@@ -247,13 +247,13 @@ def measure_layout(ctx: Context, plan: Plan, layout: Layout) -> Measured:
         # Right after the load: the pools are as large as the load made them.
         measured.figures["processes"] = {
             "serve_rss_mib": d.serve.rss_mib(),
-            "serve_pg_conns": float(len(d.backends.backends(d.serve.pids()))),
+            "serve_pg_conns": float(d.backends.connections(d.serve.pids())),
         }
         if d.workers:
             measured.figures["processes"].update(
                 worker_rss_mib=statistics.mean(w.rss_mib() for w in d.workers),
                 worker_pg_conns=statistics.mean(
-                    len(d.backends.backends(w.pids())) for w in d.workers
+                    d.backends.connections(w.pids()) for w in d.workers
                 ),
             )
         caller = SyncCaller(d.serve.url)
