@@ -11,9 +11,11 @@ Measured per layout, in the same run: sync publish throughput (plain and keyed f
 at 16 connections, its CPU time per request in every process we started (summed over the
 serve tree and the workers, and split by kind) and in the PostgreSQL backends serving them;
 the RSS and the PostgreSQL connections of each kind of process; and the latency of sync
-calls made one at a time (p50, p90), which shows what handing a cascade to another process
-costs. On a 2-core machine the load generator, PostgreSQL and Redis share the cores with
-the processes measured, which bounds what more processes can add.
+calls made one at a time (p50, p90), per layout and alternating between an all-in-one
+server and an HTTP-only server with one worker, both running, so that the difference is
+what handing a cascade to another process costs. On a 2-core machine the load generator,
+PostgreSQL and Redis share the cores with the processes measured, which bounds what more
+processes can add.
 
 On a bigger machine, run the same scenario with more workers (see `--help`):
 
