@@ -213,8 +213,13 @@ def build_service(
 
 def worker_app() -> Any:
     """The ASGI app of one `--workers` process, configured through the environment."""
+    from flock.logs import configure as configure_logging
     from flock.server import drain_running_server
 
+    # A process of its own: it logs as the command that started it asked.
+    configure_logging(
+        os.environ.get("FLOCK_LOG_LEVEL") or "info", os.environ.get("FLOCK_LOG_FORMAT") or "text"
+    )
     service = build_service(
         os.environ.get("FLOCK_APP") or None,
         demo=os.environ.get("FLOCK_DEMO") == "1",
@@ -300,6 +305,14 @@ def serve(
         ),
     ] = DEFAULT_GRACE_SECONDS,
     log_level: Annotated[str, typer.Option(envvar="FLOCK_LOG_LEVEL")] = "info",
+    log_format: Annotated[
+        str,
+        typer.Option(
+            envvar="FLOCK_LOG_FORMAT",
+            help="text, or json: one JSON object per line (time, level, logger, message, "
+            "correlation_id, run_id, agent)",
+        ),
+    ] = "text",
     debug: Annotated[
         bool, typer.Option("--debug", envvar="FLOCK_DEBUG", help="print tracebacks of errors")
     ] = False,
@@ -307,15 +320,15 @@ def serve(
     """Serve the REST API of APP's Flock, or of the demo with --demo."""
     log_level = log_level.lower()
     try:
-        logging.basicConfig(
-            level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
+        from flock.logs import configure as configure_logging
+
+        log_format = configure_logging(log_level, log_format)
         _check_arguments(app_ref, demo)
         args = (app_ref, demo, host, port, store, idempotency, api_keys, run_worker)
         if workers > 1:
-            _serve_workers(*args, workers, shutdown_grace, log_level)
+            _serve_workers(*args, workers, shutdown_grace, log_level, log_format)
         else:
-            _serve_one(*args, shutdown_grace, log_level)
+            _serve_one(*args, shutdown_grace, log_level, log_format)
     except typer.Exit:
         raise
     except Exception as exc:
@@ -345,8 +358,18 @@ def _fail(exc: BaseException, debug: bool) -> None:
         traceback.print_exception(exc.__cause__ or exc)
     elif exc.__cause__ is not None or not expected:
         message += " (--debug shows the traceback)"
-    typer.echo(f"error: {message}", err=True)
+    _error_line(message)
     raise typer.Exit(EXIT_USAGE if expected else 1) from None
+
+
+def _error_line(message: str) -> None:
+    """`error: MESSAGE` on stderr; with JSON logs, a JSON log record like every other line."""
+    from flock import logs
+
+    if logs.configured_format() == "json":
+        logger.error("error: %s", message)
+    else:
+        typer.echo(f"error: {message}", err=True)
 
 
 def _serve_one(
@@ -360,6 +383,7 @@ def _serve_one(
     run_worker: bool,
     grace: float,
     log_level: str,
+    log_format: str = "text",
 ) -> None:
     try:  # before the app or a store is opened: a busy port fails at once, leaving nothing
         sock = listen_socket(host, port)
@@ -376,6 +400,7 @@ def _serve_one(
         )
         import uvicorn
 
+        from flock.logs import parse_format, uvicorn_log_config
         from flock.startup import ReportingServer
 
         for line in plan.describe():
@@ -385,6 +410,7 @@ def _serve_one(
             host=host,
             port=port,
             log_level=log_level,
+            log_config=uvicorn_log_config(parse_format(log_format)),
             access_log=False,
             timeout_keep_alive=KEEP_ALIVE_SECONDS,
             timeout_graceful_shutdown=None,
@@ -394,7 +420,7 @@ def _serve_one(
     finally:
         sock.close()
     if not server.started:
-        typer.echo("error: the server did not start (see the log above)", err=True)
+        _error_line("the server did not start (see the log above)")
         raise typer.Exit(EXIT_STARTUP)
 
 
@@ -410,6 +436,7 @@ def _serve_workers(
     workers: int,
     grace: float,
     log_level: str,
+    log_format: str = "text",
 ) -> None:
     _check_shared(store, idempotency)
     try:  # uvicorn binds in its supervisor; a busy port fails here first, with a reason
@@ -425,6 +452,8 @@ def _serve_workers(
             "FLOCK_API_KEYS": api_keys or "",
             "FLOCK_SHUTDOWN_GRACE": str(grace),
             "FLOCK_WORKER": "1" if run_worker else "0",
+            "FLOCK_LOG_LEVEL": log_level,
+            "FLOCK_LOG_FORMAT": log_format,
         }
     )
     plan = plan_service(
@@ -439,6 +468,8 @@ def _serve_workers(
         logger.info("%s", line)
     import uvicorn
 
+    from flock.logs import parse_format, uvicorn_log_config
+
     uvicorn.run(
         "flock.cli:worker_app",
         factory=True,
@@ -446,6 +477,7 @@ def _serve_workers(
         port=port,
         workers=workers,
         log_level=log_level,
+        log_config=uvicorn_log_config(parse_format(log_format)),
         access_log=False,
         timeout_keep_alive=KEEP_ALIVE_SECONDS,
     )
@@ -488,15 +520,23 @@ def worker(
         ),
     ] = DEFAULT_GRACE_SECONDS,
     log_level: Annotated[str, typer.Option(envvar="FLOCK_LOG_LEVEL")] = "info",
+    log_format: Annotated[
+        str,
+        typer.Option(
+            envvar="FLOCK_LOG_FORMAT",
+            help="text, or json: one JSON object per line (time, level, logger, message, "
+            "correlation_id, run_id, agent)",
+        ),
+    ] = "text",
     debug: Annotated[
         bool, typer.Option("--debug", envvar="FLOCK_DEBUG", help="print tracebacks of errors")
     ] = False,
 ) -> None:
     """Execute APP's agent runs from a shared store, serving no HTTP API."""
     try:
-        logging.basicConfig(
-            level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
+        from flock.logs import configure as configure_logging
+
+        log_format = configure_logging(log_level, log_format)
         _check_arguments(app_ref, demo)
         loaded = _load_app_or_demo(app_ref, demo)
         flock = loaded.flock

@@ -84,9 +84,25 @@ def is_unavailable(exc: BaseException) -> bool:
     return isinstance(code, int) and code & 0xFF in _SQLITE_UNAVAILABLE
 
 
+def is_conflict(exc: BaseException | None) -> bool:
+    """A PostgreSQL deadlock or serialization failure: the transaction was rolled back and
+    may simply be run again."""
+    if isinstance(exc, sa_exc.DBAPIError) and exc.orig is not None:
+        exc = exc.orig
+    sqlstate = getattr(exc, "sqlstate", None) or getattr(exc, "pgcode", None)
+    return sqlstate in ("40P01", "40001")
+
+
 def unavailable(exc: BaseException) -> StoreUnavailableError:
     reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return StoreUnavailableError(f"the blackboard store is unavailable: {reason}")
 
 
-__all__ = ["POSTGRES_SCHEMES", "asyncpg_url", "configure_sqlite", "is_unavailable", "unavailable"]
+__all__ = [
+    "POSTGRES_SCHEMES",
+    "asyncpg_url",
+    "configure_sqlite",
+    "is_conflict",
+    "is_unavailable",
+    "unavailable",
+]
