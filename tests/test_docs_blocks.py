@@ -34,7 +34,7 @@ FENCE = re.compile(
     r"```(?P<lang>[\w-]*)\n(?P<code>.*?)^(?P=indent)```$",
     re.M | re.S,
 )
-RESULTS_FILE = re.compile(r"\b\d{8}T\d{6}Z\.json\b")
+RESULTS_FILE = re.compile(r"(?<![\w-])(?:[a-z]+-)?\d{8}T\d{6}Z\.json\b")  # scaleout-<time>.json too
 BLOCK_SECONDS = 60
 
 
