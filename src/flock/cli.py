@@ -21,6 +21,7 @@ import typer
 if TYPE_CHECKING:
     from flock.api.service import BlackboardHTTPService
     from flock.apps import LoadedApp
+    from flock.settings import Settings
 
 app = typer.Typer(
     add_completion=False,
@@ -34,7 +35,6 @@ logger = logging.getLogger("flock.serve")
 # Longer than the idle timeout of common load balancers (60 s), so the server never closes
 # a kept-alive connection just as a client sends its next request on it.
 KEEP_ALIVE_SECONDS = 75
-DEFAULT_GRACE_SECONDS = 30.0  # flock.server.DEFAULT_GRACE_SECONDS, without importing uvicorn
 DATA_ROOT = Path(".flock")
 _SHARED_SCHEMES = ("postgresql://", "postgres://", "postgresql+asyncpg://", "redis://", "rediss://")
 EXIT_USAGE = 2  # a bad option or app: fix the command line
@@ -214,17 +214,18 @@ def build_service(
 def worker_app() -> Any:
     """The ASGI app of one `--workers` process, configured through the environment."""
     from flock.server import drain_running_server
+    from flock.settings import load_settings
 
+    settings = load_settings()
     service = build_service(
-        os.environ.get("FLOCK_APP") or None,
-        demo=os.environ.get("FLOCK_DEMO") == "1",
-        store=os.environ.get("FLOCK_STORE"),
-        idempotency=os.environ.get("FLOCK_IDEMPOTENCY"),
-        api_keys=os.environ.get("FLOCK_API_KEYS"),
-        run_worker=os.environ.get("FLOCK_WORKER", "1").lower() not in {"0", "false", "no"},
+        settings.app,
+        demo=settings.demo,
+        store=settings.store,
+        idempotency=settings.idempotency,
+        api_keys=settings.api_keys,
+        run_worker=settings.worker,
     )
-    grace = os.environ.get("FLOCK_SHUTDOWN_GRACE")
-    drain_running_server(service, float(grace) if grace else DEFAULT_GRACE_SECONDS)
+    drain_running_server(service, settings.shutdown_grace)
     return service.app
 
 
@@ -259,12 +260,11 @@ def serve(
         ),
     ] = None,
     demo: Annotated[bool, typer.Option("--demo", help="serve the built-in demo cascade")] = False,
-    host: Annotated[str, typer.Option(envvar="FLOCK_HOST")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(envvar="FLOCK_PORT", min=1, max=65535)] = 8344,
+    host: Annotated[str | None, typer.Option(help="[env: FLOCK_HOST; default: 127.0.0.1]")] = None,
+    port: Annotated[int | None, typer.Option(help="[env: FLOCK_PORT; default: 8344]")] = None,
     store: Annotated[
         str | None,
         typer.Option(
-            envvar="FLOCK_STORE",
             help="memory://, sqlite:///path.db or postgresql://... "
             "[default: sqlite:///.flock/<app>/blackboard.db]",
         ),
@@ -272,54 +272,82 @@ def serve(
     idempotency: Annotated[
         str | None,
         typer.Option(
-            envvar="FLOCK_IDEMPOTENCY",
             help="memory://, sqlite:///..., postgresql://... or redis://... "
             "[default: sqlite:///.flock/<app>/idempotency.db]",
         ),
     ] = None,
     api_keys: Annotated[
-        str | None, typer.Option(envvar="FLOCK_API_KEYS", help="JSON file of API keys")
+        str | None, typer.Option(help="JSON file of API keys [env: FLOCK_API_KEYS]")
     ] = None,
     workers: Annotated[int, typer.Option(min=1, help="worker processes (needs shared stores)")] = 1,
     run_worker: Annotated[
-        bool,
+        bool | None,
         typer.Option(
             "--worker/--no-worker",
-            envvar="FLOCK_WORKER",
             help="execute agent runs in this process too (--no-worker: HTTP only, runs are "
-            "executed by `flock worker` processes sharing the store)",
+            "executed by `flock worker` processes sharing the store) [env: FLOCK_WORKER]",
+            show_default=False,
         ),
-    ] = True,
+    ] = None,
     shutdown_grace: Annotated[
-        float,
+        float | None,
         typer.Option(
-            envvar="FLOCK_SHUTDOWN_GRACE",
-            min=0,
             help="seconds to keep listening after SIGTERM/SIGINT, answering new requests 503 "
-            "while those in flight finish; then stop listening and exit (0: at once)",
+            "while those in flight finish; then sync calls still waiting answer "
+            "completed=false and the process exits (0: at once) "
+            "[env: FLOCK_SHUTDOWN_GRACE; default: 30]",
         ),
-    ] = DEFAULT_GRACE_SECONDS,
-    log_level: Annotated[str, typer.Option(envvar="FLOCK_LOG_LEVEL")] = "info",
+    ] = None,
+    log_level: Annotated[
+        str | None, typer.Option(help="[env: FLOCK_LOG_LEVEL; default: info]")
+    ] = None,
     debug: Annotated[
-        bool, typer.Option("--debug", envvar="FLOCK_DEBUG", help="print tracebacks of errors")
+        bool, typer.Option("--debug", help="print tracebacks of errors [env: FLOCK_DEBUG]")
     ] = False,
 ) -> None:
     """Serve the REST API of APP's Flock, or of the demo with --demo."""
-    log_level = log_level.lower()
     try:
+        config = _settings(
+            debug,
+            host=host,
+            port=port,
+            store=store,
+            idempotency=idempotency,
+            api_keys=api_keys,
+            worker=run_worker,
+            shutdown_grace=shutdown_grace,
+            log_level=log_level,
+        )
+        debug = config.debug
         logging.basicConfig(
-            level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+            level=config.log_level.upper(),
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         )
         _check_arguments(app_ref, demo)
-        args = (app_ref, demo, host, port, store, idempotency, api_keys, run_worker)
+        args = (
+            app_ref, demo, config.host, config.port, config.store, config.idempotency,
+            config.api_keys, config.worker,
+        )  # fmt: skip
         if workers > 1:
-            _serve_workers(*args, workers, shutdown_grace, log_level)
+            _serve_workers(*args, workers, config.shutdown_grace, config.log_level)
         else:
-            _serve_one(*args, shutdown_grace, log_level)
+            _serve_one(*args, config.shutdown_grace, config.log_level)
     except typer.Exit:
         raise
     except Exception as exc:
         _fail(exc, debug)
+
+
+def _settings(debug: bool, **options: Any) -> Settings:
+    """The settings of a command: the environment, its options on top; a bad value exits
+    with one line naming it (see `flock.settings`)."""
+    from flock.settings import load_settings
+
+    try:
+        return load_settings(debug=debug or None, **options)
+    except ValueError as exc:
+        _fail(CLIError(str(exc)), debug)
+        raise  # not reached: _fail exits
 
 
 def _check_arguments(app_ref: str | None, demo: bool) -> None:
@@ -461,46 +489,51 @@ def worker(
     store: Annotated[
         str | None,
         typer.Option(
-            envvar="FLOCK_STORE",
             help="sqlite:///path.db or postgresql://..., the store the servers use "
             "[default: sqlite:///.flock/<app>/blackboard.db]",
         ),
     ] = None,
     concurrency: Annotated[
         int | None,
-        typer.Option(
-            envvar="FLOCK_WORKER_CONCURRENCY", min=1, help="runs executed at once [default: 64]"
-        ),
+        typer.Option(help="runs executed at once [env: FLOCK_WORKER_CONCURRENCY; default: 64]"),
     ] = None,
     metrics_port: Annotated[
         int | None,
-        typer.Option(
-            envvar="FLOCK_METRICS_PORT", min=1, max=65535, help="serve /metrics on this port"
-        ),
+        typer.Option(help="serve /metrics on this port [env: FLOCK_METRICS_PORT]"),
     ] = None,
     shutdown_grace: Annotated[
-        float,
+        float | None,
         typer.Option(
-            envvar="FLOCK_SHUTDOWN_GRACE",
-            min=0,
             help="seconds running engines get after SIGTERM/SIGINT before their runs are "
-            "released to other processes",
+            "released to other processes [env: FLOCK_SHUTDOWN_GRACE; default: 30]",
         ),
-    ] = DEFAULT_GRACE_SECONDS,
-    log_level: Annotated[str, typer.Option(envvar="FLOCK_LOG_LEVEL")] = "info",
+    ] = None,
+    log_level: Annotated[
+        str | None, typer.Option(help="[env: FLOCK_LOG_LEVEL; default: info]")
+    ] = None,
     debug: Annotated[
-        bool, typer.Option("--debug", envvar="FLOCK_DEBUG", help="print tracebacks of errors")
+        bool, typer.Option("--debug", help="print tracebacks of errors [env: FLOCK_DEBUG]")
     ] = False,
 ) -> None:
     """Execute APP's agent runs from a shared store, serving no HTTP API."""
     try:
+        config = _settings(
+            debug,
+            store=store,
+            worker_concurrency=concurrency,
+            metrics_port=metrics_port,
+            shutdown_grace=shutdown_grace,
+            log_level=log_level,
+        )
+        debug = config.debug
         logging.basicConfig(
-            level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+            level=config.log_level.upper(),
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         )
         _check_arguments(app_ref, demo)
         loaded = _load_app_or_demo(app_ref, demo)
         flock = loaded.flock
-        store_url = _set_store(flock, app_ref, store, data_dir(loaded.name))
+        store_url = _set_store(flock, app_ref, config.store, data_dir(loaded.name))
         _require_shared_store(flock, store_url, "flock worker")
         if concurrency is not None:
             from dataclasses import replace
@@ -513,7 +546,7 @@ def worker(
 
         from flock.worker_process import run_worker
 
-        asyncio.run(run_worker(flock, shutdown_grace, metrics_port))
+        asyncio.run(run_worker(flock, config.shutdown_grace, config.metrics_port))
     except typer.Exit:
         raise
     except Exception as exc:
