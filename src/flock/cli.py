@@ -39,6 +39,10 @@ DATA_ROOT = Path(".flock")
 _SHARED_SCHEMES = ("postgresql://", "postgres://", "postgresql+asyncpg://", "redis://", "rediss://")
 EXIT_USAGE = 2  # a bad option or app: fix the command line
 EXIT_STARTUP = 3  # the server could not start (uvicorn's code for the same)
+MIGRATE_HELP = (
+    "upgrade an older PostgreSQL schema before serving (SQLite files are upgraded always) "
+    "[env: FLOCK_MIGRATE]"
+)
 
 
 class CLIError(Exception):
@@ -304,11 +308,13 @@ def serve(
     debug: Annotated[
         bool, typer.Option("--debug", help="print tracebacks of errors [env: FLOCK_DEBUG]")
     ] = False,
+    migrate: Annotated[bool, typer.Option("--migrate", help=MIGRATE_HELP)] = False,
 ) -> None:
     """Serve the REST API of APP's Flock, or of the demo with --demo."""
     try:
         config = _settings(
             debug,
+            migrate=migrate or None,
             host=host,
             port=port,
             store=store,
@@ -329,9 +335,9 @@ def serve(
             config.api_keys, config.worker,
         )  # fmt: skip
         if workers > 1:
-            _serve_workers(*args, workers, config.shutdown_grace, config.log_level)
+            _serve_workers(*args, workers, config.shutdown_grace, config.log_level, config.migrate)
         else:
-            _serve_one(*args, config.shutdown_grace, config.log_level)
+            _serve_one(*args, config.shutdown_grace, config.log_level, config.migrate)
     except typer.Exit:
         raise
     except Exception as exc:
@@ -388,6 +394,7 @@ def _serve_one(
     run_worker: bool,
     grace: float,
     log_level: str,
+    migrate: bool = False,
 ) -> None:
     try:  # before the app or a store is opened: a busy port fails at once, leaving nothing
         sock = listen_socket(host, port)
@@ -408,6 +415,7 @@ def _serve_one(
 
         for line in plan.describe():
             logger.info("%s", line)
+        _prepare_schemas(plan.store_url, plan.idempotency_url, migrate)
         config = uvicorn.Config(
             plan.service.app,
             host=host,
@@ -438,6 +446,7 @@ def _serve_workers(
     workers: int,
     grace: float,
     log_level: str,
+    migrate: bool = False,
 ) -> None:
     _check_shared(store, idempotency)
     try:  # uvicorn binds in its supervisor; a busy port fails here first, with a reason
@@ -453,6 +462,7 @@ def _serve_workers(
             "FLOCK_API_KEYS": api_keys or "",
             "FLOCK_SHUTDOWN_GRACE": str(grace),
             "FLOCK_WORKER": "1" if run_worker else "0",
+            "FLOCK_MIGRATE": "0",  # the supervisor upgraded the schemas before forking
         }
     )
     plan = plan_service(
@@ -465,6 +475,7 @@ def _serve_workers(
     )
     for line in plan.describe():  # fail fast, before forking
         logger.info("%s", line)
+    _prepare_schemas(plan.store_url, plan.idempotency_url, migrate)
     import uvicorn
 
     uvicorn.run(
@@ -514,11 +525,13 @@ def worker(
     debug: Annotated[
         bool, typer.Option("--debug", help="print tracebacks of errors [env: FLOCK_DEBUG]")
     ] = False,
+    migrate: Annotated[bool, typer.Option("--migrate", help=MIGRATE_HELP)] = False,
 ) -> None:
     """Execute APP's agent runs from a shared store, serving no HTTP API."""
     try:
         config = _settings(
             debug,
+            migrate=migrate or None,
             store=store,
             worker_concurrency=concurrency,
             metrics_port=metrics_port,
@@ -542,6 +555,7 @@ def worker(
         from flock.startup import describe_store
 
         logger.info("app %s: store %s", loaded.name, describe_store(store_url))
+        _prepare_schemas(store_url, None, config.migrate)
         import asyncio
 
         from flock.worker_process import run_worker
@@ -551,6 +565,72 @@ def worker(
         raise
     except Exception as exc:
         _fail(exc, debug)
+
+
+def _prepare_schemas(store: str | None, idempotency: str | None, migrate: bool) -> None:
+    """Before serving: create, check or upgrade the SQL stores' schemas (`flock.migrate`)."""
+    import asyncio
+
+    from flock.core.store.migrations import SchemaVersionError
+    from flock.migrate import prepare_for_serving
+
+    try:
+        asyncio.run(prepare_for_serving(store, idempotency, migrate=migrate))
+    except SchemaVersionError as exc:
+        raise CLIError(str(exc)) from None
+
+
+db_app = typer.Typer(
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    help="The schema versions of the SQL stores: show them, upgrade them.",
+)
+app.add_typer(db_app, name="db")
+DB_STORE_HELP = "the blackboard store: sqlite:///path.db or postgresql://... [env: FLOCK_STORE]"
+DB_IDEMPOTENCY_HELP = (
+    "the idempotency store: sqlite:///path.db or postgresql://... [env: FLOCK_IDEMPOTENCY]"
+)
+
+
+def _db_command(action: str, store: str | None, idempotency: str | None, debug: bool) -> None:
+    import asyncio
+
+    from flock import migrate
+
+    try:
+        config = _settings(debug, store=store, idempotency=idempotency)
+        if not (config.store or config.idempotency):
+            raise CLIError("give --store URL and/or --idempotency URL (a SQL store)")
+        run = migrate.current if action == "current" else migrate.upgrade
+        lines = asyncio.run(run(config.store, config.idempotency))
+        if not lines:
+            raise CLIError("neither URL names a SQL store (memory and Redis keep no schema)")
+        for line in lines:
+            typer.echo(line)
+    except typer.Exit:
+        raise
+    except Exception as exc:
+        _fail(exc, debug)
+
+
+@db_app.command("current")
+def db_current(
+    store: Annotated[str | None, typer.Option(help=DB_STORE_HELP)] = None,
+    idempotency: Annotated[str | None, typer.Option(help=DB_IDEMPOTENCY_HELP)] = None,
+    debug: Annotated[bool, typer.Option("--debug", help="print tracebacks of errors")] = False,
+) -> None:
+    """Print each store's schema version and this Flock's; changes nothing."""
+    _db_command("current", store, idempotency, debug)
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    store: Annotated[str | None, typer.Option(help=DB_STORE_HELP)] = None,
+    idempotency: Annotated[str | None, typer.Option(help=DB_IDEMPOTENCY_HELP)] = None,
+    debug: Annotated[bool, typer.Option("--debug", help="print tracebacks of errors")] = False,
+) -> None:
+    """Upgrade each store's schema to this Flock's version (creating empty ones)."""
+    _db_command("upgrade", store, idempotency, debug)
 
 
 def _check_shared(store: str | None, idempotency: str | None) -> None:

@@ -76,6 +76,11 @@ class Settings(BaseSettings):
     )
 
     # -- stores -----------------------------------------------------------------------------
+    migrate: bool = Field(
+        False,
+        description="upgrade an older PostgreSQL schema at start-up (`--migrate`; SQLite files "
+        "are upgraded always)",
+    )
     store_timeout: Seconds = Field(
         5.0,
         description="deadline of every store operation (connect, pool wait, statement, Redis "

@@ -106,6 +106,13 @@ class SchemaDefinition:
             schema=schema,
         )
 
+    def _stamp(self, conn: Connection, table: Table) -> None:
+        table.create(conn, checkfirst=True)
+        if conn.execute(select(table.c.version)).scalar() is None:
+            conn.execute(table.insert().values(id=1, version=self.latest))
+        else:
+            conn.execute(table.update().values(version=self.latest))
+
     def version(self, conn: Connection, schema: str | None) -> int | None:
         """The database's version: its version table's, else `legacy_version`'s."""
         inspector = inspect(conn)
@@ -125,7 +132,10 @@ class SchemaDefinition:
                 f"the {self.name} has schema version {before}, newer than this Flock's "
                 f"{self.latest}: upgrade Flock to use it"
             )
+        table = self._table(schema)
         if before == self.latest:
+            if allowed and not inspect(conn).has_table(table.name, schema=schema):
+                self._stamp(conn, table)  # the first release's tables, at the latest version
             return Upgrade(self.name, "current", before, before)
         if before is not None and not allowed:
             raise SchemaVersionError(
@@ -134,17 +144,12 @@ class SchemaDefinition:
             )
         if schema is not None and not inspect(conn).has_schema(schema):
             conn.execute(CreateSchema(schema, if_not_exists=True))
-        table = self._table(schema)
-        table.create(conn, checkfirst=True)
         if before is None:
             self.create(conn, schema)
         else:
             for step in self.steps[before:]:
                 step.run(conn, schema)
-        if conn.execute(select(table.c.version)).scalar() is None:
-            conn.execute(table.insert().values(id=1, version=self.latest))
-        else:
-            conn.execute(table.update().values(version=self.latest))
+        self._stamp(conn, table)
         return Upgrade(self.name, "created" if before is None else "upgraded", before, self.latest)
 
 
