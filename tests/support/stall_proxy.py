@@ -115,6 +115,10 @@ class StallingProxy:
     async def _forward(
         self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter
     ) -> None:
+        with contextlib.suppress(asyncio.CancelledError):  # closing the proxy
+            await self._link(client_r, client_w)
+
+    async def _link(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         self.accepted += 1
         self._writers.add(client_w)
         if self.stalled:  # accepted, then silent: read nothing, answer nothing

@@ -107,16 +107,9 @@ return 1
 )
 
 
-@asynccontextmanager
-async def _unavailable_on_error(timeout: float | None) -> AsyncIterator[None]:
-    """Bound one operation by `timeout` (socket timeouts alone do not bound redis-py's own
-    retries); a lost, reset or silent server becomes `IdempotencyStoreUnavailableError`."""
-    try:
-        async with deadline(timeout):
-            yield
-    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:  # TimeoutError too
-        reason = describe_unavailable(exc, timeout)
-        raise IdempotencyStoreUnavailableError(f"idempotency store unavailable: {reason}") from exc
+def _closed_transport(exc: BaseException) -> bool:
+    """uvloop's error for a write to a connection the server reset (redis-py lets it out)."""
+    return isinstance(exc, RuntimeError) and "handler is closed" in str(exc)
 
 
 def _ms(seconds: float) -> int:
@@ -182,8 +175,30 @@ class RedisIdempotencyStore:
         self._complete = self._redis.register_script(_COMPLETE)
         self._release = self._redis.register_script(_RELEASE)
 
+    @asynccontextmanager
+    async def _unavailable_on_error(self) -> AsyncIterator[None]:
+        """Bound one operation by the deadline (socket timeouts alone do not bound redis-py's
+        own retries); a lost, reset or silent server becomes
+        `IdempotencyStoreUnavailableError`."""
+        try:
+            async with deadline(self._timeout):
+                yield
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:  # TimeoutError too
+            reason = describe_unavailable(exc, self._timeout)
+            raise IdempotencyStoreUnavailableError(
+                f"idempotency store unavailable: {reason}"
+            ) from exc
+        except RuntimeError as exc:
+            if not _closed_transport(exc):
+                raise
+            # The dead connection went back to the pool as if alive: drop the idle ones.
+            await self._redis.connection_pool.disconnect(inuse_connections=False)
+            raise IdempotencyStoreUnavailableError(
+                "idempotency store unavailable: the connection was reset"
+            ) from exc
+
     async def _run(self, script: AsyncScript, key: str, *args: str | bytes | int) -> Any:
-        async with _unavailable_on_error(self._timeout):
+        async with self._unavailable_on_error():
             return await script(keys=[self.prefix + key], args=list(args))
 
     async def claim(
@@ -243,7 +258,7 @@ class RedisIdempotencyStore:
         return bool(await self._run(self._release, key, owner, repr(time.time())))
 
     async def get(self, key: str) -> IdempotencyRecord | None:
-        async with _unavailable_on_error(self._timeout):
+        async with self._unavailable_on_error():
             flat: dict[bytes, bytes] = await self._redis.hgetall(self.prefix + key)  # type: ignore[misc]
         if not flat:
             return None
@@ -255,7 +270,7 @@ class RedisIdempotencyStore:
         return 0
 
     async def ping(self) -> None:
-        async with _unavailable_on_error(self._timeout):
+        async with self._unavailable_on_error():
             await self._redis.ping()
 
     async def close(self) -> None:

@@ -249,13 +249,16 @@ class SQLIdempotencyStore:
 
     async def _ensure_table(self) -> None:
         if not self._ready:
-            await self.prepare()
+            await self.prepare(once=True)
 
-    async def prepare(self, *, upgrade: bool | None = None) -> Upgrade:
+    async def prepare(self, *, upgrade: bool | None = None, once: bool = False) -> Upgrade | None:
         """Create the table, check its schema version, or upgrade an older one (when
-        `upgrade`, default: the store's setting); what was done."""
+        `upgrade`, default: the store's setting); what was done (None with `once` when it
+        was done already)."""
         allowed = self._upgrade if upgrade is None else upgrade
         async with self._ready_lock, self._unavailable_on_error():
+            if once and self._ready:
+                return None
             outcome = await retry_ddl(
                 lambda: prepare_schema(
                     self._engine, IDEMPOTENCY_SCHEMA, self._schema, upgrade=allowed

@@ -492,7 +492,7 @@ class SQLBlackboardStore:
     @asynccontextmanager
     async def _errors_mapped(self) -> AsyncIterator[None]:
         if not self._ready:
-            await self.prepare()
+            await self.prepare(once=True)
         try:
             yield
         except Exception as exc:
@@ -500,12 +500,15 @@ class SQLBlackboardStore:
                 raise unavailable(exc, self._timeout) from exc
             raise
 
-    async def prepare(self, *, upgrade: bool | None = None) -> Upgrade:
+    async def prepare(self, *, upgrade: bool | None = None, once: bool = False) -> Upgrade | None:
         """Create the tables, check their schema version, or upgrade an older one (when
-        `upgrade`, default: the store's setting); what was done. Runs once on first use;
-        `SchemaVersionError` when the version cannot be used."""
+        `upgrade`, default: the store's setting); what was done (None with `once` when it
+        was done already: so it runs on first use). `SchemaVersionError` when the version
+        cannot be used."""
         allowed = self._upgrade if upgrade is None else upgrade
         async with self._ready_lock:
+            if once and self._ready:
+                return None
             try:
                 outcome = await retry_ddl(
                     lambda: prepare_schema(
