@@ -35,6 +35,9 @@ logger = logging.getLogger("flock.serve")
 # Longer than the idle timeout of common load balancers (60 s), so the server never closes
 # a kept-alive connection just as a client sends its next request on it.
 KEEP_ALIVE_SECONDS = 75
+# flock.server.GRACEFUL_SHUTDOWN_SECONDS (without importing uvicorn): past the drain, what
+# still holds a connection gets this long before it is cancelled.
+GRACEFUL_SHUTDOWN_SECONDS = 3
 DATA_ROOT = Path(".flock")
 _SHARED_SCHEMES = ("postgresql://", "postgres://", "postgresql+asyncpg://", "redis://", "rediss://")
 EXIT_USAGE = 2  # a bad option or app: fix the command line
@@ -423,7 +426,7 @@ def _serve_one(
             log_level=log_level,
             access_log=False,
             timeout_keep_alive=KEEP_ALIVE_SECONDS,
-            timeout_graceful_shutdown=None,
+            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
         )
         server = ReportingServer(config, plan.service, grace)
         server.run(sockets=[sock])
@@ -487,6 +490,7 @@ def _serve_workers(
         log_level=log_level,
         access_log=False,
         timeout_keep_alive=KEEP_ALIVE_SECONDS,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
     )
 
 

@@ -72,7 +72,7 @@ class RequestContextMiddleware:
                 await early(scope, receive, send_wrapper)
             else:
                 admitted = True
-                self.service.requests_in_flight += 1
+                self.service.request_started()
                 await self.app(scope, self._limited(scope, receive), send_wrapper)
         except Exception:
             logger.exception(
@@ -85,7 +85,7 @@ class RequestContextMiddleware:
                 await internal_error_response(state["correlation_id"])(scope, receive, send_wrapper)
         finally:
             if admitted:
-                self.service.requests_in_flight -= 1
+                self.service.request_finished()
             elapsed = time.perf_counter() - started
             method = scope.get("method", "")
             self.service.metrics.observe_request(method, self._route_label(scope), status, elapsed)
