@@ -220,10 +220,13 @@ def build_service(
 
 def worker_app() -> Any:
     """The ASGI app of one `--workers` process, configured through the environment."""
+    from flock.logs import configure as configure_logging
     from flock.server import drain_running_server
     from flock.settings import load_settings
 
     settings = load_settings()
+    # A process of its own: it logs as the command that started it asked.
+    configure_logging(settings.log_level, settings.log_format)
     service = build_service(
         settings.app,
         demo=settings.demo,
@@ -308,6 +311,13 @@ def serve(
     log_level: Annotated[
         str | None, typer.Option(help="[env: FLOCK_LOG_LEVEL; default: info]")
     ] = None,
+    log_format: Annotated[
+        str | None,
+        typer.Option(
+            help="text, or json: one JSON object per line (time, level, logger, message, "
+            "correlation_id, run_id, agent) [env: FLOCK_LOG_FORMAT; default: text]",
+        ),
+    ] = None,
     debug: Annotated[
         bool, typer.Option("--debug", help="print tracebacks of errors [env: FLOCK_DEBUG]")
     ] = False,
@@ -326,21 +336,30 @@ def serve(
             worker=run_worker,
             shutdown_grace=shutdown_grace,
             log_level=log_level,
+            log_format=log_format,
         )
         debug = config.debug
-        logging.basicConfig(
-            level=config.log_level.upper(),
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        )
+        from flock.logs import configure as configure_logging
+
+        configure_logging(config.log_level, config.log_format)
         _check_arguments(app_ref, demo)
         args = (
             app_ref, demo, config.host, config.port, config.store, config.idempotency,
             config.api_keys, config.worker,
         )  # fmt: skip
         if workers > 1:
-            _serve_workers(*args, workers, config.shutdown_grace, config.log_level, config.migrate)
+            _serve_workers(
+                *args,
+                workers,
+                config.shutdown_grace,
+                config.log_level,
+                config.log_format,
+                config.migrate,
+            )
         else:
-            _serve_one(*args, config.shutdown_grace, config.log_level, config.migrate)
+            _serve_one(
+                *args, config.shutdown_grace, config.log_level, config.log_format, config.migrate
+            )
     except typer.Exit:
         raise
     except Exception as exc:
@@ -382,8 +401,18 @@ def _fail(exc: BaseException, debug: bool) -> None:
         traceback.print_exception(exc.__cause__ or exc)
     elif exc.__cause__ is not None or not expected:
         message += " (--debug shows the traceback)"
-    typer.echo(f"error: {message}", err=True)
+    _error_line(message)
     raise typer.Exit(EXIT_USAGE if expected else 1) from None
+
+
+def _error_line(message: str) -> None:
+    """`error: MESSAGE` on stderr; with JSON logs, a JSON log record like every other line."""
+    from flock import logs
+
+    if logs.configured_format() == "json":
+        logger.error("error: %s", message)
+    else:
+        typer.echo(f"error: {message}", err=True)
 
 
 def _serve_one(
@@ -397,6 +426,7 @@ def _serve_one(
     run_worker: bool,
     grace: float,
     log_level: str,
+    log_format: str = "text",
     migrate: bool = False,
 ) -> None:
     try:  # before the app or a store is opened: a busy port fails at once, leaving nothing
@@ -414,6 +444,7 @@ def _serve_one(
         )
         import uvicorn
 
+        from flock.logs import parse_format, uvicorn_log_config
         from flock.startup import ReportingServer
 
         for line in plan.describe():
@@ -424,6 +455,7 @@ def _serve_one(
             host=host,
             port=port,
             log_level=log_level,
+            log_config=uvicorn_log_config(parse_format(log_format)),
             access_log=False,
             timeout_keep_alive=KEEP_ALIVE_SECONDS,
             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
@@ -433,7 +465,7 @@ def _serve_one(
     finally:
         sock.close()
     if not server.started:
-        typer.echo("error: the server did not start (see the log above)", err=True)
+        _error_line("the server did not start (see the log above)")
         raise typer.Exit(EXIT_STARTUP)
 
 
@@ -449,6 +481,7 @@ def _serve_workers(
     workers: int,
     grace: float,
     log_level: str,
+    log_format: str = "text",
     migrate: bool = False,
 ) -> None:
     _check_shared(store, idempotency)
@@ -465,6 +498,8 @@ def _serve_workers(
             "FLOCK_API_KEYS": api_keys or "",
             "FLOCK_SHUTDOWN_GRACE": str(grace),
             "FLOCK_WORKER": "1" if run_worker else "0",
+            "FLOCK_LOG_LEVEL": log_level,
+            "FLOCK_LOG_FORMAT": log_format,
             "FLOCK_MIGRATE": "0",  # the supervisor upgraded the schemas before forking
         }
     )
@@ -481,6 +516,8 @@ def _serve_workers(
     _prepare_schemas(plan.store_url, plan.idempotency_url, migrate)
     import uvicorn
 
+    from flock.logs import parse_format, uvicorn_log_config
+
     uvicorn.run(
         "flock.cli:worker_app",
         factory=True,
@@ -488,6 +525,7 @@ def _serve_workers(
         port=port,
         workers=workers,
         log_level=log_level,
+        log_config=uvicorn_log_config(parse_format(log_format)),
         access_log=False,
         timeout_keep_alive=KEEP_ALIVE_SECONDS,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
@@ -526,6 +564,13 @@ def worker(
     log_level: Annotated[
         str | None, typer.Option(help="[env: FLOCK_LOG_LEVEL; default: info]")
     ] = None,
+    log_format: Annotated[
+        str | None,
+        typer.Option(
+            help="text, or json: one JSON object per line (time, level, logger, message, "
+            "correlation_id, run_id, agent) [env: FLOCK_LOG_FORMAT; default: text]",
+        ),
+    ] = None,
     debug: Annotated[
         bool, typer.Option("--debug", help="print tracebacks of errors [env: FLOCK_DEBUG]")
     ] = False,
@@ -541,12 +586,12 @@ def worker(
             metrics_port=metrics_port,
             shutdown_grace=shutdown_grace,
             log_level=log_level,
+            log_format=log_format,
         )
         debug = config.debug
-        logging.basicConfig(
-            level=config.log_level.upper(),
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        )
+        from flock.logs import configure as configure_logging
+
+        configure_logging(config.log_level, config.log_format)
         _check_arguments(app_ref, demo)
         loaded = _load_app_or_demo(app_ref, demo)
         flock = loaded.flock

@@ -64,6 +64,13 @@ class Settings(BaseSettings):
         Literal["critical", "error", "warning", "info", "debug", "trace"],
         BeforeValidator(lambda value: value.lower() if isinstance(value, str) else value),
     ] = Field("info", description="log level (`--log-level`)")
+    log_format: Annotated[
+        Literal["text", "json"],
+        BeforeValidator(lambda value: value.strip().lower() if isinstance(value, str) else value),
+    ] = Field(
+        "text",
+        description="`text`, or `json`: one JSON object per line (`--log-format`)",
+    )
     debug: bool = Field(False, description="print tracebacks of errors (`--debug`)")
     metrics_port: Port | None = Field(
         None, description="`flock worker` serves /metrics on this port (`--metrics-port`)"

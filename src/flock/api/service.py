@@ -21,7 +21,7 @@ from flock.api.metrics import ServiceMetrics
 from flock.api.middleware import RequestContextMiddleware
 from flock.api.models import ErrorResponse
 from flock.api.publishing import CascadeWaiter
-from flock.api.routes import agents, artifacts, batch, correlations, health, runs
+from flock.api.routes import agents, artifacts, batch, correlations, health, runs, types
 from flock.api.routing import add_routes
 from flock.api.settings import ServiceSettings
 from flock.core.orchestrator import Flock
@@ -82,7 +82,7 @@ class BlackboardHTTPService:
         )
         app.state.flock_service = self
         install_error_handlers(app)
-        for module in (artifacts, batch, agents, correlations, runs, health):
+        for module in (artifacts, batch, agents, correlations, runs, types, health):
             add_routes(app, module.router)
         install_docs(app, title)
         app.add_middleware(RequestContextMiddleware, service=self)

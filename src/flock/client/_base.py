@@ -40,6 +40,7 @@ from flock.client.results import (
     PublishResult,
     RunInfo,
     SyncResult,
+    TypeInfo,
 )
 from flock.client.retry import RetryEvent, RetryPolicy, parse_retry_after
 from flock.core.artifacts import Artifact
@@ -296,6 +297,12 @@ class BaseClient:
             return CorrelationInfo.from_dict(response.json())
 
         return Call("POST", f"{API}/correlations/{segment(correlation_id)}/cancel", parse)
+
+    def _types_call(self) -> Call[list[TypeInfo]]:
+        def parse(response: httpx.Response) -> list[TypeInfo]:
+            return [TypeInfo.from_dict(item) for item in response.json()["types"]]
+
+        return Call("GET", f"{API}/types", parse)
 
     def _run_call(self, run_id: str) -> Call[RunInfo]:
         def parse(response: httpx.Response) -> RunInfo:

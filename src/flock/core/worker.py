@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Literal
 
+from flock import logs
 from flock.core.agent import AgentOutputError, RunContext
 from flock.core.failures import describe_failure
 from flock.core.runs import NonRetryableError
@@ -32,6 +33,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger("flock.worker")
 
 StopReason = Literal["cancelled", "lost", "shutdown"]
+# How often a worker looks for open groups (joins, batches) whose deadline came, at most:
+# any live worker settles them, whoever saw their first part. Its own parts' deadlines
+# wake it on time.
+GROUP_CHECK_SECONDS = 2.0
 # What a run's outputs got wrong: another attempt of the same engine would repeat it.
 _BAD_OUTPUT = (AgentOutputError, ArtifactValidationError, VisibilityError)
 
@@ -105,6 +110,7 @@ class Worker:
     _loop_task: asyncio.Task[None] | None = None
     _wake: asyncio.Event | None = None
     _claiming: bool = True
+    _groups_due: float = 0.0  # loop time of the next look at open groups' deadlines
 
     @property
     def running(self) -> bool:
@@ -124,12 +130,42 @@ class Worker:
         self._active = {}
         self._wake = asyncio.Event()
         self._claiming = True
+        self._groups_due = 0.0  # at once: groups a stopped process left may be due
         self._loop_task = loop.create_task(self._claim_loop(), name=f"flock-worker {self.name}")
 
     def wake(self) -> None:
         """Something may be due: look for runs now."""
         if self._wake is not None:
             self._wake.set()
+
+    def note_deadline(self, deadline: datetime | None) -> None:
+        """An open group of this process's making falls due at `deadline`: settle it then."""
+        if deadline is None or self._wake is None:
+            return
+        loop = asyncio.get_running_loop()
+        due = loop.time() + (deadline - datetime.now(UTC)).total_seconds()
+        if due < self._groups_due:
+            self._groups_due = due
+            self._wake.set()
+
+    async def _settle_groups(self) -> None:
+        """Settle the open groups whose deadline came (a batch runs with what it gathered,
+        a join part past its window is dropped), and plan the next look."""
+        loop = asyncio.get_running_loop()
+        next_look = loop.time() + GROUP_CHECK_SECONDS
+        try:
+            flush = await self.flock.store.flush_groups()
+        except Exception as exc:
+            logger.warning("cannot settle open groups, retrying: %s", exc)
+            self._groups_due = next_look
+            return
+        for correlation_id in flush.correlation_ids:
+            self.flock.watch.changed(correlation_id)
+        if flush.next_deadline is not None:
+            wait = (flush.next_deadline - datetime.now(UTC)).total_seconds()
+            # Never sooner than 50 ms: a due group is settled by now, whatever it said.
+            next_look = min(next_look, loop.time() + max(wait, 0.05))
+        self._groups_due = next_look
 
     def stop_claiming(self) -> None:
         self._claiming = False
@@ -164,9 +200,12 @@ class Worker:
         assert self._wake is not None
         wake, settings = self._wake, self.settings
         failures = 0
+        loop = asyncio.get_running_loop()
         while self._claiming:
             wake.clear()
-            delay = settings.poll_seconds
+            if loop.time() >= self._groups_due:
+                await self._settle_groups()
+            delay = min(settings.poll_seconds, max(self._groups_due - loop.time(), 0.0))
             free = settings.concurrency - len(self._active)
             if free > 0:
                 try:
@@ -198,7 +237,7 @@ class Worker:
             if not self._claiming:
                 break
             if delay > 0:
-                timer = asyncio.get_running_loop().call_later(delay, wake.set)
+                timer = loop.call_later(delay, wake.set)
                 await wake.wait()
                 timer.cancel()
 
@@ -222,6 +261,8 @@ class Worker:
         flock, store, stats = self.flock, self.flock.store, self.flock.stats
         claimed = active.claimed
         run = claimed.run
+        # This task's log records name the run (its own context: nothing leaks elsewhere).
+        logs.bind({"correlation_id": run.correlation_id, "run_id": run.id, "agent": run.agent})
         if claimed.recovered:
             stats.runs_recovered += 1
         if run.attempt == 1 and run.started_at is not None:
@@ -237,6 +278,7 @@ class Worker:
             ctx = RunContext(
                 agent.name, run.correlation_id, claimed.inputs, flock, run.id, run.attempt
             )
+            ctx.batch = agent.takes_list(claimed.inputs)
             timeout = agent.timeout or self.settings.run_timeout
             try:
                 async with asyncio.timeout(timeout):
@@ -272,15 +314,18 @@ class Worker:
                 retryable = agent.retry_policy.retryable(exc) and not isinstance(exc, _BAD_OUTPUT)
                 await self._fail(active, describe_failure(exc), retryable=retryable, usage=ctx)
                 return
-            triggered = flock.runs_triggered_by(outputs, principal=run.principal)
+            triggered = flock.triggered_by(outputs, principal=run.principal)
             committed = await store.complete_run(
                 run.id,
                 active.fence,
                 outputs,
-                triggered,
+                triggered.runs,
+                parts=triggered.parts,
                 usage=ctx.usage,
                 max_runs=flock.max_runs_per_correlation,
             )
+            if committed:
+                self.note_deadline(triggered.next_deadline())
             if committed:
                 stats.agent_runs += 1
                 stats.artifacts_published += len(outputs)
@@ -300,6 +345,9 @@ class Worker:
         finally:
             renewer.cancel()
             flock.watch.changed(run.correlation_id)
+            for item in claimed.inputs:  # a join's or batch's other correlations
+                if item.correlation_id != run.correlation_id:
+                    flock.watch.changed(item.correlation_id)
 
     def _unrunnable(self, claimed: ClaimedRun) -> str | None:
         run = claimed.run
@@ -311,6 +359,9 @@ class Worker:
             return f"this app has no agent named {run.agent!r}"
         if len(claimed.inputs) != len(run.input_ids):
             return "an input artifact of the run is missing from the store"
+        if not self.flock.get_agent(run.agent).fits(claimed.inputs):
+            kinds = ", ".join(a.type for a in claimed.inputs)
+            return f"its inputs ({kinds}) fit none of the agent's subscriptions"
         return None
 
     async def _fail(

@@ -412,7 +412,7 @@ class PostgresIdempotencyStore(SQLIdempotencyStore):
         *,
         schema: str | None = None,
         timeout: float | None = DEFAULT_STORE_TIMEOUT,
-        upgrade: bool = False,
+        upgrade: bool = True,
     ) -> None:
         target = parse_store_url(dsn, kinds=("postgresql",))
         engine = postgres_engine(target.asyncpg(), timeout=timeout, **_ENGINE_OPTIONS)

@@ -97,7 +97,8 @@ class SchemaDefinition:
     def latest(self) -> int:
         return self.steps[-1].version
 
-    def _table(self, schema: str | None) -> Table:
+    def table(self, schema: str | None = None) -> Table:
+        """The version table (in `schema`)."""
         return Table(
             self.version_table,
             MetaData(),
@@ -119,7 +120,7 @@ class SchemaDefinition:
         if schema is not None and not inspector.has_schema(schema):
             return None
         if inspector.has_table(self.version_table, schema=schema):
-            value = conn.execute(select(self._table(schema).c.version)).scalar()
+            value = conn.execute(select(self.table(schema).c.version)).scalar()
             if value is not None:
                 return int(value)
         return self.legacy_version(conn, schema)
@@ -132,7 +133,7 @@ class SchemaDefinition:
                 f"the {self.name} has schema version {before}, newer than this Flock's "
                 f"{self.latest}: upgrade Flock to use it"
             )
-        table = self._table(schema)
+        table = self.table(schema)
         if before == self.latest:
             if allowed and not inspect(conn).has_table(table.name, schema=schema):
                 self._stamp(conn, table)  # the first release's tables, at the latest version

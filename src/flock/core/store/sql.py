@@ -12,20 +12,22 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
 from flock.core.artifacts import AgentError, Artifact, ArtifactEnvelope, ConsumptionRecord
+from flock.core.groups import GroupFlush, GroupPart
 from flock.core.runs import Run, Usage, lease_until
-from flock.core.store import notifications, sql_runs
+from flock.core.store import notifications, sql_groups, sql_runs
 from flock.core.store import sql_statements as sql
 from flock.core.store.memory import InMemoryBlackboardStore
 from flock.core.store.migrations import SchemaState, Upgrade, prepare_schema, read_schema
@@ -37,12 +39,14 @@ from flock.core.store.protocol import (
     InvalidRunStateError,
     Progress,
     RunFilter,
+    StoreUnavailableError,
 )
 from flock.core.store.shared import LEASE_LOST, correlation_state, dead_run_error, utcnow
 from flock.core.store.sql_backends import (
     DEFAULT_STORE_TIMEOUT,
     configure_sqlite,
     connection,
+    is_conflict,
     is_unavailable,
     postgres_engine,
     retry_ddl,
@@ -66,6 +70,8 @@ from flock.core.store.sql_schema import (
 from flock.core.store.urls import parse_store_url
 
 _NOTIFY = text("SELECT pg_notify(:channel, :payload)")
+_CONFLICT_ATTEMPTS = 4  # a deadlock's victim is run again this many times in all
+_T = TypeVar("_T")
 _IN_CHUNK = 1000  # ids per `IN (...)`, far below SQLite's and asyncpg's parameter limits
 # A correlation row created by an artifact or an error, before any state write: any seq wins.
 _NO_SEQ = -1
@@ -119,18 +125,67 @@ class SQLBlackboardStore:
     # -- writes -----------------------------------------------------------------------------
 
     async def publish(
-        self, artifact: Artifact, runs: Sequence[Run] = (), *, max_runs: int | None = None
+        self,
+        artifact: Artifact,
+        runs: Sequence[Run] = (),
+        *,
+        parts: Sequence[GroupPart] = (),
+        max_runs: int | None = None,
     ) -> Artifact:
-        async with self._transaction() as conn:
+        async def write(conn: AsyncConnection) -> Artifact:
+            if parts:
+                await self._lock_groups(conn, parts)
             if not await self._insert_artifacts(conn, (artifact,)):
                 row = (await conn.execute(sql.GET_ARTIFACT, {"id": artifact.id})).mappings().one()
                 return artifact_from_row(row)
-            if runs:
-                await sql_runs.insert_runs(
-                    conn, runs, postgres=self._postgres, schema=self._schema, max_runs=max_runs
-                )
-                await self._notify(conn, True, ())
-        return artifact
+            await self._trigger(conn, runs, parts, max_runs)
+            return artifact
+
+        return await self._write(write, retry=bool(parts))
+
+    async def _write(
+        self, body: Callable[[AsyncConnection], Awaitable[_T]], *, retry: bool = True
+    ) -> _T:
+        """Run `body` in one write transaction. With `retry`, a transaction PostgreSQL
+        aborted as a deadlock or serialization failure is run again (it changed nothing):
+        group writes lock the correlations of several cascades, in no fixed order."""
+        attempts = _CONFLICT_ATTEMPTS if retry and self._postgres else 1
+        for attempt in range(1, attempts + 1):
+            try:
+                async with self._transaction() as conn:
+                    return await body(conn)
+            except StoreUnavailableError as exc:
+                if attempt == attempts or not is_conflict(exc.__cause__):
+                    raise
+                await asyncio.sleep(random.uniform(0.002, 0.02) * attempt)
+        raise AssertionError("unreachable")  # the last attempt returned or raised
+
+    async def _lock_groups(self, conn: AsyncConnection, parts: Sequence[GroupPart]) -> None:
+        keys = ((p.agent, p.group) for p in parts)
+        await sql_groups.lock_groups(conn, keys, postgres=self._postgres)
+
+    async def _trigger(
+        self,
+        conn: AsyncConnection,
+        runs: Sequence[Run],
+        parts: Sequence[GroupPart],
+        max_runs: int | None,
+    ) -> None:
+        """Create the runs, put the parts in their groups (and make runs of the groups they
+        complete), and tell workers when any was made."""
+        made: list[Run] = []
+        if parts:
+            made = await sql_groups.add_parts(conn, parts, postgres=self._postgres, now=utcnow())
+        if runs or made:
+            await sql_runs.insert_runs(
+                conn,
+                [*runs, *made],
+                postgres=self._postgres,
+                schema=self._schema,
+                max_runs=max_runs,
+            )
+            await sql_groups.link_runs(conn, made, postgres=self._postgres)
+            await self._notify(conn, True, ())
 
     put = publish
 
@@ -230,23 +285,36 @@ class SQLBlackboardStore:
         outputs: Sequence[Artifact],
         triggered: Sequence[Run],
         *,
+        parts: Sequence[GroupPart] = (),
         usage: Usage | None = None,
         max_runs: int | None = None,
     ) -> bool:
         now = to_micros(utcnow())
         params = sql_runs.succeed_params(run_id, fence, now, [a.id for a in outputs], usage)
-        async with self._transaction() as conn:
+
+        async def write(conn: AsyncConnection) -> bool:
             row = (await conn.execute(sql_runs.SUCCEED, params)).first()
             if row is None:
                 return False
+            if parts:
+                await self._lock_groups(conn, parts)
             await self._insert_artifacts(conn, outputs)
             await self._consume(conn, row, now)
-            if triggered:
-                await sql_runs.insert_runs(
-                    conn, triggered, postgres=self._postgres, schema=self._schema, max_runs=max_runs
-                )
-            await self._notify(conn, bool(triggered), (row.correlation_id,))
-        return True
+            if triggered or parts:
+                await self._trigger(conn, triggered, parts, max_runs)
+            await self._notify(conn, False, await self._correlations_of(conn, run_id, row))
+            return True
+
+        return await self._write(write, retry=bool(parts))
+
+    async def _correlations_of(self, conn: AsyncConnection, run_id: str, row: Any) -> list[str]:
+        """The correlations a finished run was pending work of: its own, and those of its
+        inputs' other correlations (a join or batch across correlations)."""
+        found = [row.correlation_id]
+        if self._channel is not None and row.input_ids.count(",") > 0:
+            params = {"p_run_id": run_id}
+            found.extend((await conn.execute(sql_groups.LINKED_CORRELATIONS, params)).scalars())
+        return found
 
     async def _consume(self, conn: AsyncConnection, row: Any, now: int) -> None:
         records = sql_runs.consumption_rows(
@@ -280,7 +348,7 @@ class SQLBlackboardStore:
             if row is None:
                 return False
             await self._consume(conn, row, now)
-            await self._notify(conn, False, (row.correlation_id,))
+            await self._notify(conn, False, await self._correlations_of(conn, run_id, row))
         return True
 
     async def release_run(self, run_id: str, fence: int) -> bool:
@@ -293,13 +361,19 @@ class SQLBlackboardStore:
 
     async def cancel_correlation(self, correlation_id: str) -> bool:
         params = {"p_correlation_id": correlation_id, "p_now": to_micros(utcnow())}
-        async with self._transaction() as conn:
+
+        async def write(conn: AsyncConnection) -> bool:
             result = await conn.execute(sql_runs.CANCEL_CORRELATION, params)
             if not result.rowcount:
                 return False
-            await conn.execute(sql_runs.CANCEL_RUNS, params)
-            await self._notify(conn, False, (correlation_id,))
-        return True
+            cancelled = (await conn.execute(sql_runs.CANCEL_RUNS, params)).scalars().all()
+            await conn.execute(sql_groups.DROP_CORRELATION_PARTS, params)
+            # Waiters of the other correlations its cancelled joins and batches served.
+            linked = await sql_groups.linked_correlations(conn, cancelled)
+            await self._notify(conn, False, (correlation_id, *linked))
+            return True
+
+        return await self._write(write)
 
     async def retry_run(self, run_id: str) -> Run | None:
         params = {"p_run_id": run_id, "p_now": to_micros(utcnow())}
@@ -316,6 +390,37 @@ class SQLBlackboardStore:
             await conn.execute(sql_runs.UNCANCEL, {"p_correlation_id": run.correlation_id})
             await self._notify(conn, True, (run.correlation_id,))
         return run
+
+    async def flush_groups(self) -> GroupFlush:
+        now = utcnow()
+        async with self._reading() as conn:
+            due = (await conn.execute(sql_groups.NEXT_DEADLINE)).scalar()
+        if due is None or from_micros(due) > now:
+            return GroupFlush(next_deadline=None if due is None else from_micros(due))
+
+        async def write(conn: AsyncConnection) -> GroupFlush:
+            if not self._postgres:
+                # Take the file's write lock before reading, as every other write does.
+                await conn.execute(sql_groups.TAKE_WRITE_LOCK)
+            made, errors, next_deadline = await sql_groups.settle_due(
+                conn, postgres=self._postgres, now=now
+            )
+            if made:
+                await sql_runs.insert_runs(
+                    conn, made, postgres=self._postgres, schema=self._schema, max_runs=None
+                )
+                await sql_groups.link_runs(conn, made, postgres=self._postgres)
+            changed = {e.correlation_id for e in errors}
+            changed.update(c for run in made for c in (run.correlation_id, *run.linked))
+            await self._notify(conn, bool(made), changed)
+            return GroupFlush(changed, len(made), next_deadline)
+
+        return await self._write(write)
+
+    async def open_groups(self) -> dict[str, int]:
+        async with self._reading() as conn:
+            rows = (await conn.execute(sql_groups.OPEN_GROUPS)).tuples().all()
+        return {agent: count for agent, count in rows}
 
     async def get_run(self, run_id: str) -> Run | None:
         async with self._reading() as conn:
@@ -334,7 +439,8 @@ class SQLBlackboardStore:
     async def progress(self, correlation_id: str | None = None) -> Progress:
         async with self._reading() as conn:
             if correlation_id is None:
-                return Progress((await conn.execute(sql_runs.PENDING_ALL)).scalar_one())
+                pending_runs, timed = (await conn.execute(sql_runs.PENDING_ALL)).one()
+                return Progress(pending_runs + timed, runs=pending_runs)
             row = (
                 await conn.execute(sql_runs.PROGRESS, {"p_correlation_id": correlation_id})
             ).first()
@@ -422,12 +528,15 @@ class SQLBlackboardStore:
         errors.sort(key=lambda e: e.at)
         return CorrelationRecord(
             correlation_id,
-            correlation_state(bool(row["cancelled"]), row["pending_runs"]),
+            correlation_state(
+                bool(row["cancelled"]), row["pending_runs"] + row["waiting_artifacts"]
+            ),
             from_micros(row["started_at"]),
             from_micros(row["updated_at"]),
             row["artifact_count"],
             errors,
             row["pending_runs"],
+            row["waiting_artifacts"],
         )
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -580,7 +689,7 @@ class PostgresBlackboardStore(SQLBlackboardStore):
         *,
         schema: str | None = None,
         timeout: float | None = DEFAULT_STORE_TIMEOUT,
-        upgrade: bool = False,
+        upgrade: bool = True,
         **engine_options: Any,
     ) -> None:
         # Every publish and agent run holds a connection for its transaction. Past the pool's

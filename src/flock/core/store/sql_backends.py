@@ -200,6 +200,15 @@ def describe_unavailable(exc: BaseException, timeout: float | None = None) -> st
     return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
+def is_conflict(exc: BaseException | None) -> bool:
+    """A PostgreSQL deadlock or serialization failure: the transaction was rolled back and
+    may simply be run again."""
+    if isinstance(exc, sa_exc.DBAPIError) and exc.orig is not None:
+        exc = exc.orig
+    sqlstate = getattr(exc, "sqlstate", None) or getattr(exc, "pgcode", None)
+    return sqlstate in ("40P01", "40001")
+
+
 def unavailable(exc: BaseException, timeout: float | None = None) -> StoreUnavailableError:
     reason = describe_unavailable(exc, timeout)
     return StoreUnavailableError(f"the blackboard store is unavailable: {reason}")
@@ -212,6 +221,7 @@ __all__ = [
     "configure_sqlite",
     "connection",
     "deadline",
+    "is_conflict",
     "is_unavailable",
     "postgres_engine",
     "retry_ddl",

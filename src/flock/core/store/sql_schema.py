@@ -28,6 +28,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection, RowMapping
 
 from flock.core.artifacts import AgentError, Artifact, ConsumptionRecord
+from flock.core.groups import GroupPart
 from flock.core.runs import Run, RunState, Usage
 from flock.core.store.migrations import (
     SchemaDefinition,
@@ -158,6 +159,44 @@ runs = Table(
     ),
     Index("ix_runs_correlation", "correlation_id", "due_at"),
     Index("ix_runs_order", "created_at", "id"),
+)
+
+# Artifacts waiting in the open groups of AND gates, joins and batches (schema version 3).
+# A part leaves its group when the group becomes a run, or when it expires.
+group_parts = Table(
+    "group_parts",
+    metadata,
+    Column("agent", Text, nullable=False),
+    Column("grp", _Key, nullable=False),
+    Column("artifact_id", _Key, nullable=False),
+    Column("kind", Text, nullable=False),
+    Column("type_name", Text, nullable=False),
+    Column("correlation_id", _Key, nullable=False),
+    Column("arrived_at", _Micros, nullable=False),
+    Column("need", Text, nullable=False),
+    Column("size", Integer, nullable=False),
+    Column("deadline", _Micros),
+    Column("principal", Text),
+    Column("max_attempts", Integer, nullable=False),
+    PrimaryKeyConstraint("agent", "grp", "artifact_id"),
+    Index("ix_group_parts_correlation", "correlation_id"),
+    Index(
+        "ix_group_parts_deadline",
+        "deadline",
+        sqlite_where=text("deadline IS NOT NULL"),
+        postgresql_where=text("deadline IS NOT NULL"),
+    ),
+)
+
+# The other correlations a run's inputs came from (joins and batches across correlations):
+# the run counts as pending work of each (schema version 3).
+run_links = Table(
+    "run_links",
+    metadata,
+    Column("run_id", _Key, nullable=False),
+    Column("correlation_id", _Key, nullable=False),
+    PrimaryKeyConstraint("run_id", "correlation_id"),
+    Index("ix_run_links_correlation", "correlation_id", "run_id"),
 )
 
 agent_errors = Table(
@@ -343,6 +382,40 @@ def run_from_row(row: RowMapping) -> Run:
     )
 
 
+def part_row(part: GroupPart) -> dict[str, Any]:
+    return {
+        "agent": part.agent,
+        "grp": part.group,
+        "artifact_id": part.artifact_id,
+        "kind": part.kind,
+        "type_name": part.type_name,
+        "correlation_id": part.correlation_id,
+        "arrived_at": to_micros(part.arrived_at),
+        "need": _dumps(list(part.need)),
+        "size": part.size,
+        "deadline": _micros_or_none(part.deadline),
+        "principal": part.principal,
+        "max_attempts": part.max_attempts,
+    }
+
+
+def part_from_row(row: RowMapping) -> GroupPart:
+    return GroupPart(
+        agent=row["agent"],
+        group=row["grp"],
+        kind=row["kind"],
+        artifact_id=row["artifact_id"],
+        type_name=row["type_name"],
+        correlation_id=row["correlation_id"],
+        arrived_at=from_micros(row["arrived_at"]),
+        need=tuple(json.loads(row["need"])),
+        size=row["size"],
+        deadline=None if row["deadline"] is None else from_micros(row["deadline"]),
+        principal=row["principal"],
+        max_attempts=row["max_attempts"],
+    )
+
+
 def usage_params(usage: Usage | None) -> dict[str, int]:
     usage = usage or Usage()
     return {
@@ -383,6 +456,11 @@ BLACKBOARD_STEPS = (
             add_columns("correlations", CORRELATION_COLUMNS_V2),
         ),
     ),
+    Step(
+        3,
+        "group_parts and run_links tables (AND gates, joins, batches)",
+        create_tables(metadata, "group_parts", "run_links"),
+    ),
 )
 
 BLACKBOARD_SCHEMA = SchemaDefinition(
@@ -394,3 +472,4 @@ BLACKBOARD_SCHEMA = SchemaDefinition(
     legacy_version=_legacy_version,
 )
 SCHEMA_VERSION = BLACKBOARD_SCHEMA.latest
+schema_info = BLACKBOARD_SCHEMA.table()  # in the store's schema through schema_translate_map
