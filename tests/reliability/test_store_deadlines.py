@@ -205,3 +205,58 @@ async def test_a_stalled_or_reset_redis_answers_503(
             statuses.append(response.status_code)
         assert 500 not in statuses
         await recovered(client)
+
+
+async def test_every_store_call_on_a_stalled_server_ends_at_its_deadline(
+    stalling_proxy: list[StallingProxy],
+    postgres_url: str,
+    pg_schema: str,
+    redis_url: str,
+    redis_prefix: str,
+) -> None:
+    """In the library: first use (creating the tables) and later calls alike, on the
+    blackboard and idempotency stores, raise their unavailable errors at the deadline."""
+    from flock.api.idempotency import store_from_url as idempotency_store
+    from flock.api.idempotency.protocol import IdempotencyStoreUnavailableError
+    from flock.core.store.protocol import StoreUnavailableError
+    from flock.core.store.sql import store_from_url as blackboard_store
+
+    pg = proxy_to(postgres_url, stalling_proxy)
+    redis = proxy_to(redis_url, stalling_proxy)
+    pg_url = pg.proxied(f"{postgres_url}?schema={pg_schema}")
+    fresh = blackboard_store(pg_url, timeout=DEADLINE)  # never used before the stall
+    used = blackboard_store(pg_url, timeout=DEADLINE)
+    idem = idempotency_store(pg_url, timeout=DEADLINE)
+    cache = idempotency_store(redis.proxied(f"{redis_url}?prefix={redis_prefix}"), timeout=DEADLINE)
+    try:
+        await used.ping()
+        assert await used.query_artifacts() == ([], 0)
+        await idem.ping()
+        await cache.ping()
+        pg.stall()
+        redis.stall()
+        loop = asyncio.get_running_loop()
+        calls = {
+            "fresh blackboard": (fresh.query_artifacts(), StoreUnavailableError),
+            "blackboard": (used.query_artifacts(), StoreUnavailableError),
+            "blackboard ping": (used.ping(), StoreUnavailableError),
+            "idempotency claim": (
+                idem.claim("k", "f", owner="o", lease_seconds=5, ttl_seconds=60),
+                IdempotencyStoreUnavailableError,
+            ),
+            "redis claim": (
+                cache.claim("k", "f", owner="o", lease_seconds=5, ttl_seconds=60),
+                IdempotencyStoreUnavailableError,
+            ),
+        }
+        for name, (call, error) in calls.items():
+            started = loop.time()
+            with pytest.raises(error):
+                await call
+            took = loop.time() - started
+            assert took < DEADLINE + SLACK, f"{name}: {took:.1f} s"
+    finally:
+        pg.resume()
+        redis.resume()
+        for store in (fresh, used, idem, cache):
+            await store.close()

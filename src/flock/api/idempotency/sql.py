@@ -261,7 +261,11 @@ class SQLIdempotencyStore:
                 return None
             outcome = await retry_ddl(
                 lambda: prepare_schema(
-                    self._engine, IDEMPOTENCY_SCHEMA, self._schema, upgrade=allowed
+                    self._engine,
+                    IDEMPOTENCY_SCHEMA,
+                    self._schema,
+                    upgrade=allowed,
+                    timeout=self._timeout,
                 )
             )
             self._ready = True
@@ -270,7 +274,9 @@ class SQLIdempotencyStore:
     async def schema_state(self) -> SchemaState:
         """The database's schema version and this Flock's, changing nothing."""
         async with self._unavailable_on_error():
-            return await read_schema(self._engine, IDEMPOTENCY_SCHEMA, self._schema)
+            return await read_schema(
+                self._engine, IDEMPOTENCY_SCHEMA, self._schema, timeout=self._timeout
+            )
 
     async def _execute(
         self, statement: sa.Executable, params: Mapping[str, Any]

@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.schema import CreateSchema
 
 from flock.core.store.protocol import StoreUnavailableError
+from flock.core.store.sql_backends import connection
 
 StepRun = Callable[[Connection, "str | None"], None]
 
@@ -155,20 +156,30 @@ class SchemaDefinition:
 
 
 async def read_schema(
-    engine: AsyncEngine, definition: SchemaDefinition, schema: str | None
+    engine: AsyncEngine,
+    definition: SchemaDefinition,
+    schema: str | None,
+    *,
+    timeout: float | None = None,
 ) -> SchemaState:
     """The database's schema version, changing nothing."""
-    async with engine.connect() as conn:
+    async with connection(engine, timeout=timeout) as conn:
         version = await conn.run_sync(definition.version, schema)
     return SchemaState(definition.name, version, definition.latest)
 
 
 async def prepare_schema(
-    engine: AsyncEngine, definition: SchemaDefinition, schema: str | None, *, upgrade: bool
+    engine: AsyncEngine,
+    definition: SchemaDefinition,
+    schema: str | None,
+    *,
+    upgrade: bool,
+    timeout: float | None = None,
 ) -> Upgrade:
     """Create the tables of an empty database, check a current one, upgrade an older one
-    when `upgrade` (else `SchemaVersionError`), all under a lock and in one transaction."""
-    async with engine.connect() as conn:
+    when `upgrade` (else `SchemaVersionError`), all under a lock and in one transaction,
+    within `timeout` seconds (None: no deadline, for an operator's `flock db upgrade`)."""
+    async with connection(engine, timeout=timeout) as conn:
         if engine.dialect.name == "postgresql":
             # A real transaction even on an autocommit engine: PostgreSQL's DDL is
             # transactional, so a failed upgrade leaves the database as it was.

@@ -621,7 +621,11 @@ class SQLBlackboardStore:
             try:
                 outcome = await retry_ddl(
                     lambda: prepare_schema(
-                        self._engine, BLACKBOARD_SCHEMA, self._schema, upgrade=allowed
+                        self._engine,
+                        BLACKBOARD_SCHEMA,
+                        self._schema,
+                        upgrade=allowed,
+                        timeout=self._timeout,
                     )
                 )
             except Exception as exc:
@@ -634,7 +638,9 @@ class SQLBlackboardStore:
     async def schema_state(self) -> SchemaState:
         """The database's schema version and this Flock's, changing nothing."""
         try:
-            return await read_schema(self._engine, BLACKBOARD_SCHEMA, self._schema)
+            return await read_schema(
+                self._engine, BLACKBOARD_SCHEMA, self._schema, timeout=self._timeout
+            )
         except Exception as exc:
             if is_unavailable(exc):
                 raise unavailable(exc, self._timeout) from exc

@@ -119,8 +119,9 @@ async def connection(
     try:
         async with asyncio.timeout_at(expires + _UNWIND_SECONDS):
             async with _connection(engine, begin) as conn:
-                raw = await conn.get_raw_connection()
-                driver = raw.driver_connection
+                # Checked out already: reading the driver's connection does no I/O.
+                assert conn.sync_connection is not None
+                driver = conn.sync_connection.connection.driver_connection
                 watchdog = (
                     loop.call_at(expires, expire, driver) if hasattr(driver, "terminate") else None
                 )
