@@ -64,12 +64,14 @@ async def retry_ddl(create: Callable[[], Awaitable[T]]) -> T:
 
 
 def postgres_engine(url: str | URL, *, timeout: float | None, **options: Any) -> AsyncEngine:
-    """An asyncpg engine whose every wait is bounded by `timeout` seconds: connecting
-    (asyncpg's `timeout`), each statement (`command_timeout`) and a pool checkout. None:
-    asyncpg's and SQLAlchemy's own limits (60 s to connect, 30 s for the pool)."""
+    """An asyncpg engine whose waits for a connection are bounded by `timeout` seconds
+    (asyncpg's connect `timeout`, the pool's checkout); its operations are bounded by
+    `connection(..., timeout=)`. None: asyncpg's and SQLAlchemy's own limits (60 s to
+    connect, 30 s for the pool)."""
     connect_args: dict[str, Any] = {}
     if timeout is not None:
-        connect_args = {"timeout": timeout, "command_timeout": timeout}
+        # Statements are bounded per operation (`connection`), not one timer each.
+        connect_args = {"timeout": timeout}
         options.setdefault("pool_timeout", timeout)
     connect_args.update(options.pop("connect_args", {}))
     return create_async_engine(asyncpg_url(url), connect_args=connect_args, **options)
@@ -86,11 +88,6 @@ def sqlite_engine(
     return engine
 
 
-# How long past its deadline an operation may take to unwind (the pool and asyncpg's own
-# timeouts end a stalled checkout or connect at the deadline; this is the last resort).
-_UNWIND_SECONDS = 1.0
-
-
 @asynccontextmanager
 async def connection(
     engine: AsyncEngine, *, begin: bool = False, timeout: float | None = None
@@ -101,57 +98,54 @@ async def connection(
     A stalled server answers neither the statement nor its cancellation nor the rollback
     after it, so cancelling the caller is not enough (asyncpg and SQLAlchemy each wait
     for an answer once more): at the deadline the connection is terminated, which fails
-    whatever waits on it at once, and it is dropped from the pool.
+    whatever waits on it at once, and it is dropped from the pool. Getting the connection
+    counts: the pool's and asyncpg's connect timeouts end a wait for one at the deadline.
+    One timer per operation, not one per statement.
     """
-    if timeout is None:
-        async with _connection(engine, begin) as conn:
-            yield conn
-        return
     loop = asyncio.get_running_loop()
-    expires = loop.time() + timeout
-    expired = False
-
-    def expire(driver: Any) -> None:
-        nonlocal expired
-        expired = True
-        driver.terminate()
-
-    try:
-        async with asyncio.timeout_at(expires + _UNWIND_SECONDS):
-            async with _connection(engine, begin) as conn:
-                # Checked out already: reading the driver's connection does no I/O.
-                assert conn.sync_connection is not None
-                driver = conn.sync_connection.connection.driver_connection
-                watchdog = (
-                    loop.call_at(expires, expire, driver) if hasattr(driver, "terminate") else None
-                )
-                try:
-                    yield conn
-                finally:
-                    if watchdog is not None:
-                        watchdog.cancel()
-    except Exception as exc:
-        if expired:
-            raise TimeoutError() from exc
-        raise
-
-
-@asynccontextmanager
-async def _connection(engine: AsyncEngine, begin: bool) -> AsyncIterator[AsyncConnection]:
+    expires = None if timeout is None else loop.time() + timeout
     async with engine.connect() as conn:
+        watchdog: _Watchdog | None = None
+        if expires is not None:
+            assert conn.sync_connection is not None  # checked out: reading it does no I/O
+            driver = conn.sync_connection.connection.driver_connection
+            if hasattr(driver, "terminate"):  # asyncpg; a SQLite file has no network to stall
+                watchdog = _Watchdog(driver)
+                watchdog.handle = loop.call_at(expires, watchdog.fire)
         try:
             if begin:
                 await conn.begin()
             yield conn
             if begin:
                 await conn.commit()
-        except (asyncio.CancelledError, TimeoutError):  # TimeoutError: asyncpg's own deadline
+        except (asyncio.CancelledError, TimeoutError):  # a caller's deadline, or the driver's
             await _drop(conn)
             raise
-        except BaseException:
+        except Exception as exc:
+            if watchdog is not None and watchdog.fired:
+                await _drop(conn)
+                raise TimeoutError() from exc
             if begin and conn.in_transaction() and not conn.invalidated:
                 await conn.rollback()
             raise
+        finally:
+            if watchdog is not None and watchdog.handle is not None:
+                watchdog.handle.cancel()
+
+
+class _Watchdog:
+    """Terminates a connection when its operation's deadline passes."""
+
+    __slots__ = ("driver", "fired", "handle")
+
+    def __init__(self, driver: Any) -> None:
+        self.driver = driver
+        self.fired = False
+        self.handle: asyncio.TimerHandle | None = None
+
+    def fire(self) -> None:
+        self.fired = True
+        self.driver.terminate()
 
 
 async def _drop(conn: AsyncConnection) -> None:
