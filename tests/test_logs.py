@@ -17,7 +17,7 @@ import httpx
 import pytest
 from pydantic import BaseModel
 
-from flock import Flock, flock_type
+from flock import Flock, flock_type, logs
 from flock.core.store.protocol import RunFilter
 from flock.logs import JSONFormatter, bind, configure, current, parse_format, unbind
 from support.durable import WorkerProcess
@@ -119,7 +119,9 @@ def test_parse_format_refuses_unknown_formats() -> None:
 
 def test_configure_replaces_its_own_handler_only() -> None:
     root = logging.getLogger()
-    saved, level = list(root.handlers), root.level
+    earlier = [handler for _, handler in logs._configured]  # an earlier test's configure
+    saved = [h for h in root.handlers if h not in earlier]
+    level = root.level
     try:
         assert configure("warning", "json") == "json"
         ours = [h for h in root.handlers if h not in saved]

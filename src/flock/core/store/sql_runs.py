@@ -82,8 +82,13 @@ def _claim_statement(postgres: bool, scope: str) -> Update:
         .group_by(r.principal)
         .subquery()
     )
+    # The due conditions again on the rows themselves: when a concurrent claimer commits
+    # first, PostgreSQL re-checks a locked row's new version against this query's own
+    # conditions (READ COMMITTED), and the claimed run, due only at its lease's end now,
+    # drops out instead of being claimed twice.
     candidates = (
         select(r.id)
+        .where(*due)
         .join(ranked, ranked.c.id == r.id)
         .outerjoin(busy, busy.c.principal.is_not_distinct_from(ranked.c.principal))
         .order_by(ranked.c.turn + func.coalesce(busy.c.running, 0), ranked.c.due_at, r.id)
