@@ -265,7 +265,7 @@ def test_an_unknown_log_format_is_one_line(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "error: --log-format must be text or json, not 'xml'"
+        "error: bad setting --log-format=xml: input should be 'text' or 'json'"
     ]
 
 

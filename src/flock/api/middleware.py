@@ -82,7 +82,7 @@ class RequestContextMiddleware:
                 await early(scope, receive, send_wrapper)
             else:
                 admitted = True
-                self.service.requests_in_flight += 1
+                self.service.request_started()
                 await self.app(scope, self._limited(scope, receive), send_wrapper)
         except Exception:
             logger.exception(
@@ -96,7 +96,7 @@ class RequestContextMiddleware:
         finally:
             logs.unbind(bound)
             if admitted:
-                self.service.requests_in_flight -= 1
+                self.service.request_finished()
             elapsed = time.perf_counter() - started
             self.service.metrics.observe_request(method, self._route_label(scope), status, elapsed)
 

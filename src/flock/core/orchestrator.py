@@ -449,17 +449,20 @@ class Flock:
         """Serve the REST API with uvicorn (blocks until the server stops).
 
         It stops as `flock serve` does: SIGTERM/SIGINT first drain (new requests 503, those
-        in flight finish, for up to `shutdown_grace` seconds, default 30), then it returns.
+        in flight finish, for up to `shutdown_grace` seconds, default `FLOCK_SHUTDOWN_GRACE`),
+        then it returns.
         """
         import uvicorn
 
         # The one place core reaches up: the HTTP layer is optional for library users.
         from flock.api.service import BlackboardHTTPService
-        from flock.server import DEFAULT_GRACE_SECONDS, DrainingServer
+        from flock.server import GRACEFUL_SHUTDOWN_SECONDS, DrainingServer
+        from flock.settings import load_settings
 
         service = BlackboardHTTPService(self, idempotency=idempotency, api_keys=api_keys)
+        uvicorn_options.setdefault("timeout_graceful_shutdown", GRACEFUL_SHUTDOWN_SECONDS)
         config = uvicorn.Config(service.app, host=host, port=port, **uvicorn_options)
-        grace = DEFAULT_GRACE_SECONDS if shutdown_grace is None else shutdown_grace
+        grace = load_settings().shutdown_grace if shutdown_grace is None else shutdown_grace
         DrainingServer(config, service, grace).run()
 
     async def close(self) -> None:

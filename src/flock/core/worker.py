@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import os
 import socket
 import time
@@ -42,20 +41,6 @@ GROUP_CHECK_SECONDS = 2.0
 _BAD_OUTPUT = (AgentOutputError, ArtifactValidationError, VisibilityError)
 
 
-def _env_number(name: str, default: float, *, integer: bool = False) -> float:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be a number, got {raw!r}") from None
-    if not math.isfinite(value) or value <= 0 or (integer and value != int(value)):
-        kind = "a whole number" if integer else "a finite number"
-        raise ValueError(f"{name} must be {kind} > 0, got {raw!r}")
-    return value
-
-
 @dataclass(frozen=True, slots=True)
 class WorkerSettings:
     """How a worker runs runs.
@@ -78,12 +63,16 @@ class WorkerSettings:
 
     @classmethod
     def from_env(cls) -> WorkerSettings:
+        """The `FLOCK_*` values (see `flock.settings`)."""
+        from flock.settings import load_settings
+
+        settings = load_settings()
         return cls(
-            concurrency=int(_env_number("FLOCK_WORKER_CONCURRENCY", 64, integer=True)),
-            lease_seconds=_env_number("FLOCK_RUN_LEASE", 30.0),
-            run_timeout=_env_number("FLOCK_RUN_TIMEOUT", 600.0),
-            poll_seconds=_env_number("FLOCK_WORKER_POLL", 1.0),
-            max_queued_runs=int(_env_number("FLOCK_MAX_QUEUED_RUNS", 10_000, integer=True)),
+            concurrency=settings.worker_concurrency,
+            lease_seconds=settings.run_lease,
+            run_timeout=settings.run_timeout,
+            poll_seconds=settings.worker_poll,
+            max_queued_runs=settings.max_queued_runs,
         )
 
 

@@ -20,10 +20,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, text
+from sqlalchemy import text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
-from sqlalchemy.schema import CreateSchema
 
 from flock.core.artifacts import AgentError, Artifact, ArtifactEnvelope, ConsumptionRecord
 from flock.core.groups import GroupFlush, GroupPart
@@ -31,6 +30,7 @@ from flock.core.runs import Run, Usage, lease_until
 from flock.core.store import notifications, sql_groups, sql_runs
 from flock.core.store import sql_statements as sql
 from flock.core.store.memory import InMemoryBlackboardStore
+from flock.core.store.migrations import SchemaState, Upgrade, prepare_schema, read_schema
 from flock.core.store.protocol import (
     BlackboardStore,
     ClaimedRun,
@@ -43,15 +43,17 @@ from flock.core.store.protocol import (
 )
 from flock.core.store.shared import LEASE_LOST, correlation_state, dead_run_error, utcnow
 from flock.core.store.sql_backends import (
-    POSTGRES_SCHEMES,
-    asyncpg_url,
+    DEFAULT_STORE_TIMEOUT,
     configure_sqlite,
+    connection,
     is_conflict,
     is_unavailable,
+    postgres_engine,
     retry_ddl,
     unavailable,
 )
 from flock.core.store.sql_schema import (
+    BLACKBOARD_SCHEMA,
     artifact_from_row,
     artifact_row,
     audience_rows,
@@ -65,7 +67,7 @@ from flock.core.store.sql_schema import (
     to_micros,
     usage_params,
 )
-from flock.core.store.sql_schema import migrate as migrate_schema
+from flock.core.store.urls import parse_store_url
 
 _NOTIFY = text("SELECT pg_notify(:channel, :payload)")
 _CONFLICT_ATTEMPTS = 4  # a deadlock's victim is run again this many times in all
@@ -79,11 +81,28 @@ class SQLBlackboardStore:
     """A `BlackboardStore` on a SQLAlchemy async URL (sqlite+aiosqlite or postgresql+asyncpg).
 
     `schema` places the tables in that PostgreSQL schema (created if missing).
-    `engine_options` go to `create_async_engine` (pool size, `pool_pre_ping`, connect_args).
+    `timeout` bounds every operation (`FLOCK_STORE_TIMEOUT`; None: unbounded); past it the
+    operation raises `StoreUnavailableError`. `upgrade`: bring an older schema up to date on
+    first use (else such a database is refused until `flock db upgrade`); an empty database
+    always gets its tables. `engine_options` go to `create_async_engine` (pool size,
+    `pool_pre_ping`, connect_args).
     """
 
-    def __init__(self, url: str | URL, *, schema: str | None = None, **engine_options: Any) -> None:
-        self._root_engine = create_async_engine(url, **engine_options)
+    def __init__(
+        self,
+        url: str | URL,
+        *,
+        schema: str | None = None,
+        timeout: float | None = DEFAULT_STORE_TIMEOUT,
+        upgrade: bool = True,
+        **engine_options: Any,
+    ) -> None:
+        if make_url(url).get_backend_name() == "postgresql":
+            self._root_engine = postgres_engine(url, timeout=timeout, **engine_options)
+        else:
+            self._root_engine = create_async_engine(url, **engine_options)
+        self._timeout = timeout
+        self._upgrade = upgrade
         self._engine = self._root_engine
         if schema is not None:
             self._engine = self._root_engine.execution_options(schema_translate_map={None: schema})
@@ -525,10 +544,10 @@ class SQLBlackboardStore:
     async def ping(self) -> None:
         # Whatever stops a `SELECT 1` makes the store unusable: all of it counts as unavailable.
         try:
-            async with self._engine.connect() as conn:
+            async with connection(self._engine, timeout=self._timeout) as conn:
                 await conn.exec_driver_sql("SELECT 1")
         except Exception as exc:
-            raise unavailable(exc) from exc
+            raise unavailable(exc, self._timeout) from exc
 
     async def subscribe(self, callback: Callable[[str], None]) -> bool:
         """Deliver other processes' notifications to `callback`; False: this store has
@@ -557,49 +576,75 @@ class SQLBlackboardStore:
         Other processes sharing the file still wait in the busy handler.
         """
         if self._write_lock is None:
-            async with self._errors_mapped(), self._engine.begin() as conn:
+            async with (
+                self._errors_mapped(),
+                connection(self._engine, begin=True, timeout=self._timeout) as conn,
+            ):
                 yield conn
             return
-        async with self._write_lock, self._errors_mapped(), self._engine.begin() as conn:
+        async with (
+            self._write_lock,
+            self._errors_mapped(),
+            connection(self._engine, begin=True, timeout=self._timeout) as conn,
+        ):
             yield conn
 
     @asynccontextmanager
     async def _reading(self) -> AsyncIterator[AsyncConnection]:
         """A connection for reads only."""
-        async with self._errors_mapped(), self._reader.connect() as conn:
+        async with (
+            self._errors_mapped(),
+            connection(self._reader, timeout=self._timeout) as conn,
+        ):
             yield conn
 
     @asynccontextmanager
     async def _errors_mapped(self) -> AsyncIterator[None]:
+        if not self._ready:
+            await self.prepare(once=True)
         try:
-            if not self._ready:
-                await self._create_tables()
             yield
         except Exception as exc:
             if is_unavailable(exc):
-                raise unavailable(exc) from exc
+                raise unavailable(exc, self._timeout) from exc
             raise
 
-    async def _create_tables(self) -> None:
+    async def prepare(self, *, upgrade: bool | None = None, once: bool = False) -> Upgrade | None:
+        """Create the tables, check their schema version, or upgrade an older one (when
+        `upgrade`, default: the store's setting); what was done (None with `once` when it
+        was done already: so it runs on first use). `SchemaVersionError` when the version
+        cannot be used."""
+        allowed = self._upgrade if upgrade is None else upgrade
         async with self._ready_lock:
-            if not self._ready:
-                await retry_ddl(self._create_tables_once)
-                self._ready = True
+            if once and self._ready:
+                return None
+            try:
+                outcome = await retry_ddl(
+                    lambda: prepare_schema(
+                        self._engine,
+                        BLACKBOARD_SCHEMA,
+                        self._schema,
+                        upgrade=allowed,
+                        timeout=self._timeout,
+                    )
+                )
+            except Exception as exc:
+                if is_unavailable(exc):
+                    raise unavailable(exc, self._timeout) from exc
+                raise
+            self._ready = True
+            return outcome
 
-    async def _create_tables_once(self) -> None:
-        async with self._engine.begin() as conn:
-            await conn.run_sync(self._create_tables_sync)
-
-    def _create_tables_sync(self, conn: Connection) -> None:
-        if not self._postgres:
-            # WAL lets readers run beside the writer; it sticks to the file once set. Then one
-            # locked transaction for all the DDL, which pysqlite would otherwise run statement
-            # by statement: a concurrent starter never sees a table without its indexes.
-            conn.exec_driver_sql("PRAGMA journal_mode = WAL")
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
-        if self._schema is not None and not conn.dialect.has_schema(conn, self._schema):
-            conn.execute(CreateSchema(self._schema, if_not_exists=True))
-        migrate_schema(conn, self._schema)
+    async def schema_state(self) -> SchemaState:
+        """The database's schema version and this Flock's, changing nothing."""
+        try:
+            return await read_schema(
+                self._engine, BLACKBOARD_SCHEMA, self._schema, timeout=self._timeout
+            )
+        except Exception as exc:
+            if is_unavailable(exc):
+                raise unavailable(exc, self._timeout) from exc
+            raise
 
 
 async def _total(
@@ -613,15 +658,28 @@ async def _total(
 
 
 class SQLiteBlackboardStore(SQLBlackboardStore):
-    """The embedded, persistent store: one SQLite file in WAL mode (parent dirs are created)."""
+    """The embedded, persistent store: one SQLite file in WAL mode (parent dirs are created).
+
+    A local file does not stall like a network: its operations are bounded by
+    `busy_timeout` (how long one waits for another writer's lock), not by a deadline.
+    An older schema is upgraded on first use unless `upgrade=False`.
+    """
 
     def __init__(
-        self, path: str | os.PathLike[str], *, busy_timeout: float = 5.0, **engine_options: Any
+        self,
+        path: str | os.PathLike[str],
+        *,
+        busy_timeout: float = 5.0,
+        upgrade: bool = True,
+        **engine_options: Any,
     ) -> None:
         self.path = os.fspath(path)
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        super().__init__(URL.create("sqlite+aiosqlite", database=self.path), **engine_options)
+        engine_options.setdefault("timeout", None)
+        super().__init__(
+            URL.create("sqlite+aiosqlite", database=self.path), upgrade=upgrade, **engine_options
+        )
         configure_sqlite(self._root_engine, busy_timeout)
 
 
@@ -631,20 +689,28 @@ class PostgresBlackboardStore(SQLBlackboardStore):
     `schema` holds the tables (created if missing), e.g. one schema per test or per app.
     """
 
-    def __init__(self, dsn: str, *, schema: str | None = None, **engine_options: Any) -> None:
-        # asyncpg waits 60 s for a connection by default; a readiness probe should not.
-        connect_args = {"timeout": 10, **engine_options.pop("connect_args", {})}
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        schema: str | None = None,
+        timeout: float | None = DEFAULT_STORE_TIMEOUT,
+        upgrade: bool = True,
+        **engine_options: Any,
+    ) -> None:
         # Every publish and agent run holds a connection for its transaction. Past the pool's
         # size each extra one opened and closed a connection of its own (SQLAlchemy keeps 5
         # by default): with 16 concurrent sync calls that halved the throughput.
         engine_options.setdefault("pool_size", 10)
-        url = asyncpg_url(dsn)
-        super().__init__(url, schema=schema, connect_args=connect_args, **engine_options)
+        target = parse_store_url(dsn, kinds=("postgresql",))
+        schema = schema if schema is not None else target.schema
+        super().__init__(
+            target.asyncpg(), schema=schema, timeout=timeout, upgrade=upgrade, **engine_options
+        )
         # One channel per schema: stores in other schemas of the database never wake us.
         self._channel = f"flock_{schema or 'public'}"[:63]
-        listen_dsn = url.set(drivername="postgresql").difference_update_query(["ssl"])
         self._listener = notifications.PostgresListener(
-            listen_dsn.render_as_string(hide_password=False), self._channel
+            target.libpq_dsn(), self._channel, connect_timeout=timeout or 10.0
         )
 
     async def subscribe(self, callback: Callable[[str], None]) -> bool:
@@ -656,26 +722,25 @@ class PostgresBlackboardStore(SQLBlackboardStore):
         await super().close()
 
 
-def store_from_url(url: str) -> BlackboardStore:
+def store_from_url(
+    url: str, *, timeout: float | None = None, upgrade: bool | None = None
+) -> BlackboardStore:
     """`memory://`, `sqlite:///relative.db` or `sqlite:////abs/path.db`, `postgresql://...`
-    (`postgresql://...?schema=NAME` keeps the tables in that schema)."""
-    scheme, _, rest = url.partition("://")
-    scheme = scheme.lower()
-    if scheme == "memory":
+    (`postgresql://...?schema=NAME` keeps the tables in that schema; driver options such as
+    `?sslmode=require` pass on). `timeout`: see `SQLBlackboardStore` (default:
+    `FLOCK_STORE_TIMEOUT`); `upgrade`: default True for SQLite, False for PostgreSQL."""
+    target = parse_store_url(url, kinds=("memory", "sqlite", "postgresql"))
+    if target.kind == "memory":
         return InMemoryBlackboardStore()
-    if scheme in {"sqlite", "sqlite+aiosqlite"}:
-        if not rest.startswith("/") or rest == "/":
-            raise ValueError(f"a SQLite store URL looks like sqlite:///path/file.db, not {url!r}")
-        return SQLiteBlackboardStore(rest[1:])
-    if scheme in POSTGRES_SCHEMES:
-        # `?schema=NAME` is ours, not a driver option: the tables go in that schema.
-        parsed = make_url(url)
-        schema = parsed.query.get("schema")
-        dsn = parsed.difference_update_query(["schema"]).render_as_string(hide_password=False)
-        return PostgresBlackboardStore(dsn, schema=schema if isinstance(schema, str) else None)
-    raise ValueError(  # the scheme only: a URL may hold a password
-        f"unsupported store URL scheme {scheme!r}: use memory://, sqlite:///path.db or "
-        "postgresql://..."
+    if target.kind == "sqlite":
+        assert target.path is not None
+        return SQLiteBlackboardStore(target.path, upgrade=upgrade is not False)
+    if timeout is None:
+        from flock.settings import load_settings
+
+        timeout = load_settings().store_timeout
+    return PostgresBlackboardStore(
+        target.driver_url, schema=target.schema, timeout=timeout, upgrade=bool(upgrade)
     )
 
 

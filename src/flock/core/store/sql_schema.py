@@ -23,7 +23,6 @@ from sqlalchemy import (
     Table,
     Text,
     inspect,
-    select,
     text,
 )
 from sqlalchemy.engine import Connection, RowMapping
@@ -31,6 +30,14 @@ from sqlalchemy.engine import Connection, RowMapping
 from flock.core.artifacts import AgentError, Artifact, ConsumptionRecord
 from flock.core.groups import GroupPart
 from flock.core.runs import Run, RunState, Usage
+from flock.core.store.migrations import (
+    SchemaDefinition,
+    Step,
+    add_columns,
+    baseline,
+    create_tables,
+    in_order,
+)
 from flock.core.visibility import (
     AnyVisibility,
     LabelledVisibility,
@@ -191,15 +198,6 @@ run_links = Table(
     PrimaryKeyConstraint("run_id", "correlation_id"),
     Index("ix_run_links_correlation", "correlation_id", "run_id"),
 )
-
-# The schema version of the SQL store's tables; a store refuses a newer one.
-schema_info = Table(
-    "flock_schema",
-    metadata,
-    Column("id", Integer, primary_key=True),
-    Column("version", Integer, nullable=False),
-)
-SCHEMA_VERSION = 3
 
 agent_errors = Table(
     "agent_errors",
@@ -435,38 +433,43 @@ def _micros_or_none(moment: datetime | None) -> int | None:
     return None if moment is None else to_micros(moment)
 
 
-class SchemaVersionError(RuntimeError):
-    """The database was written by a newer Flock than this one."""
+# -- versions -----------------------------------------------------------------------------
+# A new schema version: change the tables above, and append its Step to BLACKBOARD_STEPS.
 
 
-def migrate(conn: Connection, schema: str | None) -> None:
-    """Create the tables, or bring those of an older release up to `SCHEMA_VERSION`.
+def _legacy_version(conn: Connection, schema: str | None) -> int | None:
+    """Version 1 (the first release) had no version table; None: no tables at all."""
+    return 1 if inspect(conn).has_table("correlations", schema=schema) else None
 
-    Version 1 (no `flock_schema` table) lacked the runs table and the correlations'
-    cancelled / run_count / limit_reported columns: they are added, the data kept.
-    Version 3 added the group_parts and run_links tables (created like any missing table).
-    """
-    inspector = inspect(conn)
-    had_tables = inspector.has_table("correlations", schema=schema)
+
+def _create(conn: Connection, schema: str | None) -> None:
     metadata.create_all(conn)
-    version = conn.execute(select(schema_info.c.version)).scalar()
-    if version is not None and version > SCHEMA_VERSION:
-        raise SchemaVersionError(
-            f"the database has schema version {version}, newer than this Flock's "
-            f"{SCHEMA_VERSION}: upgrade Flock to use it"
-        )
-    if version == SCHEMA_VERSION:
-        return
-    if had_tables:
-        present = {c["name"] for c in inspect(conn).get_columns("correlations", schema=schema)}
-        preparer = conn.dialect.identifier_preparer
-        table = preparer.quote("correlations")
-        if schema is not None:
-            table = f"{preparer.quote_schema(schema)}.{table}"
-        for name, ddl in CORRELATION_COLUMNS_V2:
-            if name not in present:
-                conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {name} {ddl}")
-    if version is None:
-        conn.execute(schema_info.insert().values(id=1, version=SCHEMA_VERSION))
-    else:
-        conn.execute(schema_info.update().values(version=SCHEMA_VERSION))
+
+
+BLACKBOARD_STEPS = (
+    Step(1, "artifacts, tags, audience, consumptions, correlations, agent errors", baseline),
+    Step(
+        2,
+        "runs table; correlations.cancelled, run_count, limit_reported",
+        in_order(
+            create_tables(metadata, "runs"),
+            add_columns("correlations", CORRELATION_COLUMNS_V2),
+        ),
+    ),
+    Step(
+        3,
+        "group_parts and run_links tables (AND gates, joins, batches)",
+        create_tables(metadata, "group_parts", "run_links"),
+    ),
+)
+
+BLACKBOARD_SCHEMA = SchemaDefinition(
+    name="blackboard store",
+    version_table="flock_schema",
+    lock_id=0x466C6F636B4242,  # "FlockBB"
+    create=_create,
+    steps=BLACKBOARD_STEPS,
+    legacy_version=_legacy_version,
+)
+SCHEMA_VERSION = BLACKBOARD_SCHEMA.latest
+schema_info = BLACKBOARD_SCHEMA.table()  # in the store's schema through schema_translate_map
