@@ -24,7 +24,7 @@ SCENARIOS = {
     "query": "query by correlation id at 1k/10k/50k artifacts (memory, SQLite, PostgreSQL)",
     "idempotency": "idempotency store claim/complete/lookup (memory, SQLite, PostgreSQL, Redis)",
     "memory": "server RSS over 100,000 keyed requests with a 2 s TTL, before/after purge",
-    "scaleout": "sync publish with flock serve --workers 1 vs 2 (PostgreSQL + Redis)",
+    "scaleout": "sync publish: all-in-one serve vs --workers 2 vs HTTP-only + 1/2 workers",
     "stores": "memory vs SQLite vs PostgreSQL: sync publish at 16 conn, in-process cascade",
 }
 

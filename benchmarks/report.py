@@ -62,6 +62,16 @@ _SHOWN = {
     "rss_mib": "MiB",
     "api_p50_ms": "p50 ms as the API asks",
     "cpu_us": "us server CPU/req",
+    "p90_ms": "p90 ms",
+    "rps_per_process": "req/s per executing process",
+    "serve_cpu_us": "us in serve",
+    "worker_cpu_us": "us in workers",
+    "pg_cpu_us": "us in PostgreSQL",
+    "serve_rss_mib": "MiB serve RSS",
+    "worker_rss_mib": "MiB RSS per worker",
+    "serve_pg_conns": "PostgreSQL conns of serve",
+    "worker_pg_conns": "PostgreSQL conns per worker",
+    "added_p50_ms": "ms p50 added by the handoff",
 }
 
 

@@ -34,11 +34,16 @@ class Server:
     """A server subprocess on a free port; `ready_path` answers 200 once it serves."""
 
     def __init__(
-        self, command: list[str], *, ready_path: str, env: dict[str, str] | None = None
+        self,
+        command: list[str],
+        *,
+        ready_path: str,
+        env: dict[str, str] | None = None,
+        port_option: str = "--port",
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.command = [*command, "--port", str(self.port)]
+        self.command = [*command, port_option, str(self.port)]
         self.ready_path = ready_path
         self.env = {**os.environ, **(env or {})}
         self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed in stop()
@@ -53,6 +58,7 @@ class Server:
         store: str,
         idempotency: str,
         workers: int = 1,
+        run_worker: bool = True,
         env: dict[str, str] | None = None,
     ) -> Server:
         command = [
@@ -68,7 +74,23 @@ class Server:
         ]
         if workers != 1:
             command += ["--workers", str(workers)]
+        if not run_worker:
+            command.append("--no-worker")
         return cls(command, ready_path="/health", env=env)
+
+    @classmethod
+    def worker(cls, *, store: str, env: dict[str, str] | None = None) -> Server:
+        """A `flock worker` of the cascade app; ready once its `/metrics` port answers."""
+        command = [
+            *_flock_command(),
+            "worker",
+            str(CASCADE_APP),
+            "--store",
+            store,
+            "--log-level",
+            "warning",
+        ]
+        return cls(command, ready_path="/metrics", env=env, port_option="--metrics-port")
 
     @classmethod
     def baseline(cls) -> Server:
@@ -105,15 +127,18 @@ class Server:
         self.log.flush()
         return Path(self.log.name).read_text(errors="replace")[-4000:]
 
+    def pids(self) -> list[int]:
+        """The server process and its children (workers)."""
+        assert self.process is not None
+        return _tree(self.process.pid)
+
     def rss_mib(self) -> float:
         """Resident memory of the server process and its children (workers), in MiB."""
-        assert self.process is not None
-        return sum(_rss_kib(pid) for pid in _tree(self.process.pid)) / 1024
+        return sum(_rss_kib(pid) for pid in self.pids()) / 1024
 
     def cpu_seconds(self) -> float:
         """CPU time (user + system) used so far by the server process and its children."""
-        assert self.process is not None
-        return sum(_cpu_seconds(pid) for pid in _tree(self.process.pid))
+        return cpu_seconds(self.pids())
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -148,6 +173,11 @@ def _tree(pid: int) -> list[int]:
     return pids
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """CPU time (user + system) used so far by these processes (0 for those gone)."""
+    return sum(_cpu_seconds(pid) for pid in pids)
+
+
 def _cpu_seconds(pid: int) -> float:
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -166,4 +196,4 @@ def _rss_kib(pid: int) -> int:
     return 0
 
 
-__all__ = ["CASCADE_APP", "ROOT", "Server", "free_port"]
+__all__ = ["CASCADE_APP", "ROOT", "Server", "cpu_seconds", "free_port"]

@@ -2,7 +2,8 @@
 
 The cascade itself lives in the package (`flock.demo`, what `flock serve --demo` serves):
 
-    Document --summarizer--> Summary --keywords--> Keywords --reporter--> Report
+    Document --summarizer--> Summary  --+
+    Document --keywords----> Keywords --+--reporter--> Report   (an AND gate)
 """
 
 from __future__ import annotations

@@ -545,3 +545,69 @@ def test_the_docs_api_keys_file_loads() -> None:
     assert billing is not None
     assert (billing.name, billing.tenant, billing.labels) == ("billing", "acme", {"finance"})
     assert billing.allowed_types == {"Document"}
+
+
+# -- deadlines -----------------------------------------------------------------------------------
+
+
+def test_the_client_deadline_bounds_its_retries(server: str) -> None:
+    """Retry-After: 1 on every attempt, ten retries allowed, a 2.5 s deadline: the call
+    gives up with the 503 once another retry could not finish in time."""
+    events: list[RetryEvent] = []
+    with (
+        FaultProxy(server, ["503"] * 10) as proxy,
+        client_for(proxy.url, events, max_retries=10, deadline=2.5) as client,
+        pytest.raises(FlockAPIError) as raised,
+    ):
+        client.publish(Document(title=unique("deadline"), text=TEXT))
+
+    assert raised.value.code == "SERVICE_UNAVAILABLE"
+    assert 1 <= len(events) <= 2 and len(proxy.log) == len(events) + 1
+    with pytest.raises(ValueError, match="deadline"):
+        FlockClient(server, deadline=0)
+
+
+async def test_a_sync_call_that_times_out_is_bounded_by_its_wait(tmp_path: Path) -> None:
+    """`on_timeout="error"`: the server answers 504 after each wait, and 504 is retryable.
+    Fifty retries allowed would take about fifty waits; the call's deadline (its wait plus
+    the client's margin) ends it within one wait and the margin, raising the 504."""
+    import time
+
+    from flock.client._base import WAIT_MARGIN
+    from support.apps import job_app, work_after_marker, write_app
+
+    marker = tmp_path / "never"  # never created: the cascade never finishes
+    app = write_app(
+        tmp_path,
+        "slow_app.py",
+        job_app(job="ClientSlowJob", done="ClientSlowDone", work=work_after_marker("job.n")),
+    )
+    served = ServeProcess(
+        app.name,
+        "--store",
+        "memory://",
+        "--idempotency",
+        "memory://",
+        cwd=tmp_path,
+        env={"RELIABILITY_MARKER": str(marker)},
+    )
+    wait = 1.0
+    async with served:
+        for flavour in ("sync", "async"):
+            events: list[RetryEvent] = []
+            started = time.monotonic()
+            with pytest.raises(FlockAPIError) as raised:
+                if flavour == "sync":
+                    with client_for(served.url, events, max_retries=50) as client:
+                        client.publish_sync(
+                            "ClientSlowJob", {"n": 1}, timeout=wait, on_timeout="error"
+                        )
+                else:
+                    async with async_client_for(served.url, events, max_retries=50) as aclient:
+                        await aclient.publish_sync(
+                            "ClientSlowJob", {"n": 1}, timeout=wait, on_timeout="error"
+                        )
+            took = time.monotonic() - started
+            assert raised.value.status == 504 and raised.value.retryable is True
+            assert len(events) < 10, events  # not fifty
+            assert took < wait + WAIT_MARGIN + 5, f"{flavour}: {took:.1f} s"

@@ -14,6 +14,7 @@ import re
 import signal
 import subprocess
 import sys
+import textwrap
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,11 +25,16 @@ from support.serve import ServeProcess, server_env
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-RUNNABLE = {"bash": "shell", "sh": "shell", "shell": "shell", "python": "python"}
+RUNNABLE = {"bash": "shell", "sh": "shell", "shell": "shell", "python": "python", "py": "python"}
+# Blocks that are not code to run: data, output, HTTP exchanges ("" is an unlabelled block).
+NOT_CODE = {"", "json", "text", "http", "toml", "yaml", "ini"}
+# A fenced block, indented (in a list item) or not, with an optional mark right above it.
 FENCE = re.compile(
-    r"^(?:<!-- docs-test: (?P<mark>[^\n]*?) -->\n)?```(?P<lang>[\w-]*)\n(?P<code>.*?)^```$",
+    r"^(?P<indent>[ \t]*)(?:<!-- docs-test: (?P<mark>[^\n]*?) -->\n(?P=indent))?"
+    r"```(?P<lang>[\w-]*)\n(?P<code>.*?)^(?P=indent)```$",
     re.M | re.S,
 )
+RESULTS_FILE = re.compile(r"(?<![\w-])(?:[a-z]+-)?\d{8}T\d{6}Z\.json\b")  # scaleout-<time>.json too
 BLOCK_SECONDS = 60
 
 
@@ -55,8 +61,32 @@ def blocks() -> list[Block]:
             mark = match["mark"]
             skip = mark.removeprefix("skip:").strip() if mark else None
             line = text.count("\n", 0, match.start("lang")) + 1
-            found.append(Block(page, line, kind, match["code"], skip))
+            code = textwrap.dedent(match["code"]) if match["indent"] else match["code"]
+            found.append(Block(page, line, kind, code, skip))
     return found
+
+
+def test_every_block_is_run_or_is_not_code() -> None:
+    """A block in a language this test does not run must be data or output, so no shell or
+    Python block escapes it under another name (`console`, `python3`, ...)."""
+    for page in PAGES:
+        text = page.read_text()
+        for match in FENCE.finditer(text):
+            lang = match["lang"]
+            line = text.count("\n", 0, match.start("lang")) + 1
+            where = f"{page.relative_to(ROOT)}:{line}"
+            assert lang in RUNNABLE or lang in NOT_CODE, f"{where}: a ```{lang} block"
+    fences = sum(len(re.findall(r"^[ \t]*```", p.read_text(), re.M)) for p in PAGES)
+    found = sum(len(list(FENCE.finditer(p.read_text()))) for p in PAGES)
+    assert fences == 2 * found, "a fence this test does not parse (unclosed or misindented)"
+
+
+def test_every_results_file_the_docs_quote_is_in_the_repository() -> None:
+    """A benchmark figure can be checked against the run it came from."""
+    for page in PAGES:
+        for name in RESULTS_FILE.findall(page.read_text()):
+            path = ROOT / "benchmarks" / "results" / name
+            assert path.is_file(), f"{page.relative_to(ROOT)} quotes {name}: commit {path}"
 
 
 def test_every_skipped_block_says_why() -> None:

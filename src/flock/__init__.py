@@ -19,6 +19,7 @@ if TYPE_CHECKING:
         RunContext,
     )
     from flock.core.artifacts import AgentError, Artifact, ArtifactEnvelope, ConsumptionRecord
+    from flock.core.groups import BatchSpec, JoinSpec
     from flock.core.orchestrator import Flock, FlockStats
     from flock.core.store.protocol import CorrelationStatus, FilterConfig
     from flock.core.visibility import (
@@ -43,6 +44,8 @@ _EXPORTS = {
     "Artifact": "flock.core.artifacts",
     "ArtifactEnvelope": "flock.core.artifacts",
     "ConsumptionRecord": "flock.core.artifacts",
+    "BatchSpec": "flock.core.groups",
+    "JoinSpec": "flock.core.groups",
     "Flock": "flock.core.orchestrator",
     "FlockStats": "flock.core.orchestrator",
     "FilterConfig": "flock.core.store.protocol",
@@ -91,12 +94,14 @@ __all__ = [
     "AgentOutputError",
     "Artifact",
     "ArtifactEnvelope",
+    "BatchSpec",
     "ConsumptionRecord",
     "CorrelationStatus",
     "FilterConfig",
     "Flock",
     "FlockStats",
     "Identity",
+    "JoinSpec",
     "LabelledVisibility",
     "PrivateVisibility",
     "PublicVisibility",

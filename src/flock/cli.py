@@ -21,6 +21,7 @@ import typer
 if TYPE_CHECKING:
     from flock.api.service import BlackboardHTTPService
     from flock.apps import LoadedApp
+    from flock.settings import Settings
 
 app = typer.Typer(
     add_completion=False,
@@ -34,11 +35,17 @@ logger = logging.getLogger("flock.serve")
 # Longer than the idle timeout of common load balancers (60 s), so the server never closes
 # a kept-alive connection just as a client sends its next request on it.
 KEEP_ALIVE_SECONDS = 75
-DEFAULT_GRACE_SECONDS = 30.0  # flock.server.DEFAULT_GRACE_SECONDS, without importing uvicorn
+# flock.server.GRACEFUL_SHUTDOWN_SECONDS (without importing uvicorn): past the drain, what
+# still holds a connection gets this long before it is cancelled.
+GRACEFUL_SHUTDOWN_SECONDS = 3
 DATA_ROOT = Path(".flock")
 _SHARED_SCHEMES = ("postgresql://", "postgres://", "postgresql+asyncpg://", "redis://", "rediss://")
 EXIT_USAGE = 2  # a bad option or app: fix the command line
 EXIT_STARTUP = 3  # the server could not start (uvicorn's code for the same)
+MIGRATE_HELP = (
+    "upgrade an older PostgreSQL schema before serving (SQLite files are upgraded always) "
+    "[env: FLOCK_MIGRATE]"
+)
 
 
 class CLIError(Exception):
@@ -213,18 +220,22 @@ def build_service(
 
 def worker_app() -> Any:
     """The ASGI app of one `--workers` process, configured through the environment."""
+    from flock.logs import configure as configure_logging
     from flock.server import drain_running_server
+    from flock.settings import load_settings
 
+    settings = load_settings()
+    # A process of its own: it logs as the command that started it asked.
+    configure_logging(settings.log_level, settings.log_format)
     service = build_service(
-        os.environ.get("FLOCK_APP") or None,
-        demo=os.environ.get("FLOCK_DEMO") == "1",
-        store=os.environ.get("FLOCK_STORE"),
-        idempotency=os.environ.get("FLOCK_IDEMPOTENCY"),
-        api_keys=os.environ.get("FLOCK_API_KEYS"),
-        run_worker=os.environ.get("FLOCK_WORKER", "1").lower() not in {"0", "false", "no"},
+        settings.app,
+        demo=settings.demo,
+        store=settings.store,
+        idempotency=settings.idempotency,
+        api_keys=settings.api_keys,
+        run_worker=settings.worker,
     )
-    grace = os.environ.get("FLOCK_SHUTDOWN_GRACE")
-    drain_running_server(service, float(grace) if grace else DEFAULT_GRACE_SECONDS)
+    drain_running_server(service, settings.shutdown_grace)
     return service.app
 
 
@@ -259,12 +270,11 @@ def serve(
         ),
     ] = None,
     demo: Annotated[bool, typer.Option("--demo", help="serve the built-in demo cascade")] = False,
-    host: Annotated[str, typer.Option(envvar="FLOCK_HOST")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(envvar="FLOCK_PORT", min=1, max=65535)] = 8344,
+    host: Annotated[str | None, typer.Option(help="[env: FLOCK_HOST; default: 127.0.0.1]")] = None,
+    port: Annotated[int | None, typer.Option(help="[env: FLOCK_PORT; default: 8344]")] = None,
     store: Annotated[
         str | None,
         typer.Option(
-            envvar="FLOCK_STORE",
             help="memory://, sqlite:///path.db or postgresql://... "
             "[default: sqlite:///.flock/<app>/blackboard.db]",
         ),
@@ -272,54 +282,100 @@ def serve(
     idempotency: Annotated[
         str | None,
         typer.Option(
-            envvar="FLOCK_IDEMPOTENCY",
             help="memory://, sqlite:///..., postgresql://... or redis://... "
             "[default: sqlite:///.flock/<app>/idempotency.db]",
         ),
     ] = None,
     api_keys: Annotated[
-        str | None, typer.Option(envvar="FLOCK_API_KEYS", help="JSON file of API keys")
+        str | None, typer.Option(help="JSON file of API keys [env: FLOCK_API_KEYS]")
     ] = None,
     workers: Annotated[int, typer.Option(min=1, help="worker processes (needs shared stores)")] = 1,
     run_worker: Annotated[
-        bool,
+        bool | None,
         typer.Option(
             "--worker/--no-worker",
-            envvar="FLOCK_WORKER",
             help="execute agent runs in this process too (--no-worker: HTTP only, runs are "
-            "executed by `flock worker` processes sharing the store)",
+            "executed by `flock worker` processes sharing the store) [env: FLOCK_WORKER]",
+            show_default=False,
         ),
-    ] = True,
+    ] = None,
     shutdown_grace: Annotated[
-        float,
+        float | None,
         typer.Option(
-            envvar="FLOCK_SHUTDOWN_GRACE",
-            min=0,
             help="seconds to keep listening after SIGTERM/SIGINT, answering new requests 503 "
-            "while those in flight finish; then stop listening and exit (0: at once)",
+            "while those in flight finish; then sync calls still waiting answer "
+            "completed=false and the process exits (0: at once) "
+            "[env: FLOCK_SHUTDOWN_GRACE; default: 30]",
         ),
-    ] = DEFAULT_GRACE_SECONDS,
-    log_level: Annotated[str, typer.Option(envvar="FLOCK_LOG_LEVEL")] = "info",
+    ] = None,
+    log_level: Annotated[
+        str | None, typer.Option(help="[env: FLOCK_LOG_LEVEL; default: info]")
+    ] = None,
+    log_format: Annotated[
+        str | None,
+        typer.Option(
+            help="text, or json: one JSON object per line (time, level, logger, message, "
+            "correlation_id, run_id, agent) [env: FLOCK_LOG_FORMAT; default: text]",
+        ),
+    ] = None,
     debug: Annotated[
-        bool, typer.Option("--debug", envvar="FLOCK_DEBUG", help="print tracebacks of errors")
+        bool, typer.Option("--debug", help="print tracebacks of errors [env: FLOCK_DEBUG]")
     ] = False,
+    migrate: Annotated[bool, typer.Option("--migrate", help=MIGRATE_HELP)] = False,
 ) -> None:
     """Serve the REST API of APP's Flock, or of the demo with --demo."""
-    log_level = log_level.lower()
     try:
-        logging.basicConfig(
-            level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        config = _settings(
+            debug,
+            migrate=migrate or None,
+            host=host,
+            port=port,
+            store=store,
+            idempotency=idempotency,
+            api_keys=api_keys,
+            worker=run_worker,
+            shutdown_grace=shutdown_grace,
+            log_level=log_level,
+            log_format=log_format,
         )
+        debug = config.debug
+        from flock.logs import configure as configure_logging
+
+        configure_logging(config.log_level, config.log_format)
         _check_arguments(app_ref, demo)
-        args = (app_ref, demo, host, port, store, idempotency, api_keys, run_worker)
+        args = (
+            app_ref, demo, config.host, config.port, config.store, config.idempotency,
+            config.api_keys, config.worker,
+        )  # fmt: skip
         if workers > 1:
-            _serve_workers(*args, workers, shutdown_grace, log_level)
+            _serve_workers(
+                *args,
+                workers,
+                config.shutdown_grace,
+                config.log_level,
+                config.log_format,
+                config.migrate,
+            )
         else:
-            _serve_one(*args, shutdown_grace, log_level)
+            _serve_one(
+                *args, config.shutdown_grace, config.log_level, config.log_format, config.migrate
+            )
     except typer.Exit:
         raise
     except Exception as exc:
         _fail(exc, debug)
+
+
+def _settings(debug: bool, **options: Any) -> Settings:
+    """The settings of a command: the environment, its options on top; a bad value exits
+    with one line naming it (see `flock.settings`)."""
+    from flock.settings import load_settings
+
+    try:
+        return load_settings(debug=debug or None, **options)
+    except ValueError as exc:
+        _fail(CLIError(str(exc)), debug)
+        raise  # not reached: _fail exits
 
 
 def _check_arguments(app_ref: str | None, demo: bool) -> None:
@@ -345,8 +401,18 @@ def _fail(exc: BaseException, debug: bool) -> None:
         traceback.print_exception(exc.__cause__ or exc)
     elif exc.__cause__ is not None or not expected:
         message += " (--debug shows the traceback)"
-    typer.echo(f"error: {message}", err=True)
+    _error_line(message)
     raise typer.Exit(EXIT_USAGE if expected else 1) from None
+
+
+def _error_line(message: str) -> None:
+    """`error: MESSAGE` on stderr; with JSON logs, a JSON log record like every other line."""
+    from flock import logs
+
+    if logs.configured_format() == "json":
+        logger.error("error: %s", message)
+    else:
+        typer.echo(f"error: {message}", err=True)
 
 
 def _serve_one(
@@ -360,6 +426,8 @@ def _serve_one(
     run_worker: bool,
     grace: float,
     log_level: str,
+    log_format: str = "text",
+    migrate: bool = False,
 ) -> None:
     try:  # before the app or a store is opened: a busy port fails at once, leaving nothing
         sock = listen_socket(host, port)
@@ -376,25 +444,28 @@ def _serve_one(
         )
         import uvicorn
 
+        from flock.logs import parse_format, uvicorn_log_config
         from flock.startup import ReportingServer
 
         for line in plan.describe():
             logger.info("%s", line)
+        _prepare_schemas(plan.store_url, plan.idempotency_url, migrate)
         config = uvicorn.Config(
             plan.service.app,
             host=host,
             port=port,
             log_level=log_level,
+            log_config=uvicorn_log_config(parse_format(log_format)),
             access_log=False,
             timeout_keep_alive=KEEP_ALIVE_SECONDS,
-            timeout_graceful_shutdown=None,
+            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
         )
         server = ReportingServer(config, plan.service, grace)
         server.run(sockets=[sock])
     finally:
         sock.close()
     if not server.started:
-        typer.echo("error: the server did not start (see the log above)", err=True)
+        _error_line("the server did not start (see the log above)")
         raise typer.Exit(EXIT_STARTUP)
 
 
@@ -410,6 +481,8 @@ def _serve_workers(
     workers: int,
     grace: float,
     log_level: str,
+    log_format: str = "text",
+    migrate: bool = False,
 ) -> None:
     _check_shared(store, idempotency)
     try:  # uvicorn binds in its supervisor; a busy port fails here first, with a reason
@@ -425,6 +498,9 @@ def _serve_workers(
             "FLOCK_API_KEYS": api_keys or "",
             "FLOCK_SHUTDOWN_GRACE": str(grace),
             "FLOCK_WORKER": "1" if run_worker else "0",
+            "FLOCK_LOG_LEVEL": log_level,
+            "FLOCK_LOG_FORMAT": log_format,
+            "FLOCK_MIGRATE": "0",  # the supervisor upgraded the schemas before forking
         }
     )
     plan = plan_service(
@@ -437,7 +513,10 @@ def _serve_workers(
     )
     for line in plan.describe():  # fail fast, before forking
         logger.info("%s", line)
+    _prepare_schemas(plan.store_url, plan.idempotency_url, migrate)
     import uvicorn
+
+    from flock.logs import parse_format, uvicorn_log_config
 
     uvicorn.run(
         "flock.cli:worker_app",
@@ -446,8 +525,10 @@ def _serve_workers(
         port=port,
         workers=workers,
         log_level=log_level,
+        log_config=uvicorn_log_config(parse_format(log_format)),
         access_log=False,
         timeout_keep_alive=KEEP_ALIVE_SECONDS,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
     )
 
 
@@ -461,46 +542,60 @@ def worker(
     store: Annotated[
         str | None,
         typer.Option(
-            envvar="FLOCK_STORE",
             help="sqlite:///path.db or postgresql://..., the store the servers use "
             "[default: sqlite:///.flock/<app>/blackboard.db]",
         ),
     ] = None,
     concurrency: Annotated[
         int | None,
-        typer.Option(
-            envvar="FLOCK_WORKER_CONCURRENCY", min=1, help="runs executed at once [default: 64]"
-        ),
+        typer.Option(help="runs executed at once [env: FLOCK_WORKER_CONCURRENCY; default: 64]"),
     ] = None,
     metrics_port: Annotated[
         int | None,
-        typer.Option(
-            envvar="FLOCK_METRICS_PORT", min=1, max=65535, help="serve /metrics on this port"
-        ),
+        typer.Option(help="serve /metrics on this port [env: FLOCK_METRICS_PORT]"),
     ] = None,
     shutdown_grace: Annotated[
-        float,
+        float | None,
         typer.Option(
-            envvar="FLOCK_SHUTDOWN_GRACE",
-            min=0,
             help="seconds running engines get after SIGTERM/SIGINT before their runs are "
-            "released to other processes",
+            "released to other processes [env: FLOCK_SHUTDOWN_GRACE; default: 30]",
         ),
-    ] = DEFAULT_GRACE_SECONDS,
-    log_level: Annotated[str, typer.Option(envvar="FLOCK_LOG_LEVEL")] = "info",
+    ] = None,
+    log_level: Annotated[
+        str | None, typer.Option(help="[env: FLOCK_LOG_LEVEL; default: info]")
+    ] = None,
+    log_format: Annotated[
+        str | None,
+        typer.Option(
+            help="text, or json: one JSON object per line (time, level, logger, message, "
+            "correlation_id, run_id, agent) [env: FLOCK_LOG_FORMAT; default: text]",
+        ),
+    ] = None,
     debug: Annotated[
-        bool, typer.Option("--debug", envvar="FLOCK_DEBUG", help="print tracebacks of errors")
+        bool, typer.Option("--debug", help="print tracebacks of errors [env: FLOCK_DEBUG]")
     ] = False,
+    migrate: Annotated[bool, typer.Option("--migrate", help=MIGRATE_HELP)] = False,
 ) -> None:
     """Execute APP's agent runs from a shared store, serving no HTTP API."""
     try:
-        logging.basicConfig(
-            level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        config = _settings(
+            debug,
+            migrate=migrate or None,
+            store=store,
+            worker_concurrency=concurrency,
+            metrics_port=metrics_port,
+            shutdown_grace=shutdown_grace,
+            log_level=log_level,
+            log_format=log_format,
         )
+        debug = config.debug
+        from flock.logs import configure as configure_logging
+
+        configure_logging(config.log_level, config.log_format)
         _check_arguments(app_ref, demo)
         loaded = _load_app_or_demo(app_ref, demo)
         flock = loaded.flock
-        store_url = _set_store(flock, app_ref, store, data_dir(loaded.name))
+        store_url = _set_store(flock, app_ref, config.store, data_dir(loaded.name))
         _require_shared_store(flock, store_url, "flock worker")
         if concurrency is not None:
             from dataclasses import replace
@@ -509,15 +604,82 @@ def worker(
         from flock.startup import describe_store
 
         logger.info("app %s: store %s", loaded.name, describe_store(store_url))
+        _prepare_schemas(store_url, None, config.migrate)
         import asyncio
 
         from flock.worker_process import run_worker
 
-        asyncio.run(run_worker(flock, shutdown_grace, metrics_port))
+        asyncio.run(run_worker(flock, config.shutdown_grace, config.metrics_port))
     except typer.Exit:
         raise
     except Exception as exc:
         _fail(exc, debug)
+
+
+def _prepare_schemas(store: str | None, idempotency: str | None, migrate: bool) -> None:
+    """Before serving: create, check or upgrade the SQL stores' schemas (`flock.migrate`)."""
+    import asyncio
+
+    from flock.core.store.migrations import SchemaVersionError
+    from flock.migrate import prepare_for_serving
+
+    try:
+        asyncio.run(prepare_for_serving(store, idempotency, migrate=migrate))
+    except SchemaVersionError as exc:
+        raise CLIError(str(exc)) from None
+
+
+db_app = typer.Typer(
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    help="The schema versions of the SQL stores: show them, upgrade them.",
+)
+app.add_typer(db_app, name="db")
+DB_STORE_HELP = "the blackboard store: sqlite:///path.db or postgresql://... [env: FLOCK_STORE]"
+DB_IDEMPOTENCY_HELP = (
+    "the idempotency store: sqlite:///path.db or postgresql://... [env: FLOCK_IDEMPOTENCY]"
+)
+
+
+def _db_command(action: str, store: str | None, idempotency: str | None, debug: bool) -> None:
+    import asyncio
+
+    from flock import migrate
+
+    try:
+        config = _settings(debug, store=store, idempotency=idempotency)
+        if not (config.store or config.idempotency):
+            raise CLIError("give --store URL and/or --idempotency URL (a SQL store)")
+        run = migrate.current if action == "current" else migrate.upgrade
+        lines = asyncio.run(run(config.store, config.idempotency))
+        if not lines:
+            raise CLIError("neither URL names a SQL store (memory and Redis keep no schema)")
+        for line in lines:
+            typer.echo(line)
+    except typer.Exit:
+        raise
+    except Exception as exc:
+        _fail(exc, debug)
+
+
+@db_app.command("current")
+def db_current(
+    store: Annotated[str | None, typer.Option(help=DB_STORE_HELP)] = None,
+    idempotency: Annotated[str | None, typer.Option(help=DB_IDEMPOTENCY_HELP)] = None,
+    debug: Annotated[bool, typer.Option("--debug", help="print tracebacks of errors")] = False,
+) -> None:
+    """Print each store's schema version and this Flock's; changes nothing."""
+    _db_command("current", store, idempotency, debug)
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    store: Annotated[str | None, typer.Option(help=DB_STORE_HELP)] = None,
+    idempotency: Annotated[str | None, typer.Option(help=DB_IDEMPOTENCY_HELP)] = None,
+    debug: Annotated[bool, typer.Option("--debug", help="print tracebacks of errors")] = False,
+) -> None:
+    """Upgrade each store's schema to this Flock's version (creating empty ones)."""
+    _db_command("upgrade", store, idempotency, debug)
 
 
 def _check_shared(store: str | None, idempotency: str | None) -> None:

@@ -1,25 +1,25 @@
-"""The demo served by `flock serve --demo`: a three-stage document cascade.
+"""The demo served by `flock serve --demo`: a document cascade that ends in an AND gate.
 
-    Document --summarizer--> Summary --keywords--> Keywords --reporter--> Report
+    Document --summarizer--> Summary  --+
+    Document --keywords----> Keywords --+--reporter--> Report
 
-Each stage is one run per document, so a Report is written exactly once per Document
-however many documents run at once (no concurrency limit needed). The later stages read
-what they need of the earlier artifacts from the blackboard.
+`summarizer` and `keywords` run on the Document side by side; `reporter` consumes
+(Summary, Keywords): it runs once the correlation holds one of each, so every Document
+gets exactly one Report however many run at once, with no concurrency limit.
 
-Try it:  flock serve --demo   then   curl (see README.md). It ships inside the package, so
-an installed Flock can serve it; importing this module registers its four types, and
-`build()` returns a fresh Flock running the cascade.
+Try it:  uv run flock serve --demo   then   curl (see README.md). It ships inside the
+package, so an installed Flock can serve it; importing this module registers its four
+types, and `build()` returns a fresh Flock running the cascade.
 """
 
 from __future__ import annotations
 
 import re
 from collections import Counter
-from typing import Any
 
 from pydantic import BaseModel, Field
 
-from flock import FilterConfig, Flock, RunContext, flock_type
+from flock import Flock, flock_type
 
 
 @flock_type
@@ -67,30 +67,9 @@ def extract_keywords(doc: Document) -> Keywords:
     return Keywords(title=doc.title, keywords=[w for w, _ in Counter(words).most_common(5)])
 
 
-async def _one(ctx: RunContext, model: type[BaseModel]) -> Any:
-    """The correlation's (single) artifact of `model`'s type, as its model."""
-    wanted = FilterConfig(correlation_id=ctx.correlation_id, type_names=frozenset({model.__name__}))
-    found, _ = await ctx.flock.store.query_artifacts(wanted, limit=1)
-    return found[0].model() if found else None  # type: ignore[union-attr]
-
-
-class KeywordFinder:
-    """Runs on the Summary and extracts the keywords of the whole Document it came from."""
-
-    async def evaluate(self, ctx: RunContext, inputs: list[BaseModel]) -> Any:
-        doc = await _one(ctx, Document)
-        return extract_keywords(doc) if isinstance(doc, Document) else None
-
-
-class Reporter:
-    """Runs on the Keywords and joins them with the Summary into a Report."""
-
-    async def evaluate(self, ctx: RunContext, inputs: list[BaseModel]) -> Any:
-        (keywords,) = inputs
-        summary = await _one(ctx, Summary)
-        if not isinstance(keywords, Keywords) or not isinstance(summary, Summary):
-            return None  # Keywords published on their own: nothing to join them with
-        return Report(title=summary.title, summary=summary.summary, keywords=keywords.keywords)
+def report(summary: Summary, keywords: Keywords) -> Report:
+    """The AND gate's engine: one positional argument per declared type, in order."""
+    return Report(title=summary.title, summary=summary.summary, keywords=keywords.keywords)
 
 
 def build() -> Flock:
@@ -100,11 +79,11 @@ def build() -> Flock:
         Document
     ).publishes(Summary).with_engines(summarize)
     flock.agent("keywords").description(
-        "Extracts the five most frequent keywords of the summarized document."
-    ).consumes(Summary).publishes(Keywords).with_engines(KeywordFinder())
+        "Extracts the five most frequent keywords of a document."
+    ).consumes(Document).publishes(Keywords).with_engines(extract_keywords)
     flock.agent("reporter").description("Joins summary and keywords into a report.").consumes(
-        Keywords
-    ).publishes(Report).with_engines(Reporter())
+        Summary, Keywords
+    ).publishes(Report).with_engines(report)
     return flock
 
 

@@ -28,7 +28,11 @@ logger = logging.getLogger("flock.server")
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 DEFAULT_GRACE_SECONDS = 30.0
-_LAST_ANSWERS_SECONDS = 5.0  # after the grace period, for waiting sync calls to answer
+# After the grace period: for waiting sync calls to answer, then (uvicorn's graceful
+# shutdown timeout) for whatever still holds a connection; then it is cancelled. So SIGTERM
+# to exit takes at most the grace period plus these, whatever is in flight.
+LAST_ANSWERS_SECONDS = 3.0
+GRACEFUL_SHUTDOWN_SECONDS = 3
 
 
 class Drain:
@@ -86,7 +90,7 @@ class Drain:
                 self.service.requests_in_flight,
             )
             self.service.answer_waiters()
-            await self.service.wait_drained(_LAST_ANSWERS_SECONDS)
+            await self.service.wait_drained(LAST_ANSWERS_SECONDS)
         self.server.should_exit = True
 
     def take_over_signals(self) -> None:
@@ -141,4 +145,10 @@ def drain_running_server(service: BlackboardHTTPService, grace_seconds: float) -
     return True
 
 
-__all__ = ["DEFAULT_GRACE_SECONDS", "Drain", "DrainingServer", "drain_running_server"]
+__all__ = [
+    "DEFAULT_GRACE_SECONDS",
+    "GRACEFUL_SHUTDOWN_SECONDS",
+    "Drain",
+    "DrainingServer",
+    "drain_running_server",
+]

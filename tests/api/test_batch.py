@@ -457,8 +457,13 @@ async def test_openapi_documents_the_item_model(api_client: Any) -> None:
     operation = schema["paths"]["/api/v1/artifacts/batch"]["post"]
     ref = operation["requestBody"]["content"]["application/json"]["schema"]["$ref"]
     request = schema["components"]["schemas"][ref.rsplit("/", 1)[1]]
-    item = request["properties"]["items"]["items"]
-    assert item["required"] == ["type"]
-    assert {"type", "payload", "tags", "idempotency_key"} <= set(item["properties"])
+    items = request["properties"]["items"]["items"]  # one variant per registered type
+    assert items["discriminator"]["propertyName"] == "type"
+    components = schema["components"]["schemas"]
+    variants = [components[v["$ref"].rsplit("/", 1)[1]] for v in items["oneOf"]]
+    assert variants
+    for item in variants:
+        assert "type" in item["required"]
+        assert {"type", "payload", "tags", "idempotency_key"} <= set(item["properties"])
     assert request["properties"]["items"]["maxItems"] == 100
     assert "BatchPublishResponse" in schema["components"]["schemas"]

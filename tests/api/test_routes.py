@@ -452,6 +452,7 @@ SPEC_OPERATIONS = {
     ("get", "/api/v1/runs"),
     ("get", "/api/v1/runs/{run_id}"),
     ("post", "/api/v1/runs/{run_id}/retry"),
+    ("get", "/api/v1/types"),
     ("get", "/health"),
     ("get", "/ready"),
     ("get", "/metrics"),

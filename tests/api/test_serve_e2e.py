@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -10,6 +11,7 @@ import sys
 import textwrap
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -225,3 +227,46 @@ def test_serve_refuses_bad_configurations(
     assert message in result.stderr
     assert result.exception is None or isinstance(result.exception, SystemExit)
     assert not (tmp_path / ".flock").exists()
+
+
+async def test_the_demo_gives_each_of_40_concurrent_documents_one_report(
+    tmp_path: Path,
+) -> None:
+    """The demo's Report is an AND gate over Summary and Keywords, made side by side: 40
+    documents sent 16 at a time through a real server (its default SQLite stores) each get
+    exactly one Report."""
+    await _forty_documents(tmp_path)
+
+
+async def test_the_demo_gives_one_report_each_on_postgres(
+    tmp_path: Path, postgres_url: str, pg_schema: str
+) -> None:
+    await _forty_documents(tmp_path, "--store", f"{postgres_url}?schema={pg_schema}")
+
+
+async def _forty_documents(tmp_path: Path, *stores: str) -> None:
+    async with ServeProcess("--demo", *stores, cwd=tmp_path) as server, http(server.url) as client:
+        gate = asyncio.Semaphore(16)
+
+        async def send(n: int) -> dict[str, Any]:
+            document = {
+                "type": "Document",
+                "payload": {"title": f"doc {n}", "text": f"Document {n} is about tea {n}."},
+            }
+            async with gate:
+                response = await client.post(
+                    "/api/v1/artifacts/sync", json={**document, "timeout": 60}
+                )
+            assert response.status_code == 200, response.text
+            return dict(response.json())
+
+        answers = await asyncio.gather(*(send(n) for n in range(40)))
+        for n, answer in enumerate(answers):
+            assert answer["completed"] is True and answer["errors"] == [], answer
+            reports = [a for a in answer["artifacts"] if a["type"] == "Report"]
+            assert len(reports) == 1, answer
+            assert reports[0]["payload"]["title"] == f"doc {n}"
+        listing = await client.get("/api/v1/artifacts", params={"type": "Report", "limit": 100})
+        assert listing.json()["pagination"]["total"] == 40
+        agents = (await client.get("/api/v1/agents")).json()["agents"]
+        assert {a["name"]: a["open_groups"] for a in agents}["reporter"] == 0

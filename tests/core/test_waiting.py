@@ -270,6 +270,7 @@ async def test_correlation_status_fields() -> None:
     as_dict = idle.to_dict()
     assert set(as_dict) == {
         "correlation_id",
+        "waiting_artifacts",
         "state",
         "pending_runs",
         "artifact_count",

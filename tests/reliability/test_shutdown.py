@@ -233,3 +233,67 @@ async def test_sigint_during_the_drain_forces_an_immediate_exit(
     assert not any(
         isinstance(outcome, httpx.Response) and outcome.status_code == 200 for outcome in outcomes
     ), outcomes
+
+
+async def test_sigterm_to_exit_is_bounded_whatever_is_in_flight(
+    serve: ServerFactory, tmp_path: Path
+) -> None:
+    """A 300 s sync call, its keyed duplicate waiting on it, and engines that never end:
+    SIGTERM to exit still takes at most the grace period plus a few seconds, and the sync
+    call answers `completed: false`."""
+    stores = {"store": "memory://", "idempotency": "memory://"}
+    await assert_bounded_shutdown(serve, tmp_path, 1, stores)
+
+
+@pytest.mark.services
+async def test_sigterm_to_exit_is_bounded_with_workers(
+    serve: ServerFactory, tmp_path: Path, shared_store_urls: dict[str, str]
+) -> None:
+    await assert_bounded_shutdown(serve, tmp_path, 2, shared_store_urls)
+
+
+async def assert_bounded_shutdown(
+    serve: ServerFactory, tmp_path: Path, workers: int, stores: dict[str, str]
+) -> None:
+    marker = tmp_path / "release.marker"  # never created: the engines block for good
+    app = write_app(tmp_path, "shutdown_app.py", APP)
+    grace = 2.0
+    server = serve(
+        app,
+        workers=workers,
+        RELIABILITY_MARKER=str(marker),
+        FLOCK_SHUTDOWN_GRACE=str(grace),
+        **stores,
+    )
+    await server.wait_healthy()
+    body = {"type": JOB, "payload": {"n": 1}, "timeout": 300}
+    keyed = {"Idempotency-Key": "bounded-shutdown"}
+    async with httpx.AsyncClient(base_url=server.url, timeout=400) as client:
+        long_call = asyncio.ensure_future(client.post("/api/v1/artifacts/sync", json=body))
+        holder = asyncio.ensure_future(
+            client.post("/api/v1/artifacts/sync", json={**body, "payload": {"n": 2}}, headers=keyed)
+        )
+
+        async def both_stored() -> bool:
+            listed = await client.get("/api/v1/artifacts", params={"type": JOB})
+            return bool(listed.json()["pagination"]["total"] == 2)
+
+        await poll_until(both_stored, seconds=30, what="both calls' inputs")
+        duplicate = asyncio.ensure_future(
+            client.post("/api/v1/artifacts/sync", json={**body, "payload": {"n": 2}}, headers=keyed)
+        )
+        await asyncio.sleep(0.5)  # let the duplicate reach the server and wait on the holder
+        loop = asyncio.get_running_loop()
+        signalled = loop.time()
+        server.terminate()
+        # Within the grace period, the drain itself, and the last answers (3 s) and the
+        # graceful shutdown (3 s) of server.py; the rest is a loaded machine's slack.
+        assert await server.wait_exit(grace + 20) == 0, server.output()
+        took = loop.time() - signalled
+        outcomes = await asyncio.gather(long_call, holder, duplicate, return_exceptions=True)
+    assert took < grace + 20
+    for outcome in outcomes[:2]:
+        assert isinstance(outcome, httpx.Response), outcomes
+        assert outcome.status_code == 200, outcome.text
+        assert outcome.json()["completed"] is False
+    print(f"SIGTERM to exit: {took:.1f} s with a {grace:g} s grace period")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -82,7 +81,9 @@ class APIKeyring:
     @classmethod
     def from_env(cls) -> APIKeyring | None:
         """The keys named by `FLOCK_API_KEYS` (a JSON file path), or None when unset."""
-        path = os.environ.get("FLOCK_API_KEYS")
+        from flock.settings import load_settings
+
+        path = load_settings().api_keys
         return cls.from_file(path) if path else None
 
     @classmethod

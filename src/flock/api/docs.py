@@ -1,6 +1,7 @@
 """API docs: Swagger UI 5 at /docs and ReDoc at /redoc, their assets served from the
 installed `fastapi-offline` package (so both work with no internet access), and an OpenAPI
-document whose error responses are problem documents."""
+document whose error responses are problem documents, with the registered types, headers
+and security `flock.api.openapi` adds."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
 from flock.api.models import ErrorResponse
+from flock.api.openapi import enrich_openapi
+from flock.registry import type_registry
 
 ASSETS_PATH = "/docs-assets"
 # fastapi-offline keeps the Swagger UI 5 and ReDoc 2 bundles in its package's `static/`.
@@ -54,7 +57,7 @@ def install_docs(app: FastAPI, title: str) -> None:
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = problem_json_errors(
+            schema = problem_json_errors(
                 get_openapi(
                     title=app.title,
                     version=app.version,
@@ -62,6 +65,9 @@ def install_docs(app: FastAPI, title: str) -> None:
                     routes=app.routes,
                 )
             )
+            service = getattr(app.state, "flock_service", None)
+            keys = service is not None and service.keyring is not None
+            app.openapi_schema = enrich_openapi(schema, type_registry, api_keys=keys)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -254,7 +254,8 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         message = f"no route matches {request.method} {request.url.path}"
     headers = dict(exc.headers or {})
     if exc.status_code == 405:
-        message = f"{request.method} is not allowed on {request.url.path}"
+        method = "HEAD" if request.scope["state"].get("head") else request.method
+        message = f"{method} is not allowed on {request.url.path}"
         allowed = _allowed_methods(request)
         if allowed:
             headers = {k: v for k, v in headers.items() if k.lower() != "allow"}
@@ -277,6 +278,8 @@ def _allowed_methods(request: Request) -> list[str]:
     methods: set[str] = set()
     for route in routes_on_path(request.app.router.routes, request.scope):
         methods |= route.methods or set()
+    if "GET" in methods:
+        methods.add("HEAD")  # answered on every GET route (RequestContextMiddleware)
     return sorted(methods)
 
 

@@ -68,6 +68,14 @@ class _StatsCollector(Collector):
         for agent, count in sorted(stats.runs_queued.items()):
             queued.add_metric((agent,), count)
         yield queued
+        groups = GaugeMetricFamily(
+            "flock_open_groups",
+            "Open AND-gate, join and batch groups waiting for parts, per agent",
+            labels=("agent",),
+        )
+        for agent, count in sorted(stats.open_groups.items()):
+            groups.add_metric((agent,), count)
+        yield groups
         yield CounterMetricFamily(
             "flock_runs_fenced", "Run results dropped: the lease was lost", value=stats.runs_fenced
         )

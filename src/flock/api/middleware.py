@@ -11,6 +11,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from flock import logs
 from flock.api.auth import authenticate
 from flock.api.errors import APIError, ErrorCode, create_error_response, internal_error_response
 from flock.api.routing import is_json_media_type, routes_on_path
@@ -52,11 +53,19 @@ class RequestContextMiddleware:
         state = scope.setdefault("state", {})
         sent = _header(scope, b"x-correlation-id")
         state["correlation_id"] = sent if sent and _VALID_CORRELATION_ID.match(sent) else new_id()
+        method = scope.get("method", "")
+        if method == "HEAD" and not self._routes_head(scope):
+            # HEAD is GET without the body (RFC 9110 9.3.2), on every GET route; the server
+            # sees the original scope, so it frames the answer as one to a HEAD.
+            scope = {**scope, "method": "GET"}
+            state["head"] = True
         status = 500
         response_started = False
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status, response_started
+            if method == "HEAD" and message["type"] == "http.response.body":
+                message = {**message, "body": b""}
             if message["type"] == "http.response.start":
                 response_started = True
                 status = message["status"]
@@ -66,13 +75,14 @@ class RequestContextMiddleware:
             await send(message)
 
         admitted = False
+        bound = logs.bind(state)  # log records name the request's (then workflow's) correlation
         try:
             early = self._reject_early(scope)
             if early is not None:
                 await early(scope, receive, send_wrapper)
             else:
                 admitted = True
-                self.service.requests_in_flight += 1
+                self.service.request_started()
                 await self.app(scope, self._limited(scope, receive), send_wrapper)
         except Exception:
             logger.exception(
@@ -84,11 +94,16 @@ class RequestContextMiddleware:
             if not response_started:
                 await internal_error_response(state["correlation_id"])(scope, receive, send_wrapper)
         finally:
+            logs.unbind(bound)
             if admitted:
-                self.service.requests_in_flight -= 1
+                self.service.request_finished()
             elapsed = time.perf_counter() - started
-            method = scope.get("method", "")
             self.service.metrics.observe_request(method, self._route_label(scope), status, elapsed)
+
+    def _routes_head(self, scope: Scope) -> bool:
+        """Whether a route of the path takes HEAD itself (an app's own `@app.head`)."""
+        routes = routes_on_path(self.service.app.router.routes, scope)
+        return any("HEAD" in (route.methods or ()) for route in routes)
 
     def _route_label(self, scope: Scope) -> str:
         """The route template a request is counted under; "unmatched" when no route has its

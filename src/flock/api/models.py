@@ -111,6 +111,9 @@ class CorrelationStatusResponse(BaseModel):
     correlation_id: str
     state: Literal["running", "idle", "cancelled"]
     pending_runs: int
+    waiting_artifacts: int = Field(
+        0, description="Its artifacts waiting in open groups (AND gates, joins, batches)."
+    )
     artifact_count: int
     errors: list[AgentErrorModel]
     started_at: str
@@ -173,9 +176,14 @@ class AgentDescription(BaseModel):
     description: str
     subscriptions: list[dict[str, Any]]
     outputs: list[dict[str, Any]]
-    max_concurrency: int
+    max_concurrency: int | None
+    max_attempts: int
+    timeout: float | None
     labels: list[str]
     tenant: str | None
+    open_groups: int = Field(
+        0, description="Its open groups (AND gates, joins, batches) waiting for parts."
+    )
 
 
 class AgentListResponse(BaseModel):
@@ -290,3 +298,25 @@ __all__ += [
     "BatchPublishRequest",
     "BatchPublishResponse",
 ]
+
+
+# -- artifact types (GET /types) -----------------------------------------------------------
+
+
+class TypeDescription(BaseModel):
+    """A registered artifact type: its name and its payload's JSON Schema."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    name: str
+    json_schema: dict[str, Any] = Field(
+        alias="schema",
+        description="the payload's JSON Schema (2020-12), with an example under `examples`",
+    )
+
+
+class TypeListResponse(BaseModel):
+    types: list[TypeDescription]
+
+
+__all__ += ["TypeDescription", "TypeListResponse"]

@@ -21,13 +21,12 @@ from flock.api.metrics import ServiceMetrics
 from flock.api.middleware import RequestContextMiddleware
 from flock.api.models import ErrorResponse
 from flock.api.publishing import CascadeWaiter
-from flock.api.routes import agents, artifacts, batch, correlations, health, runs
+from flock.api.routes import agents, artifacts, batch, correlations, health, runs, types
 from flock.api.routing import add_routes
 from flock.api.settings import ServiceSettings
 from flock.core.orchestrator import Flock
 
 logger = logging.getLogger("flock.api")
-_DRAIN_POLL_SECONDS = 0.05
 
 _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "content": {"application/problem+json": {}}}
@@ -64,7 +63,9 @@ class BlackboardHTTPService:
         self.metrics.watch_idempotency(self.guard.outcomes)
         self.waiter = CascadeWaiter(flock, self.settings.max_sync_artifacts)
         self.shutting_down = False
-        self.requests_in_flight = 0  # counted by the middleware (not those it refuses up front)
+        # Counted by the middleware (not those it refuses up front); the drain waits on it.
+        self._in_flight = 0
+        self._drain_waiters: list[asyncio.Future[None]] = []
         self.drain_seconds = drain_seconds
         self._inflight_sync: dict[str, int] = {}
         self.app = self._build_app(title)
@@ -81,7 +82,7 @@ class BlackboardHTTPService:
         )
         app.state.flock_service = self
         install_error_handlers(app)
-        for module in (artifacts, batch, agents, correlations, runs, health):
+        for module in (artifacts, batch, agents, correlations, runs, types, health):
             add_routes(app, module.router)
         install_docs(app, title)
         app.add_middleware(RequestContextMiddleware, service=self)
@@ -126,14 +127,32 @@ class BlackboardHTTPService:
         """Sync calls still waiting answer now (`completed: false`)."""
         self.flock.watch.close()
 
+    @property
+    def requests_in_flight(self) -> int:
+        return self._in_flight
+
+    def request_started(self) -> None:
+        self._in_flight += 1
+
+    def request_finished(self) -> None:
+        self._in_flight -= 1
+        if not self._in_flight:
+            for waiter in self._drain_waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+            self._drain_waiters.clear()
+
     async def wait_drained(self, seconds: float) -> bool:
         """Wait until no request is in flight, at most `seconds`; whether none is left."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + seconds
-        while self.requests_in_flight:
-            if loop.time() >= deadline:
-                return False
-            await asyncio.sleep(_DRAIN_POLL_SECONDS)
+        if not self._in_flight:
+            return True
+        drained = asyncio.get_running_loop().create_future()
+        self._drain_waiters.append(drained)
+        await asyncio.wait((drained,), timeout=seconds)
+        if not drained.done():
+            self._drain_waiters.remove(drained)
+            drained.cancel()
+            return False
         return True
 
     def sync_slot(self, principal: Principal) -> SyncSlot:

@@ -2,20 +2,9 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
-MIB = 1024 * 1024
-
-
-def _env_float(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be a number, got {raw!r}") from None
+from flock.settings import MIB, Settings, load_settings
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,17 +32,20 @@ class ServiceSettings:
 
     @classmethod
     def from_env(cls) -> ServiceSettings:
-        settings = cls(
-            max_body_bytes=int(_env_float("FLOCK_MAX_BODY_BYTES", MIB)),
-            idempotency_ttl=_env_float("FLOCK_IDEMPOTENCY_TTL", 86_400.0),
-            idempotency_lease=_env_float("FLOCK_IDEMPOTENCY_LEASE", 30.0),
-            idempotency_wait=_env_float("FLOCK_IDEMPOTENCY_WAIT", 30.0),
-            purge_interval=_env_float("FLOCK_IDEMPOTENCY_PURGE_INTERVAL", 60.0),
-            max_sync_artifacts=int(_env_float("FLOCK_MAX_SYNC_ARTIFACTS", 1000)),
-            max_inflight_sync=int(_env_float("FLOCK_MAX_INFLIGHT_SYNC", 1000)),
+        """The `FLOCK_*` values (see `flock.settings`)."""
+        return cls.from_settings(load_settings())
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ServiceSettings:
+        return cls(
+            max_body_bytes=settings.max_body_bytes,
+            idempotency_ttl=settings.idempotency_ttl,
+            idempotency_lease=settings.idempotency_lease,
+            idempotency_wait=settings.idempotency_wait,
+            purge_interval=settings.idempotency_purge_interval,
+            max_sync_artifacts=settings.max_sync_artifacts,
+            max_inflight_sync=settings.max_inflight_sync,
         )
-        settings.validate()
-        return settings
 
     def validate(self) -> None:
         for name in (

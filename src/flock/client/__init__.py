@@ -17,6 +17,7 @@ from flock.client.results import (
     PublishResult,
     RunInfo,
     SyncResult,
+    TypeInfo,
 )
 from flock.client.retry import RetryEvent, RetryPolicy
 
@@ -35,4 +36,5 @@ __all__ = [
     "RetryPolicy",
     "RunInfo",
     "SyncResult",
+    "TypeInfo",
 ]

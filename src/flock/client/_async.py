@@ -12,7 +12,14 @@ from pydantic import BaseModel
 
 from flock.client._base import ArtifactQuery, BaseClient, ClientOptions
 from flock.client.calls import ArtifactRef, BatchItem, Call, Outcome, TypeRef, VisibilityArg
-from flock.client.results import BatchResult, CorrelationInfo, PublishResult, RunInfo, SyncResult
+from flock.client.results import (
+    BatchResult,
+    CorrelationInfo,
+    PublishResult,
+    RunInfo,
+    SyncResult,
+    TypeInfo,
+)
 from flock.core.artifacts import Artifact
 
 if TYPE_CHECKING:
@@ -122,6 +129,10 @@ class AsyncFlockClient(BaseClient):
     async def cancel(self, correlation_id: str) -> CorrelationInfo:
         """Cancel a cascade (`POST /correlations/{id}/cancel`); cancelling again is harmless."""
         return await self._run(self._cancel_call(correlation_id))
+
+    async def list_types(self) -> list[TypeInfo]:
+        """The server's registered artifact types with their payload schemas (`GET /types`)."""
+        return await self._run(self._types_call())
 
     async def get_run(self, run_id: str) -> RunInfo:
         return await self._run(self._run_call(run_id))

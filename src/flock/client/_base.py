@@ -9,6 +9,7 @@ the two can never disagree about retries, keys or parsing.
 from __future__ import annotations
 
 import random
+import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
@@ -39,6 +40,7 @@ from flock.client.results import (
     PublishResult,
     RunInfo,
     SyncResult,
+    TypeInfo,
 )
 from flock.client.retry import RetryEvent, RetryPolicy, parse_retry_after
 from flock.core.artifacts import Artifact
@@ -59,10 +61,12 @@ class ClientOptions(TypedDict, total=False):
     backoff_base: float
     backoff_max: float
     max_retry_after: float
+    deadline: float | None
     headers: Mapping[str, str] | None
     registry: TypeRegistry | None
     on_retry: Callable[[RetryEvent], None] | None
     rng: random.Random | None
+    clock: Callable[[], float]
 
 
 class ArtifactQuery(TypedDict, total=False):
@@ -89,7 +93,10 @@ class BaseClient:
 
     - api_key: sent as `Authorization: Bearer KEY`.
     - timeout: seconds per HTTP request (waiting calls get their wait plus a margin).
-    - max_retries, backoff_base, backoff_max, max_retry_after: the `RetryPolicy`.
+    - max_retries, backoff_base, backoff_max, max_retry_after, deadline: the `RetryPolicy`.
+      `deadline` (seconds, None: unbounded) bounds every call, retries included; a call
+      that waits on the server (`publish_sync`, `publish_batch(wait=True)`) is bounded by
+      its wait plus a margin as well, so a 504 is not retried into several more waits.
     - registry: maps models to type names and back (default: the global `type_registry`).
     - on_retry: called with a `RetryEvent` before each retry (logging, metrics).
     """
@@ -104,16 +111,19 @@ class BaseClient:
         backoff_base: float = 0.2,
         backoff_max: float = 10.0,
         max_retry_after: float = 60.0,
+        deadline: float | None = None,
         headers: Mapping[str, str] | None = None,
         registry: TypeRegistry | None = None,
         on_retry: Callable[[RetryEvent], None] | None = None,
         rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if timeout <= 0:
             raise ValueError("timeout must be positive")
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
-        self.retry = RetryPolicy(max_retries, backoff_base, backoff_max, max_retry_after)
+        self.retry = RetryPolicy(max_retries, backoff_base, backoff_max, max_retry_after, deadline)
+        self._clock = clock
         self.registry = registry or type_registry
         self.on_retry = on_retry
         self._rng = rng or random.Random()
@@ -129,8 +139,11 @@ class BaseClient:
 
     def _plan(self, call: Call[T]) -> Plan[T]:
         attempt = 0
+        limits = [d for d in (self.retry.deadline, call.deadline) if d is not None]
+        expires = self._clock() + min(limits) if limits else None
         while True:
-            outcome = yield self._request(call)
+            remaining = None if expires is None else max(expires - self._clock(), 0.001)
+            outcome = yield self._request(call, remaining)
             cause: BaseException | None = None
             if isinstance(outcome, httpx.Response):
                 if outcome.is_success:
@@ -147,6 +160,8 @@ class BaseClient:
             if not error.retryable or self.retry.gives_up(attempt, retry_after):
                 raise error from cause
             delay = self.retry.delay(attempt, retry_after, self._rng)
+            if expires is not None and self._clock() + delay + call.attempt_seconds >= expires:
+                raise error from cause  # the call's deadline leaves no time for a retry
             attempt += 1
             if self.on_retry is not None:
                 self.on_retry(
@@ -154,11 +169,12 @@ class BaseClient:
                 )
             yield delay
 
-    def _request(self, call: Call[Any]) -> httpx.Request:
+    def _request(self, call: Call[Any], remaining: float | None = None) -> httpx.Request:
         headers = dict(self._headers)
         if call.idempotency_key is not None:
             headers["Idempotency-Key"] = call.idempotency_key
-        timeout = httpx.Timeout(call.timeout or self.timeout)
+        seconds = call.timeout or self.timeout
+        timeout = httpx.Timeout(seconds if remaining is None else min(seconds, remaining))
         return httpx.Request(
             call.method,
             self.base_url + call.path,
@@ -227,6 +243,8 @@ class BaseClient:
             body,
             idempotency_key=key,
             timeout=max(self.timeout, timeout + WAIT_MARGIN),
+            deadline=timeout + WAIT_MARGIN,
+            attempt_seconds=timeout,
         )
 
     def _publish_batch_call(
@@ -258,6 +276,8 @@ class BaseClient:
             body,
             idempotency_key=key,
             timeout=max(self.timeout, timeout + WAIT_MARGIN) if wait else None,
+            deadline=timeout + WAIT_MARGIN if wait else None,
+            attempt_seconds=timeout if wait else 0.0,
         )
 
     def _get_artifact_call(self, artifact_id: str) -> Call[Artifact]:
@@ -277,6 +297,12 @@ class BaseClient:
             return CorrelationInfo.from_dict(response.json())
 
         return Call("POST", f"{API}/correlations/{segment(correlation_id)}/cancel", parse)
+
+    def _types_call(self) -> Call[list[TypeInfo]]:
+        def parse(response: httpx.Response) -> list[TypeInfo]:
+            return [TypeInfo.from_dict(item) for item in response.json()["types"]]
+
+        return Call("GET", f"{API}/types", parse)
 
     def _run_call(self, run_id: str) -> Call[RunInfo]:
         def parse(response: httpx.Response) -> RunInfo:

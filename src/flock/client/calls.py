@@ -38,6 +38,11 @@ class Call(Generic[T]):
     params: Sequence[tuple[str, str]] = ()
     idempotency_key: str | None = None
     timeout: float | None = None
+    # Seconds the call may take in all, retries included (None: the client's `deadline`),
+    # and how long one attempt takes at least (a waiting call's wait): no retry is started
+    # that the deadline would cut short.
+    deadline: float | None = None
+    attempt_seconds: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -232,6 +232,7 @@ class CorrelationInfo:
     errors: list[AgentFailure]
     started_at: datetime
     updated_at: datetime
+    waiting_artifacts: int = 0  # held in open groups (AND gates, joins, batches)
 
     @property
     def idle(self) -> bool:
@@ -247,7 +248,20 @@ class CorrelationInfo:
             errors=[AgentFailure.from_dict(e) for e in data["errors"]],
             started_at=_time(data["started_at"]),
             updated_at=_time(data["updated_at"]),
+            waiting_artifacts=int(data.get("waiting_artifacts", 0)),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class TypeInfo:
+    """`GET /types`: a registered artifact type and its payload's JSON Schema."""
+
+    name: str
+    schema: dict[str, Any]
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TypeInfo:
+        return cls(name=data["name"], schema=dict(data["schema"]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,4 +281,5 @@ __all__ = [
     "PublishResult",
     "RunInfo",
     "SyncResult",
+    "TypeInfo",
 ]

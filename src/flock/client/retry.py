@@ -17,19 +17,24 @@ class RetryPolicy:
     Attempt n (0-based) waits a random time in [0, min(backoff_max, backoff_base * 2**n)]
     ("full jitter", so many clients do not retry in lockstep), or the server's `Retry-After`
     if that is longer. A `Retry-After` beyond `max_retry_after` seconds is not waited for:
-    the error is raised at once, for the caller to decide.
+    the error is raised at once, for the caller to decide. `deadline` bounds a whole call,
+    retries and waits included: no request outlives it, and no retry starts that it could
+    not finish within it (None: only `max_retries` bounds it).
     """
 
     max_retries: int = 3
     backoff_base: float = 0.2
     backoff_max: float = 10.0
     max_retry_after: float = 60.0
+    deadline: float | None = None
 
     def __post_init__(self) -> None:
         if min(self.max_retries, self.backoff_base, self.backoff_max, self.max_retry_after) < 0:
             raise ValueError(
                 "max_retries, backoff_base, backoff_max and max_retry_after must not be negative"
             )
+        if self.deadline is not None and not self.deadline > 0:
+            raise ValueError("deadline must be positive (or None)")
 
     def gives_up(self, attempt: int, retry_after: float | None) -> bool:
         """True once `attempt` retries were made, or the server asks for too long a wait."""

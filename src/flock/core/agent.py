@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextvars
 import inspect
 import math
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -11,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from pydantic import BaseModel
 
 from flock.core.artifacts import Artifact
+from flock.core.groups import BatchSpec, JoinSpec
 from flock.core.runs import RetryPolicy, Usage
 from flock.core.visibility import PUBLIC, AnyVisibility, Identity, may_consume
 from flock.registry import type_registry
@@ -45,6 +48,7 @@ class RunContext:
     run_id: str = ""
     attempt: int = 1
     usage: Usage = field(default_factory=Usage)
+    batch: bool = False  # the run is a batch: a callable engine gets its inputs as a list
 
     @property
     def inputs(self) -> tuple[Artifact, ...]:
@@ -61,12 +65,24 @@ class Engine(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Subscription:
-    """One `consumes(...)` clause."""
+    """One `consumes(...)` clause.
+
+    `types` are the declared type names in order (a type may repeat): one type is a plain
+    subscription, several an AND gate (section 7); `join` and `batch` shape the group.
+    """
 
     type_names: frozenset[str]
     where: tuple[Predicate, ...] = ()
     from_agents: frozenset[str] | None = None
     channels: frozenset[str] | None = None
+    types: tuple[str, ...] = ()
+    join: JoinSpec | None = None
+    batch: BatchSpec | None = None
+
+    @property
+    def grouped(self) -> bool:
+        """Its artifacts wait in groups instead of starting a run each."""
+        return self.batch is not None or self.join is not None or len(self.types) > 1
 
     def accepts(self, artifact: Artifact) -> bool:
         if artifact.type not in self.type_names:
@@ -79,6 +95,23 @@ class Subscription:
             model = artifact.model()
             return all(predicate(model) for predicate in self.where)
         return True
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "types": list(self.types) or sorted(self.type_names),
+            "mode": "batch"
+            if self.batch
+            else "join"
+            if self.join
+            else ("and" if len(self.types) > 1 else "single"),
+            "from_agents": sorted(self.from_agents) if self.from_agents is not None else None,
+            "channels": sorted(self.channels) if self.channels is not None else None,
+            "has_where": bool(self.where),
+            "join": {"within": self.join.within} if self.join else None,
+            "batch": (
+                {"size": self.batch.size, "timeout": self.batch.timeout} if self.batch else None
+            ),
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,11 +135,14 @@ class _CallableEngine:
         )
 
     async def evaluate(self, ctx: RunContext, inputs: list[BaseModel]) -> Any:
-        arg: Any = inputs[0] if len(inputs) == 1 else inputs
+        # One argument per input, in declared order (an AND gate gets several); a batch
+        # gets one list.
+        args: tuple[Any, ...] = (list(inputs),) if ctx.batch else tuple(inputs)
         if self._is_async:
-            return await self._fn(arg)
-        # A plain function may block: it runs on the flock's engine threads, never the loop.
-        result = await ctx.flock.engine_threads.run(self._fn, arg)
+            return await self._fn(*args)
+        # A plain function may block: it runs on the flock's engine threads, never the loop,
+        # in a copy of this context (so its log records name the run, as an async one's do).
+        result = await ctx.flock.engine_threads.run(contextvars.copy_context().run, self._fn, *args)
         if inspect.isawaitable(result):
             return await result
         return result
@@ -142,12 +178,54 @@ class Agent:
             cached = self._identity = Identity(self.name, self.labels, self.tenant)
         return cached
 
-    def subscribes_to(self, artifact: Artifact) -> bool:
+    def may_take(self, artifact: Artifact) -> bool:
+        """It may consume the artifact: it can see it, and did not publish it itself
+        (unless self-triggering is allowed)."""
         if self.prevent_self_trigger and artifact.produced_by == self.name:
             return False
-        if not may_consume(self.identity, artifact.visibility):
-            return False
-        return any(sub.accepts(artifact) for sub in self.subscriptions)
+        return may_consume(self.identity, artifact.visibility)
+
+    def subscribes_to(self, artifact: Artifact) -> bool:
+        return self.may_take(artifact) and any(sub.accepts(artifact) for sub in self.subscriptions)
+
+    def takes_list(self, inputs: Sequence[Artifact]) -> bool:
+        """Whether a callable engine gets these inputs as one list: a batch subscription's
+        run (declarations never leave that ambiguous, see `consumes`), or several inputs
+        no AND gate of the agent takes one by one (a direct run). Otherwise it gets one
+        positional argument per input."""
+        kinds = {a.type for a in inputs}
+        if any(sub.batch is not None and kinds <= sub.type_names for sub in self.subscriptions):
+            return True
+        return len(inputs) > 1 and not any(
+            sub.batch is None and len(sub.types) == len(inputs) for sub in self.subscriptions
+        )
+
+    def fits(self, inputs: Sequence[Artifact]) -> bool:
+        """The inputs are what one of its subscriptions runs on: artifacts of a one-type or
+        batch subscription's types, or exactly an AND gate's types."""
+        types = Counter(a.type for a in inputs)
+        for sub in self.subscriptions:
+            if sub.batch is not None or len(sub.types) <= 1:
+                if inputs and all(t in sub.type_names for t in types):
+                    return True
+            elif Counter(sub.types) == types:
+                return True
+        return False
+
+    def in_declared_order(self, inputs: Sequence[Artifact]) -> list[Artifact]:
+        """The inputs in the order of the AND gate whose types they are (as given when they
+        fit no gate): a direct run's engine gets them as a triggered run's would."""
+        types = Counter(a.type for a in inputs)
+        for sub in self.subscriptions:
+            if sub.batch is None and len(sub.types) > 1 and Counter(sub.types) == types:
+                pool = list(inputs)
+                ordered = []
+                for type_name in sub.types:
+                    item = next(a for a in pool if a.type == type_name)
+                    pool.remove(item)
+                    ordered.append(item)
+                return ordered
+        return list(inputs)
 
     def output_for(self, value: BaseModel) -> Output:
         for output in self.outputs:
@@ -172,15 +250,7 @@ class Agent:
         return {
             "name": self.name,
             "description": self.description,
-            "subscriptions": [
-                {
-                    "types": sorted(s.type_names),
-                    "from_agents": sorted(s.from_agents) if s.from_agents is not None else None,
-                    "channels": sorted(s.channels) if s.channels is not None else None,
-                    "has_where": bool(s.where),
-                }
-                for s in self.subscriptions
-            ],
+            "subscriptions": [s.describe() for s in self.subscriptions],
             "outputs": [
                 {"type": o.type_name, "visibility": o.visibility.kind} for o in self.outputs
             ],
@@ -196,15 +266,11 @@ def _finite(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _type_names(types: Sequence[type[BaseModel] | str]) -> frozenset[str]:
-    names = []
-    for t in types:
-        if isinstance(t, str):
-            type_registry.resolve(t)
-            names.append(t)
-        else:
-            names.append(type_registry.name_for(t))
-    return frozenset(names)
+def _type_name(t: type[BaseModel] | str) -> str:
+    if isinstance(t, str):
+        type_registry.resolve(t)
+        return t
+    return type_registry.name_for(t)
 
 
 def _names(value: str | Iterable[str] | None) -> frozenset[str] | None:
@@ -236,9 +302,16 @@ class AgentBuilder:
         where: Predicate | Sequence[Predicate] | None = None,
         from_agents: str | Iterable[str] | None = None,
         channels: str | Iterable[str] | None = None,
+        join: JoinSpec | None = None,
+        batch: BatchSpec | None = None,
     ) -> AgentBuilder:
+        """Subscribe to artifacts. One type: a run per artifact. Several types in one call:
+        an AND gate, one run once the correlation holds one of each (`join=` groups by a
+        key across correlations instead). `batch=`: one run per batch of one type's
+        artifacts. Chained calls are an OR: each one triggers runs on its own."""
+        name = self.agent.name
         if not types:
-            raise AgentConfigError(f"agent {self.agent.name!r}: consumes() needs at least one type")
+            raise AgentConfigError(f"agent {name!r}: consumes() needs at least one type")
         if where is None:
             predicates: tuple[Predicate, ...] = ()
         elif callable(where):
@@ -247,12 +320,38 @@ class AgentBuilder:
             predicates = tuple(where)
         for predicate in predicates:
             if not callable(predicate):
-                raise AgentConfigError(
-                    f"agent {self.agent.name!r}: where= takes callables, got {predicate!r}"
-                )
-        self.agent.subscriptions.append(
-            Subscription(_type_names(types), predicates, _names(from_agents), _names(channels))
+                raise AgentConfigError(f"agent {name!r}: where= takes callables, got {predicate!r}")
+        if join is not None and not isinstance(join, JoinSpec):
+            raise AgentConfigError(f"agent {name!r}: join= takes a JoinSpec, got {join!r}")
+        if batch is not None and not isinstance(batch, BatchSpec):
+            raise AgentConfigError(f"agent {name!r}: batch= takes a BatchSpec, got {batch!r}")
+        ordered = tuple(_type_name(t) for t in types)
+        if batch is not None and (join is not None or len(set(ordered)) > 1):
+            raise AgentConfigError(
+                f"agent {name!r}: batch= gathers artifacts of one type; it takes no join= "
+                "and no other type"
+            )
+        if batch is not None:
+            ordered = ordered[:1]
+        if join is not None and len(ordered) < 2:
+            raise AgentConfigError(f"agent {name!r}: join= needs two or more types to join")
+        subscription = Subscription(
+            frozenset(ordered),
+            predicates,
+            _names(from_agents),
+            _names(channels),
+            ordered,
+            join,
+            batch,
         )
+        for other in self.agent.subscriptions:
+            clash = other.type_names & subscription.type_names
+            if clash and (other.batch is not None) != (batch is not None):
+                raise AgentConfigError(
+                    f"agent {name!r}: {', '.join(sorted(clash))} would reach it both in "
+                    "batches and one by one; declare the batch on an agent of its own"
+                )
+        self.agent.subscriptions.append(subscription)
         self._flock._agents_changed()
         return self
 

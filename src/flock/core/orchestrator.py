@@ -25,7 +25,7 @@ from flock.core.store.protocol import (
     RunFilter,
     RunQueueFullError,
 )
-from flock.core.triggers import runs_for
+from flock.core.triggers import Triggers, triggers_for, triggers_of
 from flock.core.validation import validate_artifact
 from flock.core.visibility import PUBLIC, AnyVisibility, inherit_visibility, require_consumable
 from flock.core.waiting import CorrelationWatch, WaitOutcome
@@ -177,26 +177,33 @@ class Flock:
             artifact.partition_key = partition_key
             artifact.visibility = visibility or PUBLIC
         validate_artifact(artifact)  # ArtifactValidationError: nothing is stored
-        runs = runs_for(self._by_type, artifact, principal=principal, at=datetime.now(UTC))
-        if runs:
+        found = triggers_for(self._by_type, artifact, principal=principal, at=datetime.now(UTC))
+        if found.runs:  # parts are not runs (one may complete a group: the bound is loose)
             await self._check_queue()
-        stored = await self._store.publish(artifact, runs, max_runs=self.max_runs_per_correlation)
+        stored = await self._store.publish(
+            artifact, found.runs, parts=found.parts, max_runs=self.max_runs_per_correlation
+        )
         if stored is artifact:
             self.stats.artifacts_published += 1
-            if runs:
+            if found:
                 self._runs_queued()
+                self.worker.note_deadline(found.next_deadline())
         return stored
 
     async def watch_queue(self, interval: float = QUEUE_GAUGE_SECONDS) -> None:
-        """Keep `stats.runs_queued` (the `flock_runs_queued` gauge) current: the store's
-        queued runs per agent, read every `interval` seconds. Runs until cancelled."""
+        """Keep `stats.runs_queued` and `stats.open_groups` (the `flock_runs_queued` and
+        `flock_open_groups` gauges) current: the store's queued runs and open groups per
+        agent, read every `interval` seconds. Runs until cancelled."""
         while True:
             try:
                 queued = await self._store.queued_by_agent()
+                groups = await self._store.open_groups()
             except Exception as exc:
                 logger.debug("cannot read the queued runs: %s", exc)
             else:
-                self.stats.runs_queued = {a.name: queued.get(a.name, 0) for a in self.agents}
+                names = [a.name for a in self.agents]
+                self.stats.runs_queued = {name: queued.get(name, 0) for name in names}
+                self.stats.open_groups = {name: groups.get(name, 0) for name in names}
             await asyncio.sleep(interval)
 
     async def _check_queue(self) -> None:
@@ -207,7 +214,7 @@ class Flock:
         """
         now = time.monotonic()
         if now - self._queue_checked_at >= _QUEUE_CHECK_SECONDS:
-            self._queued = (await self._store.progress()).pending
+            self._queued = (await self._store.progress()).pending_runs
             self._queue_checked_at = now
         limit = self.worker.settings.max_queued_runs
         if self._queued >= limit:
@@ -237,13 +244,10 @@ class Flock:
             _model=model,
         )
 
-    def runs_triggered_by(self, outputs: Sequence[Artifact], *, principal: str | None) -> list[Run]:
-        """The runs a run's outputs trigger (created when the run commits)."""
+    def triggered_by(self, outputs: Sequence[Artifact], *, principal: str | None) -> Triggers:
+        """The runs and group parts a run's outputs trigger (stored when the run commits)."""
         self._ensure_ready()
-        now = datetime.now(UTC)
-        return [
-            run for a in outputs for run in runs_for(self._by_type, a, principal=principal, at=now)
-        ]
+        return triggers_of(self._by_type, outputs, principal=principal, at=datetime.now(UTC))
 
     def caps(self) -> Mapping[str, int]:
         """`max_concurrency` of every agent that has one."""
@@ -368,7 +372,9 @@ class Flock:
         if not await self._store.cancel_correlation(correlation_id):
             return None
         self.worker.cancel_local(correlation_id)
-        self.watch.changed(correlation_id)
+        # Every waiter looks again: the cancelled runs of joins and batches were pending
+        # work of other correlations too.
+        self.watch.changed_all()
         return await self._store.get_correlation(correlation_id)
 
     # -- runs -------------------------------------------------------------------------------
@@ -409,7 +415,9 @@ class Flock:
             for item in inputs
         ]
         require_consumable(target.identity, artifacts)
+        artifacts = target.in_declared_order(artifacts)
         ctx = RunContext(target.name, correlation_id, tuple(artifacts), self, new_id(), 1)
+        ctx.batch = target.takes_list(artifacts)
         timeout = target.timeout or self.worker.settings.run_timeout
         try:
             async with asyncio.timeout(timeout):
@@ -439,17 +447,20 @@ class Flock:
         """Serve the REST API with uvicorn (blocks until the server stops).
 
         It stops as `flock serve` does: SIGTERM/SIGINT first drain (new requests 503, those
-        in flight finish, for up to `shutdown_grace` seconds, default 30), then it returns.
+        in flight finish, for up to `shutdown_grace` seconds, default `FLOCK_SHUTDOWN_GRACE`),
+        then it returns.
         """
         import uvicorn
 
         # The one place core reaches up: the HTTP layer is optional for library users.
         from flock.api.service import BlackboardHTTPService
-        from flock.server import DEFAULT_GRACE_SECONDS, DrainingServer
+        from flock.server import GRACEFUL_SHUTDOWN_SECONDS, DrainingServer
+        from flock.settings import load_settings
 
         service = BlackboardHTTPService(self, idempotency=idempotency, api_keys=api_keys)
+        uvicorn_options.setdefault("timeout_graceful_shutdown", GRACEFUL_SHUTDOWN_SECONDS)
         config = uvicorn.Config(service.app, host=host, port=port, **uvicorn_options)
-        grace = DEFAULT_GRACE_SECONDS if shutdown_grace is None else shutdown_grace
+        grace = load_settings().shutdown_grace if shutdown_grace is None else shutdown_grace
         DrainingServer(config, service, grace).run()
 
     async def close(self) -> None:

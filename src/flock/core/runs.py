@@ -138,6 +138,9 @@ class Run:
     next_attempt_at: datetime | None = None
     lease_expires_at: datetime | None = None
     fence: int = 0  # grows at every claim: a commit must name the fence it claimed with
+    # The other correlations its inputs came from (a join or batch across correlations):
+    # the run counts as pending work of each of them too.
+    linked: tuple[str, ...] = ()
 
     @classmethod
     def new(

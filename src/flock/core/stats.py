@@ -43,6 +43,7 @@ class FlockStats:
     run_durations: dict[str, Histogram] = field(default_factory=dict)  # per agent, seconds
     run_queue_waits: dict[str, Histogram] = field(default_factory=dict)  # created -> started
     runs_queued: dict[str, int] = field(default_factory=dict)  # per agent, as last read
+    open_groups: dict[str, int] = field(default_factory=dict)  # per agent, as last read
     llm_tokens: dict[tuple[str, str], int] = field(default_factory=dict)
     llm_requests: dict[tuple[str, str], int] = field(default_factory=dict)
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import os
 import socket
 import time
@@ -19,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Literal
 
+from flock import logs
 from flock.core.agent import AgentOutputError, RunContext
 from flock.core.failures import describe_failure
 from flock.core.runs import NonRetryableError
@@ -33,22 +33,12 @@ if TYPE_CHECKING:
 logger = logging.getLogger("flock.worker")
 
 StopReason = Literal["cancelled", "lost", "shutdown"]
+# How often a worker looks for open groups (joins, batches) whose deadline came, at most:
+# any live worker settles them, whoever saw their first part. Its own parts' deadlines
+# wake it on time.
+GROUP_CHECK_SECONDS = 2.0
 # What a run's outputs got wrong: another attempt of the same engine would repeat it.
 _BAD_OUTPUT = (AgentOutputError, ArtifactValidationError, VisibilityError)
-
-
-def _env_number(name: str, default: float, *, integer: bool = False) -> float:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be a number, got {raw!r}") from None
-    if not math.isfinite(value) or value <= 0 or (integer and value != int(value)):
-        kind = "a whole number" if integer else "a finite number"
-        raise ValueError(f"{name} must be {kind} > 0, got {raw!r}")
-    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,12 +63,16 @@ class WorkerSettings:
 
     @classmethod
     def from_env(cls) -> WorkerSettings:
+        """The `FLOCK_*` values (see `flock.settings`)."""
+        from flock.settings import load_settings
+
+        settings = load_settings()
         return cls(
-            concurrency=int(_env_number("FLOCK_WORKER_CONCURRENCY", 64, integer=True)),
-            lease_seconds=_env_number("FLOCK_RUN_LEASE", 30.0),
-            run_timeout=_env_number("FLOCK_RUN_TIMEOUT", 600.0),
-            poll_seconds=_env_number("FLOCK_WORKER_POLL", 1.0),
-            max_queued_runs=int(_env_number("FLOCK_MAX_QUEUED_RUNS", 10_000, integer=True)),
+            concurrency=settings.worker_concurrency,
+            lease_seconds=settings.run_lease,
+            run_timeout=settings.run_timeout,
+            poll_seconds=settings.worker_poll,
+            max_queued_runs=settings.max_queued_runs,
         )
 
 
@@ -116,6 +110,7 @@ class Worker:
     _loop_task: asyncio.Task[None] | None = None
     _wake: asyncio.Event | None = None
     _claiming: bool = True
+    _groups_due: float = 0.0  # loop time of the next look at open groups' deadlines
 
     @property
     def running(self) -> bool:
@@ -135,12 +130,42 @@ class Worker:
         self._active = {}
         self._wake = asyncio.Event()
         self._claiming = True
+        self._groups_due = 0.0  # at once: groups a stopped process left may be due
         self._loop_task = loop.create_task(self._claim_loop(), name=f"flock-worker {self.name}")
 
     def wake(self) -> None:
         """Something may be due: look for runs now."""
         if self._wake is not None:
             self._wake.set()
+
+    def note_deadline(self, deadline: datetime | None) -> None:
+        """An open group of this process's making falls due at `deadline`: settle it then."""
+        if deadline is None or self._wake is None:
+            return
+        loop = asyncio.get_running_loop()
+        due = loop.time() + (deadline - datetime.now(UTC)).total_seconds()
+        if due < self._groups_due:
+            self._groups_due = due
+            self._wake.set()
+
+    async def _settle_groups(self) -> None:
+        """Settle the open groups whose deadline came (a batch runs with what it gathered,
+        a join part past its window is dropped), and plan the next look."""
+        loop = asyncio.get_running_loop()
+        next_look = loop.time() + GROUP_CHECK_SECONDS
+        try:
+            flush = await self.flock.store.flush_groups()
+        except Exception as exc:
+            logger.warning("cannot settle open groups, retrying: %s", exc)
+            self._groups_due = next_look
+            return
+        for correlation_id in flush.correlation_ids:
+            self.flock.watch.changed(correlation_id)
+        if flush.next_deadline is not None:
+            wait = (flush.next_deadline - datetime.now(UTC)).total_seconds()
+            # Never sooner than 50 ms: a due group is settled by now, whatever it said.
+            next_look = min(next_look, loop.time() + max(wait, 0.05))
+        self._groups_due = next_look
 
     def stop_claiming(self) -> None:
         self._claiming = False
@@ -175,9 +200,12 @@ class Worker:
         assert self._wake is not None
         wake, settings = self._wake, self.settings
         failures = 0
+        loop = asyncio.get_running_loop()
         while self._claiming:
             wake.clear()
-            delay = settings.poll_seconds
+            if loop.time() >= self._groups_due:
+                await self._settle_groups()
+            delay = min(settings.poll_seconds, max(self._groups_due - loop.time(), 0.0))
             free = settings.concurrency - len(self._active)
             if free > 0:
                 try:
@@ -209,7 +237,7 @@ class Worker:
             if not self._claiming:
                 break
             if delay > 0:
-                timer = asyncio.get_running_loop().call_later(delay, wake.set)
+                timer = loop.call_later(delay, wake.set)
                 await wake.wait()
                 timer.cancel()
 
@@ -233,6 +261,8 @@ class Worker:
         flock, store, stats = self.flock, self.flock.store, self.flock.stats
         claimed = active.claimed
         run = claimed.run
+        # This task's log records name the run (its own context: nothing leaks elsewhere).
+        logs.bind({"correlation_id": run.correlation_id, "run_id": run.id, "agent": run.agent})
         if claimed.recovered:
             stats.runs_recovered += 1
         if run.attempt == 1 and run.started_at is not None:
@@ -248,6 +278,7 @@ class Worker:
             ctx = RunContext(
                 agent.name, run.correlation_id, claimed.inputs, flock, run.id, run.attempt
             )
+            ctx.batch = agent.takes_list(claimed.inputs)
             timeout = agent.timeout or self.settings.run_timeout
             try:
                 async with asyncio.timeout(timeout):
@@ -283,15 +314,18 @@ class Worker:
                 retryable = agent.retry_policy.retryable(exc) and not isinstance(exc, _BAD_OUTPUT)
                 await self._fail(active, describe_failure(exc), retryable=retryable, usage=ctx)
                 return
-            triggered = flock.runs_triggered_by(outputs, principal=run.principal)
+            triggered = flock.triggered_by(outputs, principal=run.principal)
             committed = await store.complete_run(
                 run.id,
                 active.fence,
                 outputs,
-                triggered,
+                triggered.runs,
+                parts=triggered.parts,
                 usage=ctx.usage,
                 max_runs=flock.max_runs_per_correlation,
             )
+            if committed:
+                self.note_deadline(triggered.next_deadline())
             if committed:
                 stats.agent_runs += 1
                 stats.artifacts_published += len(outputs)
@@ -311,6 +345,9 @@ class Worker:
         finally:
             renewer.cancel()
             flock.watch.changed(run.correlation_id)
+            for item in claimed.inputs:  # a join's or batch's other correlations
+                if item.correlation_id != run.correlation_id:
+                    flock.watch.changed(item.correlation_id)
 
     def _unrunnable(self, claimed: ClaimedRun) -> str | None:
         run = claimed.run
@@ -322,6 +359,9 @@ class Worker:
             return f"this app has no agent named {run.agent!r}"
         if len(claimed.inputs) != len(run.input_ids):
             return "an input artifact of the run is missing from the store"
+        if not self.flock.get_agent(run.agent).fits(claimed.inputs):
+            kinds = ", ".join(a.type for a in claimed.inputs)
+            return f"its inputs ({kinds}) fit none of the agent's subscriptions"
         return None
 
     async def _fail(

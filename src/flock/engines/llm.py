@@ -115,7 +115,9 @@ class LLMEngine:
     ) -> None:
         _require_pydantic_ai()
         if model is None:
-            model = os.environ.get(MODEL_ENV, "").strip() or None
+            from flock.settings import load_settings
+
+            model = (load_settings().llm_model or "").strip() or None
             if model is None:
                 raise AgentConfigError(
                     f"LLMEngine needs a model: pass model='openai:NAME' (or 'test'), "

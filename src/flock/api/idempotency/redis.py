@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
 from redis.asyncio import Redis
@@ -27,8 +27,7 @@ from flock.api.idempotency.protocol import (
     IdempotencyStoreUnavailableError,
     RecordState,
 )
-
-CONNECT_TIMEOUT_SECONDS = 10.0
+from flock.core.store.sql_backends import DEFAULT_STORE_TIMEOUT, deadline, describe_unavailable
 
 # KEYS[1] record; ARGV: now, fingerprint, owner, expires_at, lease_expires_at, expire_ms.
 # Returns {0, fields} when the key is held (or its lapsed lease was claimed with another
@@ -108,12 +107,9 @@ return 1
 )
 
 
-@contextmanager
-def _unavailable_on_error() -> Iterator[None]:
-    try:
-        yield
-    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-        raise IdempotencyStoreUnavailableError(f"idempotency store unavailable: {exc}") from exc
+def _closed_transport(exc: BaseException) -> bool:
+    """uvloop's error for a write to a connection the server reset (redis-py lets it out)."""
+    return isinstance(exc, RuntimeError) and "handler is closed" in str(exc)
 
 
 def _ms(seconds: float) -> int:
@@ -153,12 +149,25 @@ def _record(key: str, fields: dict[str, bytes]) -> IdempotencyRecord:
 
 
 class RedisIdempotencyStore:
-    """Records in Redis under `prefix + key`, shared by every replica using the server."""
+    """Records in Redis under `prefix + key`, shared by every replica using the server.
 
-    def __init__(self, url: str, *, prefix: str = "flock:idem:") -> None:
+    `timeout` bounds every operation (connecting, each command, redis-py's retries).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "flock:idem:",
+        timeout: float | None = DEFAULT_STORE_TIMEOUT,
+    ) -> None:
         self.prefix = prefix
+        self._timeout = timeout
         self._redis: Redis = Redis.from_url(
-            url, socket_connect_timeout=CONNECT_TIMEOUT_SECONDS, decode_responses=False
+            url,
+            socket_connect_timeout=timeout,
+            socket_timeout=timeout,
+            decode_responses=False,
         )
         self._claim = self._redis.register_script(_CLAIM)
         self._record_publish = self._redis.register_script(_RECORD_PUBLISH)
@@ -166,8 +175,30 @@ class RedisIdempotencyStore:
         self._complete = self._redis.register_script(_COMPLETE)
         self._release = self._redis.register_script(_RELEASE)
 
+    @asynccontextmanager
+    async def _unavailable_on_error(self) -> AsyncIterator[None]:
+        """Bound one operation by the deadline (socket timeouts alone do not bound redis-py's
+        own retries); a lost, reset or silent server becomes
+        `IdempotencyStoreUnavailableError`."""
+        try:
+            async with deadline(self._timeout):
+                yield
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:  # TimeoutError too
+            reason = describe_unavailable(exc, self._timeout)
+            raise IdempotencyStoreUnavailableError(
+                f"idempotency store unavailable: {reason}"
+            ) from exc
+        except RuntimeError as exc:
+            if not _closed_transport(exc):
+                raise
+            # The dead connection went back to the pool as if alive: drop the idle ones.
+            await self._redis.connection_pool.disconnect(inuse_connections=False)
+            raise IdempotencyStoreUnavailableError(
+                "idempotency store unavailable: the connection was reset"
+            ) from exc
+
     async def _run(self, script: AsyncScript, key: str, *args: str | bytes | int) -> Any:
-        with _unavailable_on_error():
+        async with self._unavailable_on_error():
             return await script(keys=[self.prefix + key], args=list(args))
 
     async def claim(
@@ -227,7 +258,7 @@ class RedisIdempotencyStore:
         return bool(await self._run(self._release, key, owner, repr(time.time())))
 
     async def get(self, key: str) -> IdempotencyRecord | None:
-        with _unavailable_on_error():
+        async with self._unavailable_on_error():
             flat: dict[bytes, bytes] = await self._redis.hgetall(self.prefix + key)  # type: ignore[misc]
         if not flat:
             return None
@@ -239,7 +270,7 @@ class RedisIdempotencyStore:
         return 0
 
     async def ping(self) -> None:
-        with _unavailable_on_error():
+        async with self._unavailable_on_error():
             await self._redis.ping()
 
     async def close(self) -> None:

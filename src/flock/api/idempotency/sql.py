@@ -12,18 +12,13 @@ import asyncio
 import json
 import sqlite3
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any, Final
 
 import sqlalchemy as sa
-from sqlalchemy import event
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeoutError
-from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
-from sqlalchemy.schema import CreateIndex, CreateSchema, CreateTable
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from flock.api.idempotency.protocol import (
     CachedResponse,
@@ -32,12 +27,27 @@ from flock.api.idempotency.protocol import (
     IdempotencyStoreUnavailableError,
     RecordState,
 )
-from flock.core.store.sql_backends import retry_ddl
+from flock.core.store.migrations import (
+    SchemaDefinition,
+    SchemaState,
+    Step,
+    Upgrade,
+    baseline,
+    prepare_schema,
+    read_schema,
+)
+from flock.core.store.sql_backends import (
+    DEFAULT_STORE_TIMEOUT,
+    connection,
+    describe_unavailable,
+    is_unavailable,
+    postgres_engine,
+    retry_ddl,
+    sqlite_engine,
+)
+from flock.core.store.urls import parse_store_url
 
 TABLE_NAME = "flock_idempotency"
-CONNECT_TIMEOUT_SECONDS = 10.0
-# The advisory lock PostgreSQL starters take turns on while creating the table.
-_DDL_LOCK_ID = 0x466C6F636B4944  # "FlockID"
 
 # A claim that keeps finding its key freed between its two statements gives up eventually.
 _CLAIM_ATTEMPTS = 10
@@ -103,17 +113,20 @@ def _make_table(schema: str | None) -> sa.Table:
     )
 
 
-@contextmanager
-def _unavailable_on_error() -> Iterator[None]:
-    """Turn connection-level failures into `IdempotencyStoreUnavailableError`."""
-    try:
-        yield
-    except (OperationalError, InterfaceError, PoolTimeoutError, OSError, TimeoutError) as exc:
-        raise IdempotencyStoreUnavailableError(f"idempotency store unavailable: {exc}") from exc
-    except DBAPIError as exc:
-        if exc.connection_invalidated:
-            raise IdempotencyStoreUnavailableError(f"idempotency store unavailable: {exc}") from exc
-        raise
+def _legacy_version(conn: sa.Connection, schema: str | None) -> int | None:
+    """The first release's table had no version table; None: no table at all."""
+    return 1 if sa.inspect(conn).has_table(TABLE_NAME, schema=schema) else None
+
+
+# A new schema version: change `_make_table`, and append its Step here.
+IDEMPOTENCY_SCHEMA = SchemaDefinition(
+    name="idempotency store",
+    version_table="flock_idempotency_schema",
+    lock_id=0x466C6F636B4944,  # "FlockID"
+    create=lambda conn, schema: _make_table(schema).create(conn),
+    steps=(Step(1, "the flock_idempotency table", baseline),),
+    legacy_version=_legacy_version,
+)
 
 
 def _record(row: sa.Row[Any]) -> IdempotencyRecord:
@@ -140,18 +153,27 @@ def _record(row: sa.Row[Any]) -> IdempotencyRecord:
     )
 
 
+# Every operation is a single atomic statement, so connections stay in autocommit: no
+# BEGIN/COMMIT round trips, and nothing for the pool to roll back on check-in.
+_ENGINE_OPTIONS: dict[str, Any] = {"isolation_level": "AUTOCOMMIT", "pool_reset_on_return": None}
+
+
 class SQLIdempotencyStore:
     """The shared implementation; build one through `SQLiteIdempotencyStore` or
-    `PostgresIdempotencyStore`. The table is created on first use."""
+    `PostgresIdempotencyStore`. The table is created on first use (an older schema is
+    upgraded then only if `upgrade`); `timeout` bounds every operation."""
 
     def __init__(
-        self, url: str | URL, *, schema: str | None = None, connect_args: dict[str, Any]
+        self,
+        engine: AsyncEngine,
+        *,
+        schema: str | None = None,
+        timeout: float | None = DEFAULT_STORE_TIMEOUT,
+        upgrade: bool = True,
     ) -> None:
-        # Every operation is a single atomic statement, so connections stay in autocommit:
-        # no BEGIN/COMMIT round trips, and nothing for the pool to roll back on check-in.
-        self._engine = create_async_engine(
-            url, isolation_level="AUTOCOMMIT", pool_reset_on_return=None, connect_args=connect_args
-        )
+        self._engine = engine
+        self._timeout = timeout
+        self._upgrade = upgrade
         self._schema = schema
         self._table = _make_table(schema)
         self._ready = False
@@ -208,66 +230,63 @@ class SQLIdempotencyStore:
         self._release_stmt = sa.delete(t).where(held)
         self._purge_stmt = sa.delete(t).where(t.c.expires_at <= now)
 
+    @asynccontextmanager
+    async def _unavailable_on_error(self) -> AsyncIterator[None]:
+        """Connection-level failures (and a missed deadline, see `connection`) become
+        `IdempotencyStoreUnavailableError`."""
+        try:
+            yield
+        except Exception as exc:
+            if is_unavailable(exc):
+                reason = describe_unavailable(exc, self._timeout)
+                raise IdempotencyStoreUnavailableError(
+                    f"idempotency store unavailable: {reason}"
+                ) from exc
+            raise
+
+    def _connect(self) -> AbstractAsyncContextManager[AsyncConnection]:
+        return connection(self._engine, timeout=self._timeout)
+
     async def _ensure_table(self) -> None:
-        if self._ready:
-            return
-        async with self._ready_lock:
-            if not self._ready:
-                with _unavailable_on_error():
-                    await retry_ddl(self._create_table)
-                self._ready = True
+        if not self._ready:
+            await self.prepare(once=True)
 
-    def _table_exists(self, conn: sa.Connection) -> bool:
-        return sa.inspect(conn).has_table(TABLE_NAME, schema=self._schema)
+    async def prepare(self, *, upgrade: bool | None = None, once: bool = False) -> Upgrade | None:
+        """Create the table, check its schema version, or upgrade an older one (when
+        `upgrade`, default: the store's setting); what was done (None with `once` when it
+        was done already)."""
+        allowed = self._upgrade if upgrade is None else upgrade
+        async with self._ready_lock, self._unavailable_on_error():
+            if once and self._ready:
+                return None
+            outcome = await retry_ddl(
+                lambda: prepare_schema(
+                    self._engine,
+                    IDEMPOTENCY_SCHEMA,
+                    self._schema,
+                    upgrade=allowed,
+                    timeout=self._timeout,
+                )
+            )
+            self._ready = True
+            return outcome
 
-    def _schema_exists(self, conn: sa.Connection) -> bool:
-        return self._schema is None or sa.inspect(conn).has_schema(self._schema)
-
-    async def _create_table(self) -> None:
-        async with self._engine.connect() as conn:
-            # Look before creating: IF NOT EXISTS still needs the CREATE privilege.
-            if await conn.run_sync(self._table_exists):
-                return
-            if self._engine.dialect.name == "postgresql":
-                # Concurrent `CREATE TABLE IF NOT EXISTS` can still collide on PostgreSQL's
-                # catalog: starters take turns on an advisory lock.
-                await conn.execute(sa.select(sa.func.pg_advisory_lock(_DDL_LOCK_ID)))
-                try:
-                    await self._create_ddl(conn)
-                finally:
-                    if not conn.invalidated:  # else the lock went with the session
-                        await conn.execute(sa.select(sa.func.pg_advisory_unlock(_DDL_LOCK_ID)))
-                return
-            # SQLite: WAL sticks to the file once set (readers then run beside the writer);
-            # the DDL runs in one write-locked transaction, so a concurrent starter waits for
-            # it and never sees the table without its index.
-            await conn.exec_driver_sql("PRAGMA journal_mode = WAL")
-            await conn.exec_driver_sql("BEGIN IMMEDIATE")
-            try:
-                await self._create_ddl(conn)
-            except BaseException:
-                # An interrupted statement (a cancellation, a lost connection) invalidates the
-                # connection: closing it discarded the transaction, and another statement on
-                # it would raise in place of the original error, a CancelledError included.
-                if not conn.invalidated:
-                    await conn.exec_driver_sql("ROLLBACK")
-                raise
-            await conn.exec_driver_sql("COMMIT")
-
-    async def _create_ddl(self, conn: AsyncConnection) -> None:
-        if self._schema is not None and not await conn.run_sync(self._schema_exists):
-            await conn.execute(CreateSchema(self._schema, if_not_exists=True))
-        await conn.execute(CreateTable(self._table, if_not_exists=True))
-        for index in self._table.indexes:
-            await conn.execute(CreateIndex(index, if_not_exists=True))
+    async def schema_state(self) -> SchemaState:
+        """The database's schema version and this Flock's, changing nothing."""
+        async with self._unavailable_on_error():
+            return await read_schema(
+                self._engine, IDEMPOTENCY_SCHEMA, self._schema, timeout=self._timeout
+            )
 
     async def _execute(
         self, statement: sa.Executable, params: Mapping[str, Any]
     ) -> sa.CursorResult[Any]:
         await self._ensure_table()
-        with _unavailable_on_error():
-            async with self._engine.connect() as conn:
-                return await conn.execute(statement, params)
+        async with (
+            self._unavailable_on_error(),
+            connection(self._engine, timeout=self._timeout) as conn,
+        ):
+            return await conn.execute(statement, params)
 
     async def claim(
         self,
@@ -279,30 +298,30 @@ class SQLIdempotencyStore:
         ttl_seconds: float,
     ) -> ClaimResult:
         await self._ensure_table()
-        with _unavailable_on_error():
-            async with self._engine.connect() as conn:
-                for _ in range(_CLAIM_ATTEMPTS):
-                    now = time.time()
-                    params = {
-                        "p_key": key,
-                        "p_fingerprint": fingerprint,
-                        "p_owner": owner,
-                        "p_now": now,
-                        "p_expires_at": now + ttl_seconds,
-                        "p_lease_expires_at": now + lease_seconds,
-                    }
-                    won = (await conn.execute(self._claim_stmt, params)).first()
-                    if won is not None:
-                        taken_over = won.takeovers > 0
-                        return ClaimResult(
-                            acquired=True, record=_record(won), taken_over=taken_over
-                        )
-                    row = (await conn.execute(self._select_stmt, {"p_key": key})).first()
-                    now = time.time()
-                    if row is not None and row.expires_at > now:
-                        held = _record(row)
-                        if held.fingerprint != fingerprint or not held.lease_expired(now):
-                            return ClaimResult(acquired=False, record=held)
+        async with (
+            self._unavailable_on_error(),
+            connection(self._engine, timeout=self._timeout) as conn,
+        ):
+            for _ in range(_CLAIM_ATTEMPTS):
+                now = time.time()
+                params = {
+                    "p_key": key,
+                    "p_fingerprint": fingerprint,
+                    "p_owner": owner,
+                    "p_now": now,
+                    "p_expires_at": now + ttl_seconds,
+                    "p_lease_expires_at": now + lease_seconds,
+                }
+                won = (await conn.execute(self._claim_stmt, params)).first()
+                if won is not None:
+                    taken_over = won.takeovers > 0
+                    return ClaimResult(acquired=True, record=_record(won), taken_over=taken_over)
+                row = (await conn.execute(self._select_stmt, {"p_key": key})).first()
+                now = time.time()
+                if row is not None and row.expires_at > now:
+                    held = _record(row)
+                    if held.fingerprint != fingerprint or not held.lease_expired(now):
+                        return ClaimResult(acquired=False, record=held)
                     # Released, expired or abandoned since the upsert: try again.
         raise IdempotencyStoreUnavailableError(f"could not settle a claim on {key!r}; retry")
 
@@ -356,9 +375,11 @@ class SQLIdempotencyStore:
         return (await self._execute(self._purge_stmt, {"p_now": time.time()})).rowcount
 
     async def ping(self) -> None:
-        with _unavailable_on_error():
-            async with self._engine.connect() as conn:
-                await conn.execute(sa.text("SELECT 1"))
+        async with (
+            self._unavailable_on_error(),
+            connection(self._engine, timeout=self._timeout) as conn,
+        ):
+            await conn.execute(sa.text("SELECT 1"))
 
     async def close(self) -> None:
         await self._engine.dispose()
@@ -367,35 +388,43 @@ class SQLIdempotencyStore:
 class SQLiteIdempotencyStore(SQLIdempotencyStore):
     """Records in a SQLite file (WAL mode), shared by every process that opens the file."""
 
-    def __init__(self, path: str | Path, *, busy_timeout_seconds: float = 30.0) -> None:
+    def __init__(
+        self, path: str | Path, *, busy_timeout_seconds: float = 30.0, upgrade: bool = True
+    ) -> None:
         if sqlite3.sqlite_version_info < (3, 35, 0):
             raise RuntimeError(
                 f"SQLiteIdempotencyStore needs SQLite >= 3.35 (RETURNING); "
                 f"this Python links {sqlite3.sqlite_version}"
             )
         self.path = Path(path)
-        super().__init__(
-            f"sqlite+aiosqlite:///{self.path}", connect_args={"timeout": busy_timeout_seconds}
+        engine = sqlite_engine(
+            self.path,
+            busy_timeout=busy_timeout_seconds,
+            connect_args={"timeout": busy_timeout_seconds},
+            **_ENGINE_OPTIONS,
         )
-
-        @event.listens_for(self._engine.sync_engine, "connect")
-        def _configure(dbapi_connection: Any, _record: Any) -> None:
-            cursor = dbapi_connection.cursor()
-            cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_seconds * 1000)}")
-            # Safe with WAL: a commit survives a crash of the process, if not of the machine.
-            cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.close()
+        # A local file: bounded by the busy timeout (another writer's lock), no deadline.
+        super().__init__(engine, timeout=None, upgrade=upgrade)
 
 
 class PostgresIdempotencyStore(SQLIdempotencyStore):
-    """Records in PostgreSQL (asyncpg), optionally in their own `schema` (created if missing)."""
+    """Records in PostgreSQL (asyncpg), optionally in their own `schema` (created if missing;
+    `?schema=` on the DSN says the same). Driver options on the DSN (`?sslmode=...`) pass on
+    as for the blackboard store."""
 
-    def __init__(self, dsn: str, *, schema: str | None = None) -> None:
-        url = make_url(dsn)
-        if url.drivername not in {"postgresql", "postgres", "postgresql+asyncpg"}:
-            raise ValueError(f"not a PostgreSQL DSN: {url.render_as_string()}")
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        schema: str | None = None,
+        timeout: float | None = DEFAULT_STORE_TIMEOUT,
+        upgrade: bool = True,
+    ) -> None:
+        target = parse_store_url(dsn, kinds=("postgresql",))
+        engine = postgres_engine(target.asyncpg(), timeout=timeout, **_ENGINE_OPTIONS)
         super().__init__(
-            url.set(drivername="postgresql+asyncpg"),
-            schema=schema,
-            connect_args={"timeout": CONNECT_TIMEOUT_SECONDS},
+            engine,
+            schema=schema if schema is not None else target.schema,
+            timeout=timeout,
+            upgrade=upgrade,
         )

@@ -2,59 +2,53 @@
 
 from __future__ import annotations
 
-from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit, urlunsplit
-
 from flock.api.idempotency.protocol import IdempotencyStore
+from flock.core.store.urls import SUPPORTED, parse_store_url
 
-SUPPORTED = "memory://, sqlite:///path.db, postgresql://..., redis://... or rediss://..."
 
-
-def store_from_url(url: str) -> IdempotencyStore:
-    """Build the store a URL names.
+def store_from_url(
+    url: str, *, timeout: float | None = None, upgrade: bool | None = None
+) -> IdempotencyStore:
+    """Build the store a URL names (parsed as the blackboard's are, `flock.core.store.urls`).
 
     `memory://` (optionally `memory://?max_records=N`), `sqlite:///relative.db` or
     `sqlite:////absolute.db`, `postgresql://` / `postgres://` DSNs (`?schema=NAME` puts the
-    table in that schema), `redis://` / `rediss://` (`?prefix=P` sets the key prefix).
+    table in that schema, `?sslmode=...` and other driver options pass on), `redis://` /
+    `rediss://` (`?prefix=P` sets the key prefix). `timeout` bounds every operation on
+    PostgreSQL and Redis (default `FLOCK_STORE_TIMEOUT`); `upgrade` lets an older SQL schema
+    be upgraded on first use (default: SQLite yes, PostgreSQL no).
     """
-    scheme, separator, rest = url.partition("://")
-    scheme = scheme.lower()
-    if not separator:
-        raise ValueError(f"not a store URL: {url!r}; use {SUPPORTED}")
-    if scheme == "memory":
+    target = parse_store_url(url)
+    if target.kind == "memory":
         from flock.api.idempotency.memory import InMemoryIdempotencyStore
 
-        query = parse_qs(urlsplit(url).query)
-        if "max_records" in query:
-            return InMemoryIdempotencyStore(max_records=int(query["max_records"][-1]))
+        if "max_records" in target.options:
+            try:
+                limit = int(target.options["max_records"])
+            except ValueError:
+                raise ValueError("memory://?max_records= needs a whole number") from None
+            return InMemoryIdempotencyStore(max_records=limit)
         return InMemoryIdempotencyStore()
-    if scheme in {"sqlite", "sqlite+aiosqlite"}:
+    if target.kind == "sqlite":
         from flock.api.idempotency.sql import SQLiteIdempotencyStore
 
-        path = rest[1:] if rest.startswith("/") else ""
-        if not path:
-            raise ValueError(f"SQLite URL needs a file path, like sqlite:///flock.db: {url!r}")
-        return SQLiteIdempotencyStore(path)
-    if scheme in {"postgresql", "postgres", "postgresql+asyncpg"}:
+        assert target.path is not None
+        return SQLiteIdempotencyStore(target.path, upgrade=upgrade is not False)
+    if timeout is None:
+        from flock.settings import load_settings
+
+        timeout = load_settings().store_timeout
+    if target.kind == "postgresql":
         from flock.api.idempotency.sql import PostgresIdempotencyStore
 
-        dsn, schema = _pop_param(url, "schema")
-        return PostgresIdempotencyStore(dsn, schema=schema)
-    if scheme in {"redis", "rediss"}:
-        from flock.api.idempotency.redis import RedisIdempotencyStore
+        return PostgresIdempotencyStore(
+            target.driver_url, schema=target.schema, timeout=timeout, upgrade=bool(upgrade)
+        )
+    from flock.api.idempotency.redis import RedisIdempotencyStore
 
-        redis_url, prefix = _pop_param(url, "prefix")
-        if prefix is None:
-            return RedisIdempotencyStore(redis_url)
-        return RedisIdempotencyStore(redis_url, prefix=prefix)
-    raise ValueError(f"unsupported idempotency store URL {url!r}; use {SUPPORTED}")
+    if target.prefix is None:
+        return RedisIdempotencyStore(target.driver_url, timeout=timeout)
+    return RedisIdempotencyStore(target.driver_url, prefix=target.prefix, timeout=timeout)
 
 
-def _pop_param(url: str, name: str) -> tuple[str, str | None]:
-    """The URL without query parameter `name`, and that parameter's (last) value."""
-    parts = urlsplit(url)
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    values = [v for k, v in query if k == name]
-    if not values:
-        return url, None
-    kept = urlencode([(k, v) for k, v in query if k != name])
-    return urlunsplit(parts._replace(query=kept)), values[-1]
+__all__ = ["SUPPORTED", "store_from_url"]

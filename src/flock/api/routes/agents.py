@@ -21,7 +21,9 @@ logger = logging.getLogger("flock.api")
 router = APIRouter(prefix="/api/v1", tags=["agents"])
 
 
-@router.get("/agents", response_model=AgentListResponse, summary="List agents")
+@router.get(
+    "/agents", operation_id="listAgents", response_model=AgentListResponse, summary="List agents"
+)
 async def list_agents(
     principal: PrincipalDep,
     service: ServiceDep,
@@ -29,10 +31,18 @@ async def list_agents(
     # A tenant's caller sees the shared agents and its own tenant's, not another tenant's.
     tenant = principal.tenant
     agents = [a for a in service.flock.agents if a.tenant is None or tenant in (None, a.tenant)]
-    return json_response({"agents": [a.describe() for a in agents]})
+    open_groups = await service.flock.store.open_groups()
+    return json_response(
+        {"agents": [{**a.describe(), "open_groups": open_groups.get(a.name, 0)} for a in agents]}
+    )
 
 
-@router.post("/agents/{name}/run", response_model=AgentRunResponse, summary="Run one agent")
+@router.post(
+    "/agents/{name}/run",
+    operation_id="runAgent",
+    response_model=AgentRunResponse,
+    summary="Run one agent",
+)
 async def run_agent(
     name: Name,
     body: AgentRunRequest,
@@ -72,12 +82,22 @@ async def run_agent(
             f"agent {name!r} consumes only {sorted(consumed)}",
             details=strangers,
         )
+    if not agent.fits(inputs):
+        gates = [" + ".join(sub.types) for sub in agent.subscriptions if len(sub.types) > 1]
+        raise APIError(
+            ErrorCode.VALIDATION_ERROR,
+            f"agent {name!r} runs on one of its types at a time or on all of an AND gate's "
+            f"inputs together ({'; '.join(gates)}); these inputs fit neither",
+            details=[
+                {"field": "inputs", "message": "one input of each gate type", "code": "arity"}
+            ],
+        )
     try:
         outputs = await service.flock.direct_invoke(agent, inputs)
     except VisibilityError:
         raise  # a tenant-bound agent of another tenant: 403, not the agent's failure
     except Exception as exc:  # the agent's failure is the run's result, as in sync publish
-        logger.warning("direct run of agent %s failed: %s", name, exc)
+        logger.warning("direct run of agent %s failed: %s", name, exc, exc_info=exc)
         error = AgentError(name, inputs[0].id, describe_failure(exc), inputs[0].correlation_id)
         return json_response({"agent": name, "artifacts": [], "errors": [error.to_dict()]})
     visible = [a.to_dict() for a in outputs if a.visibility.allows(principal.identity)]

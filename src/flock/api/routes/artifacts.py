@@ -228,7 +228,12 @@ async def run_keyed(
     )
 
 
-@router.post("/artifacts", response_model=PublishResponse, summary="Publish an artifact")
+@router.post(
+    "/artifacts",
+    operation_id="publishArtifact",
+    response_model=PublishResponse,
+    summary="Publish an artifact",
+)
 async def publish_artifact(
     body: PublishRequest,
     request: Request,
@@ -244,6 +249,7 @@ async def publish_artifact(
 
 @router.post(
     "/artifacts/sync",
+    operation_id="publishArtifactSync",
     response_model=SyncPublishResponse,
     summary="Publish an artifact and wait for its cascade",
 )
@@ -262,7 +268,12 @@ async def publish_sync(
         )
 
 
-@router.get("/artifacts", response_model=ArtifactListResponse, summary="Query artifacts")
+@router.get(
+    "/artifacts",
+    operation_id="listArtifacts",
+    response_model=ArtifactListResponse,
+    summary="Query artifacts",
+)
 async def list_artifacts(
     principal: PrincipalDep,
     service: ServiceDep,
@@ -299,7 +310,12 @@ async def list_artifacts(
     )
 
 
-@router.get("/artifacts/summary", response_model=ArtifactSummary, summary="Count artifacts")
+@router.get(
+    "/artifacts/summary",
+    operation_id="summarizeArtifacts",
+    response_model=ArtifactSummary,
+    summary="Count artifacts",
+)
 async def summarize_artifacts(
     principal: PrincipalDep,
     service: ServiceDep,
@@ -316,7 +332,12 @@ async def summarize_artifacts(
     return json_response(await service.flock.store.summarize_artifacts(filters))
 
 
-@router.get("/artifacts/{artifact_id}", response_model=ArtifactModel, summary="Get an artifact")
+@router.get(
+    "/artifacts/{artifact_id}",
+    operation_id="getArtifact",
+    response_model=ArtifactModel,
+    summary="Get an artifact",
+)
 async def get_artifact(
     artifact_id: Identifier,
     principal: PrincipalDep,

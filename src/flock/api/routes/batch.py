@@ -271,6 +271,7 @@ class BatchPublish:
 
 @router.post(
     "/artifacts/batch",
+    operation_id="publishArtifactBatch",
     response_model=BatchPublishResponse,
     summary="Publish many artifacts, each with its own outcome",
 )

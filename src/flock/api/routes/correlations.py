@@ -45,6 +45,7 @@ async def _answer(
 
 @router.get(
     "/correlations/{correlation_id}",
+    operation_id="getCorrelation",
     response_model=CorrelationStatusResponse,
     summary="Status of a correlation (a cascade)",
 )
@@ -60,6 +61,7 @@ async def correlation_status(
 
 @router.post(
     "/correlations/{correlation_id}/cancel",
+    operation_id="cancelCorrelation",
     response_model=CorrelationStatusResponse,
     summary="Cancel a cascade",
 )

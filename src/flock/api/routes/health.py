@@ -19,13 +19,14 @@ logger = logging.getLogger("flock.api")
 _PING_TIMEOUT = 2.0
 
 
-@router.get("/health", response_model=HealthResponse, summary="Liveness")
+@router.get("/health", operation_id="health", response_model=HealthResponse, summary="Liveness")
 async def health() -> Response:
     return json_response({"status": "ok"})
 
 
 @router.get(
     "/ready",
+    operation_id="ready",
     response_model=HealthResponse,
     summary="Readiness: every store reachable",
     responses={503: {"model": ErrorResponse}},
@@ -53,6 +54,8 @@ async def ready(service: ServiceDep, request: Request) -> Response:
     return json_response({"status": "ready"})
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+@router.get(
+    "/metrics", operation_id="metrics", summary="Prometheus metrics", response_class=Response
+)
 async def metrics(service: ServiceDep) -> Response:
     return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)

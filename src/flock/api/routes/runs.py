@@ -28,7 +28,9 @@ async def _visible_run(service: ServiceDep, principal: Principal, run_id: str) -
     raise APIError(ErrorCode.NOT_FOUND, f"no run {run_id!r}")
 
 
-@router.get("/runs", response_model=RunListResponse, summary="List agent runs")
+@router.get(
+    "/runs", operation_id="listRuns", response_model=RunListResponse, summary="List agent runs"
+)
 async def list_runs(
     principal: PrincipalDep,
     service: ServiceDep,
@@ -51,13 +53,20 @@ async def list_runs(
     )
 
 
-@router.get("/runs/{run_id}", response_model=RunModel, summary="Get an agent run")
+@router.get(
+    "/runs/{run_id}", operation_id="getRun", response_model=RunModel, summary="Get an agent run"
+)
 async def get_run(run_id: str, principal: PrincipalDep, service: ServiceDep) -> Response:
     run = await _visible_run(service, principal, run_id)
     return json_response(run.to_dict(), headers={"X-Correlation-ID": run.correlation_id})
 
 
-@router.post("/runs/{run_id}/retry", response_model=RunModel, summary="Retry a dead run")
+@router.post(
+    "/runs/{run_id}/retry",
+    operation_id="retryRun",
+    response_model=RunModel,
+    summary="Retry a dead run",
+)
 async def retry_run(run_id: str, principal: PrincipalDep, service: ServiceDep) -> Response:
     """A `dead` or `cancelled` run is queued again with fresh attempts and answered as it now
     is (retrying a run of a cancelled cascade resumes that cascade); any other state is

@@ -10,6 +10,14 @@ from datetime import datetime
 from typing import Any
 
 from flock.core.artifacts import AgentError, Artifact, ArtifactEnvelope, ConsumptionRecord
+from flock.core.groups import (
+    GroupFlush,
+    GroupPart,
+    assemble,
+    expiry_error,
+    flushable,
+    run_for,
+)
 from flock.core.runs import Run, RunState, Usage, lease_until
 from flock.core.store.protocol import (
     ClaimedRun,
@@ -44,12 +52,20 @@ def _order(artifact: Artifact) -> tuple[datetime, str]:
 class _Correlation:
     started_at: datetime
     updated_at: datetime
-    pending: int = 0
+    pending: int = 0  # its queued and running runs, those it shares with others included
+    # Its artifacts waiting in open groups, with how many groups each waits in.
+    waiting_ids: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def waiting(self) -> int:
+        return len(self.waiting_ids)
+
     run_count: int = 0
     cancelled: bool = False
     limit_reported: bool = False
     errors: list[AgentError] = field(default_factory=list)  # correlation-level ones
     runs: list[Run] = field(default_factory=list)
+    linked_runs: list[Run] = field(default_factory=list)  # joins/batches that took its parts
 
 
 class InMemoryBlackboardStore:
@@ -67,17 +83,26 @@ class InMemoryBlackboardStore:
         self._runs: dict[str, Run] = {}
         # Queued and running runs, oldest first: what a claim looks through.
         self._pending: dict[str, Run] = {}
+        # Open groups of AND gates, joins and batches: (agent, group) -> parts, oldest first.
+        self._groups: dict[tuple[str, str], list[GroupPart]] = {}
 
     # -- artifacts --------------------------------------------------------------------------
 
     async def publish(
-        self, artifact: Artifact, runs: Sequence[Run] = (), *, max_runs: int | None = None
+        self,
+        artifact: Artifact,
+        runs: Sequence[Run] = (),
+        *,
+        parts: Sequence[GroupPart] = (),
+        max_runs: int | None = None,
     ) -> Artifact:
         stored = self._by_id.get(artifact.id)
         if stored is not None:
             return replace(stored)  # never the caller's object: it was not stored now
         self._add(artifact)
         self._create_runs(runs, max_runs)
+        if parts:
+            self._add_parts(parts, utcnow(), max_runs)
         return artifact
 
     put = publish
@@ -114,10 +139,81 @@ class InMemoryBlackboardStore:
                 continue
             record.run_count += 1  # the store keeps the record it was given
             record.runs.append(run)
+            for linked in run.linked:
+                self._touch(linked, run.created_at).linked_runs.append(run)
             self._runs[run.id] = run
             if run.pending:
                 self._pending[run.id] = run
-                record.pending += 1
+                self._count_pending(run, 1)
+
+    def _count_pending(self, run: Run, change: int) -> None:
+        """A run started or stopped being pending work of its correlations."""
+        for correlation_id in (run.correlation_id, *run.linked):
+            self._touch(correlation_id, run.created_at).pending += change
+
+    # -- open groups ------------------------------------------------------------------------
+
+    def _add_parts(self, parts: Sequence[GroupPart], now: datetime, max_runs: int | None) -> None:
+        touched: dict[tuple[str, str], list[GroupPart]] = {}
+        for part in parts:
+            record = self._touch(part.correlation_id, part.arrived_at)
+            if record.cancelled:
+                continue
+            group = self._groups.setdefault((part.agent, part.group), [])
+            if any(p.artifact_id == part.artifact_id for p in group):
+                continue
+            group.append(part)
+            record.waiting_ids[part.artifact_id] += 1
+            touched[(part.agent, part.group)] = group
+        made: list[Run] = []
+        for key, group in touched.items():
+            for complete in assemble(group):
+                self._take_parts(key, complete)
+                made.append(run_for(complete, now))
+        self._create_runs(made, max_runs)
+
+    def _take_parts(self, key: tuple[str, str], taken: Sequence[GroupPart]) -> None:
+        group = self._groups.get(key, [])
+        ids = {p.artifact_id for p in taken}
+        group[:] = [p for p in group if p.artifact_id not in ids]
+        for part in taken:
+            record = self._correlations.get(part.correlation_id)
+            if record is not None:
+                record.waiting_ids[part.artifact_id] -= 1
+                if record.waiting_ids[part.artifact_id] <= 0:
+                    del record.waiting_ids[part.artifact_id]
+        if not group:
+            self._groups.pop(key, None)
+
+    async def flush_groups(self) -> GroupFlush:
+        now = utcnow()
+        flush = GroupFlush()
+        made: list[Run] = []
+        for key, group in list(self._groups.items()):
+            if group[0].kind == "batch":
+                for batch in flushable(group, now):
+                    self._take_parts(key, batch)
+                    made.append(run_for(batch, now))
+                    flush.correlation_ids.update(p.correlation_id for p in batch)
+                continue
+            expired = [p for p in group if p.deadline is not None and p.deadline <= now]
+            if not expired:
+                continue
+            self._take_parts(key, expired)
+            for part in expired:
+                await self.record_error(expiry_error(part, now))
+                flush.correlation_ids.add(part.correlation_id)
+        before = len(self._runs)
+        self._create_runs(made, None)
+        flush.runs_created = len(self._runs) - before
+        flush.next_deadline = min(
+            (p.deadline for g in self._groups.values() for p in g if p.deadline is not None),
+            default=None,
+        )
+        return flush
+
+    async def open_groups(self) -> dict[str, int]:
+        return dict(Counter(agent for (agent, _), group in self._groups.items() if group))
 
     async def get(self, artifact_id: str) -> Artifact | None:
         return self._by_id.get(artifact_id)
@@ -176,25 +272,28 @@ class InMemoryBlackboardStore:
         record = self._correlations.get(correlation_id)
         if record is None:
             return None
-        errors = [*record.errors, *(dead_run_error(r) for r in record.runs if r.state == DEAD)]
+        runs = (*record.runs, *record.linked_runs)
+        errors = [*record.errors, *(dead_run_error(r) for r in runs if r.state == DEAD)]
         errors.sort(key=lambda e: e.at)
         return CorrelationRecord(
             correlation_id,
-            correlation_state(record.cancelled, record.pending),
+            correlation_state(record.cancelled, record.pending + record.waiting),
             record.started_at,
             record.updated_at,
             len(self._by_correlation.get(correlation_id, ())),
             errors,
             record.pending,
+            record.waiting,
         )
 
     async def progress(self, correlation_id: str | None = None) -> Progress:
-        if correlation_id is None:
-            return Progress(len(self._pending))
+        if correlation_id is None:  # plain AND gates may wait for ever: not counted
+            timed = sum(p.deadline is not None for g in self._groups.values() for p in g)
+            return Progress(len(self._pending) + timed, runs=len(self._pending))
         record = self._correlations.get(correlation_id)
         if record is None:
             return Progress(0, exists=False)
-        return Progress(record.pending, record.cancelled)
+        return Progress(record.pending + record.waiting, record.cancelled, runs=record.pending)
 
     # -- runs -------------------------------------------------------------------------------
 
@@ -250,6 +349,7 @@ class InMemoryBlackboardStore:
         outputs: Sequence[Artifact],
         triggered: Sequence[Run],
         *,
+        parts: Sequence[GroupPart] = (),
         usage: Usage | None = None,
         max_runs: int | None = None,
     ) -> bool:
@@ -264,6 +364,8 @@ class InMemoryBlackboardStore:
         run.error = None
         self._finish(run, SUCCEEDED, now, usage)
         self._create_runs(triggered, max_runs)
+        if parts:
+            self._add_parts(parts, now, max_runs)
         return True
 
     async def fail_run(
@@ -307,8 +409,8 @@ class InMemoryBlackboardStore:
         run.next_attempt_at = run.lease_expires_at = None
         run.usage = add_usage(run.usage, usage)
         if self._pending.pop(run.id, None) is not None:
-            record = self._touch(run.correlation_id, now)
-            record.pending -= 1
+            self._count_pending(run, -1)
+            self._touch(run.correlation_id, now)
 
     async def cancel_correlation(self, correlation_id: str) -> bool:
         record = self._correlations.get(correlation_id)
@@ -319,6 +421,10 @@ class InMemoryBlackboardStore:
         for run in record.runs:
             if run.pending:
                 self._finish(run, CANCELLED, now, None)
+        for key, group in list(self._groups.items()):
+            dropped = [p for p in group if p.correlation_id == correlation_id]
+            if dropped:
+                self._take_parts(key, dropped)
         return True
 
     async def retry_run(self, run_id: str) -> Run | None:
@@ -331,7 +437,7 @@ class InMemoryBlackboardStore:
         requeue(run, now)
         record = self._touch(run.correlation_id, now)
         record.cancelled = False
-        record.pending += 1
+        self._count_pending(run, 1)
         self._pending[run.id] = run
         return run.copy()
 

@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from flock.core.artifacts import AgentError, Artifact, ArtifactEnvelope, ConsumptionRecord
+from flock.core.groups import GroupFlush, GroupPart
 from flock.core.runs import Run, RunState, Usage
 from flock.core.visibility import Identity
 
@@ -72,8 +73,9 @@ class CorrelationRecord:
     """A correlation as the store derives it from its runs (the same on every replica).
 
     `state` is `cancelled` once cancelled, else `running` while any run is queued or
-    running (a pending retry included), else `idle`. `errors` holds the runs that ended
-    `dead` and correlation-level errors, oldest first.
+    running (a pending retry included) or any of its artifacts waits in an open group
+    (`waiting_artifacts`), else `idle`. `errors` holds the runs that ended `dead` and
+    correlation-level errors, oldest first.
     """
 
     correlation_id: str
@@ -83,6 +85,7 @@ class CorrelationRecord:
     artifact_count: int = 0
     errors: list[AgentError] = field(default_factory=list)
     pending_runs: int = 0
+    waiting_artifacts: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """The correlation as `GET /correlations/{id}` shows it."""
@@ -90,6 +93,7 @@ class CorrelationRecord:
             "correlation_id": self.correlation_id,
             "state": self.state,
             "pending_runs": self.pending_runs,
+            "waiting_artifacts": self.waiting_artifacts,
             "artifact_count": self.artifact_count,
             "errors": [e.to_dict() for e in self.errors],
             "started_at": self.started_at.isoformat().replace("+00:00", "Z"),
@@ -102,11 +106,21 @@ CorrelationStatus = CorrelationRecord
 
 @dataclass(frozen=True, slots=True)
 class Progress:
-    """How far a correlation (or, for None, the whole store) is: what waiters check."""
+    """How far a correlation (or, for None, the whole store) is: what waiters check.
+
+    `pending` counts its queued and running runs and its artifacts waiting in open groups
+    (for the whole store: the pending runs, and the waiting artifacts a deadline will
+    settle, of joins and batches with a timeout).
+    """
 
     pending: int
     cancelled: bool = False
     exists: bool = True
+    runs: int | None = None  # of `pending`, the queued and running runs (None: all of it)
+
+    @property
+    def pending_runs(self) -> int:
+        return self.pending if self.runs is None else self.runs
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,17 +159,30 @@ class BlackboardStore(Protocol):
     """
 
     async def publish(
-        self, artifact: Artifact, runs: Sequence[Run] = (), *, max_runs: int | None = None
+        self,
+        artifact: Artifact,
+        runs: Sequence[Run] = (),
+        *,
+        parts: Sequence[GroupPart] = (),
+        max_runs: int | None = None,
     ) -> Artifact:
         """Store the artifact and create the runs it triggers, together (one transaction).
 
-        If an artifact with its id is stored already, return that one and create nothing.
-        At most `max_runs` runs are created per correlation in all; past it one
-        correlation-level error is recorded. No run is created in a cancelled correlation.
+        `parts` join their open groups; a group they complete becomes a run at once
+        (`flock.core.groups.assemble`), exactly once even when two writers complete it at
+        the same moment. If an artifact with its id is stored already, return that one and
+        create nothing. At most `max_runs` runs are created per correlation in all; past it
+        one correlation-level error is recorded. Nothing is created in a cancelled
+        correlation.
         """
 
     async def put(
-        self, artifact: Artifact, runs: Sequence[Run] = (), *, max_runs: int | None = None
+        self,
+        artifact: Artifact,
+        runs: Sequence[Run] = (),
+        *,
+        parts: Sequence[GroupPart] = (),
+        max_runs: int | None = None,
     ) -> Artifact:
         """Alias of `publish`."""
 
@@ -208,11 +235,12 @@ class BlackboardStore(Protocol):
         outputs: Sequence[Artifact],
         triggered: Sequence[Run],
         *,
+        parts: Sequence[GroupPart] = (),
         usage: Usage | None = None,
         max_runs: int | None = None,
     ) -> bool:
-        """Commit a run's effects in one step: outputs, the runs they trigger, its
-        consumption records and the `succeeded` state."""
+        """Commit a run's effects in one step: outputs, the runs and group parts they
+        trigger (as `publish` does), its consumption records and the `succeeded` state."""
 
     async def fail_run(
         self,
@@ -237,6 +265,16 @@ class BlackboardStore(Protocol):
         `InvalidRunStateError` in any other state)."""
 
     async def get_run(self, run_id: str) -> Run | None: ...
+
+    # -- open groups ------------------------------------------------------------------------
+
+    async def flush_groups(self) -> GroupFlush:
+        """Settle the open groups whose deadline came: a batch becomes a run with what it
+        gathered; a join part that waited past its window is dropped and recorded as an
+        error of its correlation. Any worker may call it; each group is settled once."""
+
+    async def open_groups(self) -> dict[str, int]:
+        """How many open groups each agent has (agents with none are left out)."""
 
     async def query_runs(
         self, filters: RunFilter | None = None, limit: int = 50, offset: int = 0

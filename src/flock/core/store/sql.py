@@ -12,23 +12,25 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
-from sqlalchemy import Connection, text
+from sqlalchemy import text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
-from sqlalchemy.schema import CreateSchema
 
 from flock.core.artifacts import AgentError, Artifact, ArtifactEnvelope, ConsumptionRecord
+from flock.core.groups import GroupFlush, GroupPart
 from flock.core.runs import Run, Usage, lease_until
-from flock.core.store import notifications, sql_pg, sql_runs
+from flock.core.store import notifications, sql_groups, sql_pg, sql_runs
 from flock.core.store import sql_statements as sql
 from flock.core.store.memory import InMemoryBlackboardStore
+from flock.core.store.migrations import SchemaState, Upgrade, prepare_schema, read_schema
 from flock.core.store.protocol import (
     BlackboardStore,
     ClaimedRun,
@@ -37,17 +39,21 @@ from flock.core.store.protocol import (
     InvalidRunStateError,
     Progress,
     RunFilter,
+    StoreUnavailableError,
 )
 from flock.core.store.shared import LEASE_LOST, correlation_state, dead_run_error, utcnow
 from flock.core.store.sql_backends import (
-    POSTGRES_SCHEMES,
-    asyncpg_url,
+    DEFAULT_STORE_TIMEOUT,
     configure_sqlite,
+    connection,
+    is_conflict,
     is_unavailable,
+    postgres_engine,
     retry_ddl,
     unavailable,
 )
 from flock.core.store.sql_schema import (
+    BLACKBOARD_SCHEMA,
     artifact_from_row,
     artifact_row,
     audience_rows,
@@ -61,8 +67,8 @@ from flock.core.store.sql_schema import (
     to_micros,
     usage_params,
 )
-from flock.core.store.sql_schema import migrate as migrate_schema
 from flock.core.store.sql_thread import SQLiteFiles
+from flock.core.store.urls import parse_store_url
 
 _NOTIFY = text("SELECT pg_notify(:channel, :payload)")
 # For claims and lease renewals on PostgreSQL: their commit need not wait for the disk. One
@@ -70,6 +76,8 @@ _NOTIFY = text("SELECT pg_notify(:channel, :payload)")
 # after any lost lease); every commit of effects is synchronous and fenced, and flushing it
 # flushes the claims before it. This saves a WAL flush (~3 ms on our disk) per claim.
 _NO_FLUSH_WAIT = text("SET LOCAL synchronous_commit TO off")
+_CONFLICT_ATTEMPTS = 4  # a deadlock's victim is run again this many times in all
+_T = TypeVar("_T")
 _IN_CHUNK = 1000  # ids per `IN (...)`, far below SQLite's and asyncpg's parameter limits
 # A correlation row created by an artifact or an error, before any state write: any seq wins.
 _NO_SEQ = -1
@@ -79,11 +87,28 @@ class SQLBlackboardStore:
     """A `BlackboardStore` on a SQLAlchemy async URL (sqlite+aiosqlite or postgresql+asyncpg).
 
     `schema` places the tables in that PostgreSQL schema (created if missing).
-    `engine_options` go to `create_async_engine` (pool size, `pool_pre_ping`, connect_args).
+    `timeout` bounds every operation (`FLOCK_STORE_TIMEOUT`; None: unbounded); past it the
+    operation raises `StoreUnavailableError`. `upgrade`: bring an older schema up to date on
+    first use (else such a database is refused until `flock db upgrade`); an empty database
+    always gets its tables. `engine_options` go to `create_async_engine` (pool size,
+    `pool_pre_ping`, connect_args).
     """
 
-    def __init__(self, url: str | URL, *, schema: str | None = None, **engine_options: Any) -> None:
-        self._root_engine = create_async_engine(url, **engine_options)
+    def __init__(
+        self,
+        url: str | URL,
+        *,
+        schema: str | None = None,
+        timeout: float | None = DEFAULT_STORE_TIMEOUT,
+        upgrade: bool = True,
+        **engine_options: Any,
+    ) -> None:
+        if make_url(url).get_backend_name() == "postgresql":
+            self._root_engine = postgres_engine(url, timeout=timeout, **engine_options)
+        else:
+            self._root_engine = create_async_engine(url, **engine_options)
+        self._timeout = timeout
+        self._upgrade = upgrade
         self._engine = self._root_engine
         if schema is not None:
             self._engine = self._root_engine.execution_options(schema_translate_map={None: schema})
@@ -112,18 +137,67 @@ class SQLBlackboardStore:
     # -- writes -----------------------------------------------------------------------------
 
     async def publish(
-        self, artifact: Artifact, runs: Sequence[Run] = (), *, max_runs: int | None = None
+        self,
+        artifact: Artifact,
+        runs: Sequence[Run] = (),
+        *,
+        parts: Sequence[GroupPart] = (),
+        max_runs: int | None = None,
     ) -> Artifact:
-        async with self._transaction() as conn:
+        async def write(conn: AsyncConnection) -> Artifact:
+            if parts:
+                await self._lock_groups(conn, parts)
             if not await self._insert_artifacts(conn, (artifact,)):
                 row = (await conn.execute(sql.GET_ARTIFACT, {"id": artifact.id})).mappings().one()
                 return artifact_from_row(row)
-            if runs:
-                await sql_runs.insert_runs(
-                    conn, runs, postgres=self._postgres, schema=self._schema, max_runs=max_runs
-                )
-                await self._notify(conn, True, ())
-        return artifact
+            await self._trigger(conn, runs, parts, max_runs)
+            return artifact
+
+        return await self._write(write, retry=bool(parts))
+
+    async def _write(
+        self, body: Callable[[AsyncConnection], Awaitable[_T]], *, retry: bool = True
+    ) -> _T:
+        """Run `body` in one write transaction. With `retry`, a transaction PostgreSQL
+        aborted as a deadlock or serialization failure is run again (it changed nothing):
+        group writes lock the correlations of several cascades, in no fixed order."""
+        attempts = _CONFLICT_ATTEMPTS if retry and self._postgres else 1
+        for attempt in range(1, attempts + 1):
+            try:
+                async with self._transaction() as conn:
+                    return await body(conn)
+            except StoreUnavailableError as exc:
+                if attempt == attempts or not is_conflict(exc.__cause__):
+                    raise
+                await asyncio.sleep(random.uniform(0.002, 0.02) * attempt)
+        raise AssertionError("unreachable")  # the last attempt returned or raised
+
+    async def _lock_groups(self, conn: AsyncConnection, parts: Sequence[GroupPart]) -> None:
+        keys = ((p.agent, p.group) for p in parts)
+        await sql_groups.lock_groups(conn, keys, postgres=self._postgres)
+
+    async def _trigger(
+        self,
+        conn: AsyncConnection,
+        runs: Sequence[Run],
+        parts: Sequence[GroupPart],
+        max_runs: int | None,
+    ) -> None:
+        """Create the runs, put the parts in their groups (and make runs of the groups they
+        complete), and tell workers when any was made."""
+        made: list[Run] = []
+        if parts:
+            made = await sql_groups.add_parts(conn, parts, postgres=self._postgres, now=utcnow())
+        if runs or made:
+            await sql_runs.insert_runs(
+                conn,
+                [*runs, *made],
+                postgres=self._postgres,
+                schema=self._schema,
+                max_runs=max_runs,
+            )
+            await sql_groups.link_runs(conn, made, postgres=self._postgres)
+            await self._notify(conn, True, ())
 
     put = publish
 
@@ -235,24 +309,37 @@ class SQLBlackboardStore:
         outputs: Sequence[Artifact],
         triggered: Sequence[Run],
         *,
+        parts: Sequence[GroupPart] = (),
         usage: Usage | None = None,
         max_runs: int | None = None,
     ) -> bool:
         now = to_micros(utcnow())
         params = sql_runs.succeed_params(run_id, fence, now, [a.id for a in outputs], usage)
-        async with self._transaction() as conn:
+
+        async def write(conn: AsyncConnection) -> bool:
             row = (await conn.execute(sql_runs.SUCCEED, params)).first()
             if row is None:
                 return False
+            if parts:
+                await self._lock_groups(conn, parts)
             # The outputs' correlation row and the consumption's moment: one touch.
             await self._insert_artifacts(conn, outputs, touch=(row.correlation_id, now))
             await self._consume(conn, row, now, touch=False)
-            if triggered:
-                await sql_runs.insert_runs(
-                    conn, triggered, postgres=self._postgres, schema=self._schema, max_runs=max_runs
-                )
-            await self._notify(conn, bool(triggered), (row.correlation_id,))
-        return True
+            if triggered or parts:
+                await self._trigger(conn, triggered, parts, max_runs)
+            await self._notify(conn, False, await self._correlations_of(conn, run_id, row))
+            return True
+
+        return await self._write(write, retry=bool(parts))
+
+    async def _correlations_of(self, conn: AsyncConnection, run_id: str, row: Any) -> list[str]:
+        """The correlations a finished run was pending work of: its own, and those of its
+        inputs' other correlations (a join or batch across correlations)."""
+        found = [row.correlation_id]
+        if self._channel is not None and row.input_ids.count(",") > 0:
+            params = {"p_run_id": run_id}
+            found.extend((await conn.execute(sql_groups.LINKED_CORRELATIONS, params)).scalars())
+        return found
 
     async def _consume(
         self, conn: AsyncConnection, row: Any, now: int, *, touch: bool = True
@@ -289,7 +376,7 @@ class SQLBlackboardStore:
             if row is None:
                 return False
             await self._consume(conn, row, now)
-            await self._notify(conn, False, (row.correlation_id,))
+            await self._notify(conn, False, await self._correlations_of(conn, run_id, row))
         return True
 
     async def release_run(self, run_id: str, fence: int) -> bool:
@@ -302,13 +389,19 @@ class SQLBlackboardStore:
 
     async def cancel_correlation(self, correlation_id: str) -> bool:
         params = {"p_correlation_id": correlation_id, "p_now": to_micros(utcnow())}
-        async with self._transaction() as conn:
+
+        async def write(conn: AsyncConnection) -> bool:
             result = await conn.execute(sql_runs.CANCEL_CORRELATION, params)
             if not result.rowcount:
                 return False
-            await conn.execute(sql_runs.CANCEL_RUNS, params)
-            await self._notify(conn, False, (correlation_id,))
-        return True
+            cancelled = (await conn.execute(sql_runs.CANCEL_RUNS, params)).scalars().all()
+            await conn.execute(sql_groups.DROP_CORRELATION_PARTS, params)
+            # Waiters of the other correlations its cancelled joins and batches served.
+            linked = await sql_groups.linked_correlations(conn, cancelled)
+            await self._notify(conn, False, (correlation_id, *linked))
+            return True
+
+        return await self._write(write)
 
     async def retry_run(self, run_id: str) -> Run | None:
         params = {"p_run_id": run_id, "p_now": to_micros(utcnow())}
@@ -325,6 +418,37 @@ class SQLBlackboardStore:
             await conn.execute(sql_runs.UNCANCEL, {"p_correlation_id": run.correlation_id})
             await self._notify(conn, True, (run.correlation_id,))
         return run
+
+    async def flush_groups(self) -> GroupFlush:
+        now = utcnow()
+        async with self._reading() as conn:
+            due = (await conn.execute(sql_groups.NEXT_DEADLINE)).scalar()
+        if due is None or from_micros(due) > now:
+            return GroupFlush(next_deadline=None if due is None else from_micros(due))
+
+        async def write(conn: AsyncConnection) -> GroupFlush:
+            if not self._postgres:
+                # Take the file's write lock before reading, as every other write does.
+                await conn.execute(sql_groups.TAKE_WRITE_LOCK)
+            made, errors, next_deadline = await sql_groups.settle_due(
+                conn, postgres=self._postgres, now=now
+            )
+            if made:
+                await sql_runs.insert_runs(
+                    conn, made, postgres=self._postgres, schema=self._schema, max_runs=None
+                )
+                await sql_groups.link_runs(conn, made, postgres=self._postgres)
+            changed = {e.correlation_id for e in errors}
+            changed.update(c for run in made for c in (run.correlation_id, *run.linked))
+            await self._notify(conn, bool(made), changed)
+            return GroupFlush(changed, len(made), next_deadline)
+
+        return await self._write(write)
+
+    async def open_groups(self) -> dict[str, int]:
+        async with self._reading() as conn:
+            rows = (await conn.execute(sql_groups.OPEN_GROUPS)).tuples().all()
+        return {agent: count for agent, count in rows}
 
     async def get_run(self, run_id: str) -> Run | None:
         async with self._reading() as conn:
@@ -343,7 +467,8 @@ class SQLBlackboardStore:
     async def progress(self, correlation_id: str | None = None) -> Progress:
         async with self._reading() as conn:
             if correlation_id is None:
-                return Progress((await conn.execute(sql_runs.PENDING_ALL)).scalar_one())
+                pending_runs, timed = (await conn.execute(sql_runs.PENDING_ALL)).one()
+                return Progress(pending_runs + timed, runs=pending_runs)
             row = (
                 await conn.execute(sql_runs.PROGRESS, {"p_correlation_id": correlation_id})
             ).first()
@@ -431,12 +556,15 @@ class SQLBlackboardStore:
         errors.sort(key=lambda e: e.at)
         return CorrelationRecord(
             correlation_id,
-            correlation_state(bool(row["cancelled"]), row["pending_runs"]),
+            correlation_state(
+                bool(row["cancelled"]), row["pending_runs"] + row["waiting_artifacts"]
+            ),
             from_micros(row["started_at"]),
             from_micros(row["updated_at"]),
             row["artifact_count"],
             errors,
             row["pending_runs"],
+            row["waiting_artifacts"],
         )
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -447,10 +575,10 @@ class SQLBlackboardStore:
             if self._files is not None:
                 await self._files.ping()
                 return
-            async with self._engine.connect() as conn:
+            async with connection(self._engine, timeout=self._timeout) as conn:
                 await conn.exec_driver_sql("SELECT 1")
         except Exception as exc:
-            raise unavailable(exc) from exc
+            raise unavailable(exc, self._timeout) from exc
 
     async def subscribe(self, callback: Callable[[str], None]) -> bool:
         """Deliver other processes' notifications to `callback`; False: this store has
@@ -482,12 +610,17 @@ class SQLBlackboardStore:
         Other processes sharing the file still wait in the busy handler.
         """
         if self._pg is not None:
-            pg = sql_pg.connection(self._root_engine, self._pg, transaction=True)
+            pg = sql_pg.connection(
+                self._root_engine, self._pg, transaction=True, timeout=self._timeout
+            )
             async with self._errors_mapped(), pg as conn:
                 yield conn
             return
         if self._write_lock is None:
-            async with self._errors_mapped(), self._engine.begin() as conn:
+            async with (
+                self._errors_mapped(),
+                connection(self._engine, begin=True, timeout=self._timeout) as conn,
+            ):
                 yield conn
             return
         if self._files is not None:
@@ -495,7 +628,11 @@ class SQLBlackboardStore:
             async with self._write_lock, self._errors_mapped(), files.transaction() as inline:
                 yield cast(AsyncConnection, inline)
             return
-        async with self._write_lock, self._errors_mapped(), self._engine.begin() as conn:
+        async with (
+            self._write_lock,
+            self._errors_mapped(),
+            connection(self._engine, begin=True, timeout=self._timeout) as conn,
+        ):
             yield conn
 
     @asynccontextmanager
@@ -506,55 +643,65 @@ class SQLBlackboardStore:
                 yield cast(AsyncConnection, conn)
             return
         if self._pg is not None:
-            pg = sql_pg.connection(self._root_engine, self._pg, transaction=False)
+            pg = sql_pg.connection(
+                self._root_engine, self._pg, transaction=False, timeout=self._timeout
+            )
             async with self._errors_mapped(), pg as conn:
                 yield conn
             return
-        async with self._errors_mapped(), self._reader.connect() as conn:
+        async with (
+            self._errors_mapped(),
+            connection(self._reader, timeout=self._timeout) as conn,
+        ):
             yield conn
 
     @asynccontextmanager
     async def _errors_mapped(self) -> AsyncIterator[None]:
+        if not self._ready:
+            await self.prepare(once=True)
         try:
-            if not self._ready:
-                await self._create_tables()
             yield
         except Exception as exc:
             if is_unavailable(exc):
-                raise unavailable(exc) from exc
+                raise unavailable(exc, self._timeout) from exc
             raise
 
-    async def _create_tables(self) -> None:
+    async def prepare(self, *, upgrade: bool | None = None, once: bool = False) -> Upgrade | None:
+        """Create the tables, check their schema version, or upgrade an older one (when
+        `upgrade`, default: the store's setting); what was done (None with `once` when it
+        was done already: so it runs on first use). `SchemaVersionError` when the version
+        cannot be used."""
+        allowed = self._upgrade if upgrade is None else upgrade
         async with self._ready_lock:
-            if not self._ready:
-                await retry_ddl(self._create_tables_once)
-                self._ready = True
+            if once and self._ready:
+                return None
+            try:
+                outcome = await retry_ddl(
+                    lambda: prepare_schema(
+                        self._engine,
+                        BLACKBOARD_SCHEMA,
+                        self._schema,
+                        upgrade=allowed,
+                        timeout=self._timeout,
+                    )
+                )
+            except Exception as exc:
+                if is_unavailable(exc):
+                    raise unavailable(exc, self._timeout) from exc
+                raise
+            self._ready = True
+            return outcome
 
-    async def _create_tables_once(self) -> None:
-        if self._files is not None:
-            await self._files.run_sync(self._create_tables_committed)
-            return
-        async with self._engine.begin() as conn:
-            await conn.run_sync(self._create_tables_sync)
-
-    def _create_tables_committed(self, conn: Connection) -> None:
+    async def schema_state(self) -> SchemaState:
+        """The database's schema version and this Flock's, changing nothing."""
         try:
-            self._create_tables_sync(conn)
-        except BaseException:
-            conn.rollback()
+            return await read_schema(
+                self._engine, BLACKBOARD_SCHEMA, self._schema, timeout=self._timeout
+            )
+        except Exception as exc:
+            if is_unavailable(exc):
+                raise unavailable(exc, self._timeout) from exc
             raise
-        conn.commit()
-
-    def _create_tables_sync(self, conn: Connection) -> None:
-        if not self._postgres:
-            # WAL lets readers run beside the writer; it sticks to the file once set. Then one
-            # locked transaction for all the DDL, which pysqlite would otherwise run statement
-            # by statement: a concurrent starter never sees a table without its indexes.
-            conn.exec_driver_sql("PRAGMA journal_mode = WAL")
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
-        if self._schema is not None and not conn.dialect.has_schema(conn, self._schema):
-            conn.execute(CreateSchema(self._schema, if_not_exists=True))
-        migrate_schema(conn, self._schema)
 
 
 async def _total(
@@ -568,15 +715,28 @@ async def _total(
 
 
 class SQLiteBlackboardStore(SQLBlackboardStore):
-    """The embedded, persistent store: one SQLite file in WAL mode (parent dirs are created)."""
+    """The embedded, persistent store: one SQLite file in WAL mode (parent dirs are created).
+
+    A local file does not stall like a network: its operations are bounded by
+    `busy_timeout` (how long one waits for another writer's lock), not by a deadline.
+    An older schema is upgraded on first use unless `upgrade=False`.
+    """
 
     def __init__(
-        self, path: str | os.PathLike[str], *, busy_timeout: float = 5.0, **engine_options: Any
+        self,
+        path: str | os.PathLike[str],
+        *,
+        busy_timeout: float = 5.0,
+        upgrade: bool = True,
+        **engine_options: Any,
     ) -> None:
         self.path = os.fspath(path)
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        super().__init__(URL.create("sqlite+aiosqlite", database=self.path), **engine_options)
+        engine_options.setdefault("timeout", None)
+        super().__init__(
+            URL.create("sqlite+aiosqlite", database=self.path), upgrade=upgrade, **engine_options
+        )
         configure_sqlite(self._root_engine, busy_timeout)
         # Every statement goes to the file through these connections (see sql_thread); the
         # aiosqlite engine above only names the dialect the statements are compiled for.
@@ -589,20 +749,28 @@ class PostgresBlackboardStore(SQLBlackboardStore):
     `schema` holds the tables (created if missing), e.g. one schema per test or per app.
     """
 
-    def __init__(self, dsn: str, *, schema: str | None = None, **engine_options: Any) -> None:
-        # asyncpg waits 60 s for a connection by default; a readiness probe should not.
-        connect_args = {"timeout": 10, **engine_options.pop("connect_args", {})}
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        schema: str | None = None,
+        timeout: float | None = DEFAULT_STORE_TIMEOUT,
+        upgrade: bool = True,
+        **engine_options: Any,
+    ) -> None:
         # Every publish and agent run holds a connection for its transaction. Past the pool's
         # size each extra one opened and closed a connection of its own (SQLAlchemy keeps 5
         # by default): with 16 concurrent sync calls that halved the throughput.
         engine_options.setdefault("pool_size", 32)
-        url = asyncpg_url(dsn)
-        super().__init__(url, schema=schema, connect_args=connect_args, **engine_options)
+        target = parse_store_url(dsn, kinds=("postgresql",))
+        schema = schema if schema is not None else target.schema
+        super().__init__(
+            target.asyncpg(), schema=schema, timeout=timeout, upgrade=upgrade, **engine_options
+        )
         # One channel per schema: stores in other schemas of the database never wake us.
         self._channel = f"flock_{schema or 'public'}"[:63]
-        listen_dsn = url.set(drivername="postgresql").difference_update_query(["ssl"])
         self._listener = notifications.PostgresListener(
-            listen_dsn.render_as_string(hide_password=False), self._channel
+            target.libpq_dsn(), self._channel, connect_timeout=timeout or 10.0
         )
 
     async def subscribe(self, callback: Callable[[str], None]) -> bool:
@@ -621,26 +789,25 @@ class PostgresBlackboardStore(SQLBlackboardStore):
         await super().close()
 
 
-def store_from_url(url: str) -> BlackboardStore:
+def store_from_url(
+    url: str, *, timeout: float | None = None, upgrade: bool | None = None
+) -> BlackboardStore:
     """`memory://`, `sqlite:///relative.db` or `sqlite:////abs/path.db`, `postgresql://...`
-    (`postgresql://...?schema=NAME` keeps the tables in that schema)."""
-    scheme, _, rest = url.partition("://")
-    scheme = scheme.lower()
-    if scheme == "memory":
+    (`postgresql://...?schema=NAME` keeps the tables in that schema; driver options such as
+    `?sslmode=require` pass on). `timeout`: see `SQLBlackboardStore` (default:
+    `FLOCK_STORE_TIMEOUT`); `upgrade`: default True for SQLite, False for PostgreSQL."""
+    target = parse_store_url(url, kinds=("memory", "sqlite", "postgresql"))
+    if target.kind == "memory":
         return InMemoryBlackboardStore()
-    if scheme in {"sqlite", "sqlite+aiosqlite"}:
-        if not rest.startswith("/") or rest == "/":
-            raise ValueError(f"a SQLite store URL looks like sqlite:///path/file.db, not {url!r}")
-        return SQLiteBlackboardStore(rest[1:])
-    if scheme in POSTGRES_SCHEMES:
-        # `?schema=NAME` is ours, not a driver option: the tables go in that schema.
-        parsed = make_url(url)
-        schema = parsed.query.get("schema")
-        dsn = parsed.difference_update_query(["schema"]).render_as_string(hide_password=False)
-        return PostgresBlackboardStore(dsn, schema=schema if isinstance(schema, str) else None)
-    raise ValueError(  # the scheme only: a URL may hold a password
-        f"unsupported store URL scheme {scheme!r}: use memory://, sqlite:///path.db or "
-        "postgresql://..."
+    if target.kind == "sqlite":
+        assert target.path is not None
+        return SQLiteBlackboardStore(target.path, upgrade=upgrade is not False)
+    if timeout is None:
+        from flock.settings import load_settings
+
+        timeout = load_settings().store_timeout
+    return PostgresBlackboardStore(
+        target.driver_url, schema=target.schema, timeout=timeout, upgrade=bool(upgrade)
     )
 
 

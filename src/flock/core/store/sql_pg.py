@@ -11,6 +11,7 @@ connection that failed mid-statement is invalidated, so the pool opens a new one
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -18,7 +19,7 @@ from typing import Any
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from flock.core.store.sql_backends import is_unavailable
+from flock.core.store.sql_backends import Watchdog, is_unavailable
 from flock.core.store.sql_thread import FastResult, _row_type
 
 _MAX_COMPILED = 512
@@ -127,16 +128,40 @@ async def _invalidate(
 
 @asynccontextmanager
 async def connection(
-    engine: AsyncEngine, statements: PgStatements, *, transaction: bool
+    engine: AsyncEngine,
+    statements: PgStatements,
+    *,
+    transaction: bool,
+    timeout: float | None = None,
 ) -> AsyncIterator[AsyncConnection]:
-    """A pooled connection's asyncpg connection, in a transaction or not."""
+    """A pooled connection's asyncpg connection, in a transaction or not, for one operation
+    done within `timeout` seconds (else `TimeoutError`): at the deadline the connection is
+    terminated, which fails whatever waits on it at once (a stalled server answers neither
+    a statement nor its cancellation), and it is dropped from the pool."""
+    loop = asyncio.get_running_loop()
     async with engine.connect() as conn:
         fairy = await conn.get_raw_connection()
         driver: Any = fairy.driver_connection
         proxy: Any = PgConnection(driver, statements)
+        watchdog = Watchdog(driver)
+        if timeout is not None:
+            watchdog.handle = loop.call_later(timeout, watchdog.fire)
+        try:
+            async with _operation(engine, conn, driver, watchdog, transaction):
+                yield proxy
+        finally:
+            if watchdog.handle is not None:
+                watchdog.handle.cancel()
+
+
+@asynccontextmanager
+async def _operation(
+    engine: AsyncEngine, conn: AsyncConnection, driver: Any, watchdog: Watchdog, transaction: bool
+) -> AsyncIterator[None]:
+    try:
         if not transaction:
             try:
-                yield proxy
+                yield
             except BaseException as exc:
                 await _invalidate(engine, conn, driver, exc)  # a failed read is rare: start afresh
                 raise
@@ -148,10 +173,10 @@ async def connection(
             await _invalidate(engine, conn, driver, exc)
             raise
         try:
-            yield proxy
+            yield
         except BaseException:
             try:
-                await tx.rollback()
+                await tx.rollback()  # fails at once on a connection the watchdog terminated
             except BaseException as exc:
                 await _invalidate(engine, conn, driver, exc)
             raise
@@ -160,6 +185,10 @@ async def connection(
         except BaseException as exc:
             await _invalidate(engine, conn, driver, exc)
             raise
+    except Exception as exc:
+        if watchdog.fired:
+            raise TimeoutError() from exc
+        raise
 
 
 __all__ = ["PgConnection", "PgStatements", "connection"]

@@ -27,6 +27,7 @@ from sqlalchemy import (
     or_,
     select,
     text,
+    union_all,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -35,13 +36,16 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from flock.core.runs import Run, RunState, Usage
 from flock.core.store.protocol import RunFilter
 from flock.core.store.shared import LEASE_LOST, run_limit_error
+from flock.core.store.sql_groups import pending_linked, waiting_parts
 from flock.core.store.sql_schema import (
     agent_errors,
     artifacts,
     correlations,
     dumps_ids,
     error_row,
+    group_parts,
     run_from_row,
+    run_links,
     run_row,
     runs,
     to_micros,
@@ -241,6 +245,7 @@ CANCEL_RUNS = (
     update(runs)
     .where(r.correlation_id == bindparam("p_correlation_id"), r.due_at.is_not(None))
     .values(state=RunState.CANCELLED.value, due_at=None, finished_at=bindparam("p_now"))
+    .returning(r.id)
 )
 RETRY = (
     update(runs)
@@ -268,19 +273,35 @@ _COUNT_RUNS = (
         limit_reported=bindparam("p_limit_reported"),
     )
 )
-PENDING_ALL = select(func.count()).select_from(runs).where(r.due_at.is_not(None))
+# The whole store's pending work: its pending runs, and the waiting artifacts that will
+# be settled by a deadline (a join's window, a batch's timeout); plain AND gates may wait
+# for ever, so they do not keep "everything" from being idle.
+PENDING_ALL = select(
+    select(func.count()).select_from(runs).where(r.due_at.is_not(None)).scalar_subquery(),
+    select(func.count())
+    .select_from(group_parts)
+    .where(group_parts.c.deadline.is_not(None))
+    .scalar_subquery(),
+)
 PROGRESS = select(
     correlations.c.cancelled,
-    select(func.count())
-    .select_from(runs)
-    .where(r.correlation_id == correlations.c.correlation_id, r.due_at.is_not(None))
-    .scalar_subquery()
-    .label("pending"),
+    (
+        select(func.count())
+        .select_from(runs)
+        .where(r.correlation_id == correlations.c.correlation_id, r.due_at.is_not(None))
+        .scalar_subquery()
+        + pending_linked(correlations.c.correlation_id)
+        + waiting_parts(correlations.c.correlation_id)
+    ).label("pending"),
 ).where(correlations.c.correlation_id == bindparam("p_correlation_id"))
-DEAD_RUNS = (
+# Dead runs of the correlation, and those of joins and batches that took its artifacts
+# (a UNION, not an OR, so that each half uses its index).
+_DEAD = RunState.DEAD.value
+DEAD_RUNS = union_all(
+    select(runs).where(r.correlation_id == bindparam("p_correlation_id"), r.state == _DEAD),
     select(runs)
-    .where(r.correlation_id == bindparam("p_correlation_id"), r.state == RunState.DEAD.value)
-    .order_by(r.finished_at, r.id)
+    .join(run_links, run_links.c.run_id == r.id)
+    .where(run_links.c.correlation_id == bindparam("p_correlation_id"), r.state == _DEAD),
 )
 
 
@@ -349,7 +370,7 @@ async def insert_runs(
     by_correlation: dict[str, list[Run]] = {}
     for run in new_runs:
         by_correlation.setdefault(run.correlation_id, []).append(run)
-    for correlation_id, group in by_correlation.items():
+    for correlation_id, group in sorted(by_correlation.items()):  # one lock order
         params = {"p_correlation_id": correlation_id}
         fast = {**params, "p_added": len(group), "p_max_runs": max_runs or 2**31 - 1}
         if (await conn.execute(_TAKE_ROOM, fast)).rowcount:

@@ -23,13 +23,21 @@ from sqlalchemy import (
     Table,
     Text,
     inspect,
-    select,
     text,
 )
 from sqlalchemy.engine import Connection, RowMapping
 
 from flock.core.artifacts import AgentError, Artifact, ConsumptionRecord
+from flock.core.groups import GroupPart
 from flock.core.runs import Run, RunState, Usage
+from flock.core.store.migrations import (
+    SchemaDefinition,
+    Step,
+    add_columns,
+    baseline,
+    create_tables,
+    in_order,
+)
 from flock.core.visibility import (
     AnyVisibility,
     LabelledVisibility,
@@ -153,14 +161,43 @@ runs = Table(
     Index("ix_runs_order", "created_at", "id"),
 )
 
-# The schema version of the SQL store's tables; a store refuses a newer one.
-schema_info = Table(
-    "flock_schema",
+# Artifacts waiting in the open groups of AND gates, joins and batches (schema version 3).
+# A part leaves its group when the group becomes a run, or when it expires.
+group_parts = Table(
+    "group_parts",
     metadata,
-    Column("id", Integer, primary_key=True),
-    Column("version", Integer, nullable=False),
+    Column("agent", Text, nullable=False),
+    Column("grp", _Key, nullable=False),
+    Column("artifact_id", _Key, nullable=False),
+    Column("kind", Text, nullable=False),
+    Column("type_name", Text, nullable=False),
+    Column("correlation_id", _Key, nullable=False),
+    Column("arrived_at", _Micros, nullable=False),
+    Column("need", Text, nullable=False),
+    Column("size", Integer, nullable=False),
+    Column("deadline", _Micros),
+    Column("principal", Text),
+    Column("max_attempts", Integer, nullable=False),
+    PrimaryKeyConstraint("agent", "grp", "artifact_id"),
+    Index("ix_group_parts_correlation", "correlation_id"),
+    Index(
+        "ix_group_parts_deadline",
+        "deadline",
+        sqlite_where=text("deadline IS NOT NULL"),
+        postgresql_where=text("deadline IS NOT NULL"),
+    ),
 )
-SCHEMA_VERSION = 2
+
+# The other correlations a run's inputs came from (joins and batches across correlations):
+# the run counts as pending work of each (schema version 3).
+run_links = Table(
+    "run_links",
+    metadata,
+    Column("run_id", _Key, nullable=False),
+    Column("correlation_id", _Key, nullable=False),
+    PrimaryKeyConstraint("run_id", "correlation_id"),
+    Index("ix_run_links_correlation", "correlation_id", "run_id"),
+)
 
 agent_errors = Table(
     "agent_errors",
@@ -345,6 +382,40 @@ def run_from_row(row: RowMapping) -> Run:
     )
 
 
+def part_row(part: GroupPart) -> dict[str, Any]:
+    return {
+        "agent": part.agent,
+        "grp": part.group,
+        "artifact_id": part.artifact_id,
+        "kind": part.kind,
+        "type_name": part.type_name,
+        "correlation_id": part.correlation_id,
+        "arrived_at": to_micros(part.arrived_at),
+        "need": _dumps(list(part.need)),
+        "size": part.size,
+        "deadline": _micros_or_none(part.deadline),
+        "principal": part.principal,
+        "max_attempts": part.max_attempts,
+    }
+
+
+def part_from_row(row: RowMapping) -> GroupPart:
+    return GroupPart(
+        agent=row["agent"],
+        group=row["grp"],
+        kind=row["kind"],
+        artifact_id=row["artifact_id"],
+        type_name=row["type_name"],
+        correlation_id=row["correlation_id"],
+        arrived_at=from_micros(row["arrived_at"]),
+        need=tuple(json.loads(row["need"])),
+        size=row["size"],
+        deadline=None if row["deadline"] is None else from_micros(row["deadline"]),
+        principal=row["principal"],
+        max_attempts=row["max_attempts"],
+    )
+
+
 def usage_params(usage: Usage | None) -> dict[str, int]:
     usage = usage or Usage()
     return {
@@ -362,37 +433,43 @@ def _micros_or_none(moment: datetime | None) -> int | None:
     return None if moment is None else to_micros(moment)
 
 
-class SchemaVersionError(RuntimeError):
-    """The database was written by a newer Flock than this one."""
+# -- versions -----------------------------------------------------------------------------
+# A new schema version: change the tables above, and append its Step to BLACKBOARD_STEPS.
 
 
-def migrate(conn: Connection, schema: str | None) -> None:
-    """Create the tables, or bring those of an older release up to `SCHEMA_VERSION`.
+def _legacy_version(conn: Connection, schema: str | None) -> int | None:
+    """Version 1 (the first release) had no version table; None: no tables at all."""
+    return 1 if inspect(conn).has_table("correlations", schema=schema) else None
 
-    Version 1 (no `flock_schema` table) lacked the runs table and the correlations'
-    cancelled / run_count / limit_reported columns: they are added, the data kept.
-    """
-    inspector = inspect(conn)
-    had_tables = inspector.has_table("correlations", schema=schema)
+
+def _create(conn: Connection, schema: str | None) -> None:
     metadata.create_all(conn)
-    version = conn.execute(select(schema_info.c.version)).scalar()
-    if version is not None and version > SCHEMA_VERSION:
-        raise SchemaVersionError(
-            f"the database has schema version {version}, newer than this Flock's "
-            f"{SCHEMA_VERSION}: upgrade Flock to use it"
-        )
-    if version == SCHEMA_VERSION:
-        return
-    if had_tables:
-        present = {c["name"] for c in inspect(conn).get_columns("correlations", schema=schema)}
-        preparer = conn.dialect.identifier_preparer
-        table = preparer.quote("correlations")
-        if schema is not None:
-            table = f"{preparer.quote_schema(schema)}.{table}"
-        for name, ddl in CORRELATION_COLUMNS_V2:
-            if name not in present:
-                conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {name} {ddl}")
-    if version is None:
-        conn.execute(schema_info.insert().values(id=1, version=SCHEMA_VERSION))
-    else:
-        conn.execute(schema_info.update().values(version=SCHEMA_VERSION))
+
+
+BLACKBOARD_STEPS = (
+    Step(1, "artifacts, tags, audience, consumptions, correlations, agent errors", baseline),
+    Step(
+        2,
+        "runs table; correlations.cancelled, run_count, limit_reported",
+        in_order(
+            create_tables(metadata, "runs"),
+            add_columns("correlations", CORRELATION_COLUMNS_V2),
+        ),
+    ),
+    Step(
+        3,
+        "group_parts and run_links tables (AND gates, joins, batches)",
+        create_tables(metadata, "group_parts", "run_links"),
+    ),
+)
+
+BLACKBOARD_SCHEMA = SchemaDefinition(
+    name="blackboard store",
+    version_table="flock_schema",
+    lock_id=0x466C6F636B4242,  # "FlockBB"
+    create=_create,
+    steps=BLACKBOARD_STEPS,
+    legacy_version=_legacy_version,
+)
+SCHEMA_VERSION = BLACKBOARD_SCHEMA.latest
+schema_info = BLACKBOARD_SCHEMA.table()  # in the store's schema through schema_translate_map

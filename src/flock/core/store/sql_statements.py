@@ -28,6 +28,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.dml import Insert
 
 from flock.core.store.protocol import FilterConfig
+from flock.core.store.sql_groups import pending_linked, waiting_parts
 from flock.core.store.sql_schema import (
     agent_errors,
     artifact_audience,
@@ -144,11 +145,14 @@ CORRELATION = select(
     .where(artifacts.c.correlation_id == correlations.c.correlation_id)
     .scalar_subquery()
     .label("artifact_count"),
-    select(func.count())
-    .select_from(runs)
-    .where(runs.c.correlation_id == correlations.c.correlation_id, runs.c.due_at.is_not(None))
-    .scalar_subquery()
-    .label("pending_runs"),
+    (
+        select(func.count())
+        .select_from(runs)
+        .where(runs.c.correlation_id == correlations.c.correlation_id, runs.c.due_at.is_not(None))
+        .scalar_subquery()
+        + pending_linked(correlations.c.correlation_id)
+    ).label("pending_runs"),
+    waiting_parts(correlations.c.correlation_id).label("waiting_artifacts"),
 ).where(correlations.c.correlation_id == bindparam("correlation_id"))
 CORRELATION_ERRORS = (
     select(agent_errors)
