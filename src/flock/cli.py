@@ -325,7 +325,7 @@ def serve(
 ) -> None:
     """Serve the REST API of APP's Flock, or of the demo with --demo."""
     try:
-        config = _settings(
+        config = _serving_settings(
             debug,
             migrate=migrate or None,
             host=host,
@@ -339,9 +339,6 @@ def serve(
             log_format=log_format,
         )
         debug = config.debug
-        from flock.logs import configure as configure_logging
-
-        configure_logging(config.log_level, config.log_format)
         _check_arguments(app_ref, demo)
         args = (
             app_ref, demo, config.host, config.port, config.store, config.idempotency,
@@ -376,6 +373,15 @@ def _settings(debug: bool, **options: Any) -> Settings:
     except ValueError as exc:
         _fail(CLIError(str(exc)), debug)
         raise  # not reached: _fail exits
+
+
+def _serving_settings(debug: bool, **options: Any) -> Settings:
+    """The settings of `serve` and `worker`, with the process's logging configured by them."""
+    from flock.logs import configure as configure_logging
+
+    config = _settings(debug, **options)
+    configure_logging(config.log_level, config.log_format)
+    return config
 
 
 def _check_arguments(app_ref: str | None, demo: bool) -> None:
@@ -578,7 +584,7 @@ def worker(
 ) -> None:
     """Execute APP's agent runs from a shared store, serving no HTTP API."""
     try:
-        config = _settings(
+        config = _serving_settings(
             debug,
             migrate=migrate or None,
             store=store,
@@ -589,9 +595,6 @@ def worker(
             log_format=log_format,
         )
         debug = config.debug
-        from flock.logs import configure as configure_logging
-
-        configure_logging(config.log_level, config.log_format)
         _check_arguments(app_ref, demo)
         loaded = _load_app_or_demo(app_ref, demo)
         flock = loaded.flock

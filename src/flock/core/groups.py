@@ -191,6 +191,28 @@ def expiry_error(part: GroupPart, at: datetime) -> AgentError:
 
 
 @dataclass(slots=True)
+class Settled:
+    """What settling one due group does: the parts that leave it, the runs they make (a
+    batch's), and the errors of the dropped ones (a join's parts past their window)."""
+
+    taken: list[GroupPart] = field(default_factory=list)
+    runs: list[Run] = field(default_factory=list)
+    errors: list[AgentError] = field(default_factory=list)
+
+
+def settle(group: Sequence[GroupPart], now: datetime) -> Settled:
+    """What one group becomes at `now` (nothing when it is not due): every store's
+    `flush_groups` applies this to the groups whose deadline came."""
+    if not group:
+        return Settled()
+    if group[0].kind == "batch":
+        batches = flushable(group, now)
+        return Settled([p for b in batches for p in b], [run_for(b, now) for b in batches])
+    expired = [p for p in group if p.deadline is not None and p.deadline <= now]
+    return Settled(expired, [], [expiry_error(p, now) for p in expired])
+
+
+@dataclass(slots=True)
 class GroupFlush:
     """What `flush_groups` did: the correlations it changed (runs created, parts dropped)
     and when the next open group falls due (None: no group has a deadline)."""
@@ -210,6 +232,7 @@ __all__ = [
     "GroupKind",
     "GroupPart",
     "JoinSpec",
+    "Settled",
     "assemble",
     "correlations_of",
     "deadline_after",
@@ -217,4 +240,5 @@ __all__ = [
     "flushable",
     "group_name",
     "run_for",
+    "settle",
 ]

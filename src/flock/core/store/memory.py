@@ -14,9 +14,8 @@ from flock.core.groups import (
     GroupFlush,
     GroupPart,
     assemble,
-    expiry_error,
-    flushable,
     run_for,
+    settle,
 )
 from flock.core.runs import Run, RunState, Usage, lease_until
 from flock.core.store.protocol import (
@@ -190,19 +189,14 @@ class InMemoryBlackboardStore:
         flush = GroupFlush()
         made: list[Run] = []
         for key, group in list(self._groups.items()):
-            if group[0].kind == "batch":
-                for batch in flushable(group, now):
-                    self._take_parts(key, batch)
-                    made.append(run_for(batch, now))
-                    flush.correlation_ids.update(p.correlation_id for p in batch)
+            settled = settle(group, now)
+            if not settled.taken:
                 continue
-            expired = [p for p in group if p.deadline is not None and p.deadline <= now]
-            if not expired:
-                continue
-            self._take_parts(key, expired)
-            for part in expired:
-                await self.record_error(expiry_error(part, now))
-                flush.correlation_ids.add(part.correlation_id)
+            self._take_parts(key, settled.taken)
+            made.extend(settled.runs)
+            for error in settled.errors:
+                await self.record_error(error)
+            flush.correlation_ids.update(p.correlation_id for p in settled.taken)
         before = len(self._runs)
         self._create_runs(made, None)
         flush.runs_created = len(self._runs) - before

@@ -19,7 +19,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from flock.core.artifacts import AgentError
-from flock.core.groups import GroupPart, assemble, expiry_error, flushable, run_for
+from flock.core.groups import GroupPart, assemble, run_for, settle
 from flock.core.runs import Run
 from flock.core.store.sql_schema import (
     agent_errors,
@@ -147,19 +147,11 @@ async def settle_due(
     made: list[Run] = []
     errors: list[AgentError] = []
     for agent, grp in sorted(due):
-        group = await _read_group(conn, agent, grp)  # as it is now that we hold it
-        if not group:
-            continue
-        if group[0].kind == "batch":
-            for batch in flushable(group, now):
-                await _take(conn, agent, grp, batch)
-                made.append(run_for(batch, now))
-            continue
-        expired = [p for p in group if p.deadline is not None and p.deadline <= now]
-        if not expired:
-            continue
-        await _take(conn, agent, grp, expired)
-        errors.extend(expiry_error(part, now) for part in expired)
+        settled = settle(await _read_group(conn, agent, grp), now)  # as it is, held now
+        if settled.taken:
+            await _take(conn, agent, grp, settled.taken)
+            made.extend(settled.runs)
+            errors.extend(settled.errors)
     if errors:
         await conn.execute(agent_errors.insert(), [error_row(e) for e in errors])
     value = (await conn.execute(NEXT_DEADLINE)).scalar()
