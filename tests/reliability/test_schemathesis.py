@@ -149,7 +149,14 @@ def test_every_route_answers_with_its_contract(case: Any) -> None:
     response = case.call()
     where = f"{case.method} {case.formatted_path} -> {response.status_code}"
     assert header(response, "x-correlation-id"), f"{where}: no X-Correlation-ID"
-    assert response.status_code < 500, f"{where}: {response.text[:500]}"
+    # A sync call with on_timeout="error" whose cascade outlived its (cut) timeout answers
+    # 504 TIMEOUT, as SPEC section 2 has it; every other 5xx is a bug.
+    timed_out = (
+        response.status_code == 504
+        and isinstance(case.body, dict)
+        and case.body.get("on_timeout") == "error"
+    )
+    assert response.status_code < 500 or timed_out, f"{where}: {response.text[:500]}"
     if response.status_code >= 300:
         assert_problem_document(response, where)
 
