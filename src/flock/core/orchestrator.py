@@ -178,16 +178,30 @@ class Flock:
             artifact.visibility = visibility or PUBLIC
         validate_artifact(artifact)  # ArtifactValidationError: nothing is stored
         found = triggers_for(self._by_type, artifact, principal=principal, at=datetime.now(UTC))
+        taken: list[Run] = []
         if found.runs:  # parts are not runs (one may complete a group: the bound is loose)
             await self._check_queue()
-        stored = await self._store.publish(
-            artifact, found.runs, parts=found.parts, max_runs=self.max_runs_per_correlation
-        )
+            if self._start_worker():
+                taken = self.worker.take(found.runs)  # the write is their claim
+        created: set[str] = set()
+        try:
+            stored = await self._store.publish(
+                artifact,
+                found.runs,
+                parts=found.parts,
+                max_runs=self.max_runs_per_correlation,
+                created=created,
+            )
+        finally:
+            self.worker.untake(taken)
         if stored is artifact:
             self.stats.artifacts_published += 1
-            if found:
-                self._runs_queued()
-                self.worker.note_deadline(found.next_deadline())
+            handed = self.worker.hand_on(taken, created, (artifact,))
+            if found.parts or len(handed) < len(created):
+                self._runs_queued()  # something waits to be claimed
+            elif found:
+                self._listen()
+            self.worker.note_deadline(found.next_deadline())
         return stored
 
     async def watch_queue(self, interval: float = QUEUE_GAUGE_SECONDS) -> None:
@@ -293,11 +307,17 @@ class Flock:
         await self.worker.stop(grace)
         self.watch.close()
 
-    def _runs_queued(self) -> None:
+    def _start_worker(self) -> bool:
+        """Listen, and start this flock's worker if it executes runs; True if it runs."""
         self._listen()
-        if self.worker_enabled:
-            if not self.worker.running and not self.watch.closed:
-                self.worker.start()
+        if not self.worker_enabled:
+            return False
+        if not self.worker.running and not self.watch.closed:
+            self.worker.start()
+        return self.worker.running
+
+    def _runs_queued(self) -> None:
+        if self._start_worker():
             self.worker.wake()
 
     async def execute_engines(
@@ -341,7 +361,9 @@ class Flock:
         Raises TimeoutError after `timeout` seconds; the agents' work is never cancelled.
         A cancelled correlation counts as idle.
         """
-        self._runs_queued()  # runs a crashed process left behind are executed too
+        # A worker starting claims at once what is due (runs a crashed process left
+        # behind too); a running one has claimed it or learns of it as it does of any run.
+        self._start_worker()
         outcome = await self.watch.wait(self._store, correlation_id, timeout)
         if outcome is WaitOutcome.TIMEOUT:
             raise TimeoutError(f"still running after {timeout:g} s")

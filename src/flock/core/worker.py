@@ -14,6 +14,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Literal
@@ -21,13 +22,14 @@ from typing import TYPE_CHECKING, Literal
 from flock import logs
 from flock.core.agent import AgentOutputError, RunContext
 from flock.core.failures import describe_failure
-from flock.core.runs import NonRetryableError
+from flock.core.runs import NonRetryableError, Run, RunState
 from flock.core.store.protocol import ClaimedRun, StoreUnavailableError
-from flock.core.store.shared import LEASE_LOST
+from flock.core.store.shared import LEASE_LOST, start_attempt
 from flock.core.validation import ArtifactValidationError
 from flock.core.visibility import VisibilityError
 
 if TYPE_CHECKING:
+    from flock.core.artifacts import Artifact
     from flock.core.orchestrator import Flock
 
 logger = logging.getLogger("flock.worker")
@@ -84,6 +86,10 @@ class _Active:
     task: asyncio.Task[None] | None = None
     reason: StopReason | None = None
     started: float = 0.0  # time.monotonic() when the attempt began
+    handed_on: bool = False  # its commit gave this worker a run it triggered
+    # Its end frees nothing the claim loop waits for (see `_spawn`): it committed, its
+    # agent is uncapped, and every run its commit created was handed on to this worker.
+    quiet: bool = False
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started
@@ -111,6 +117,7 @@ class Worker:
     _wake: asyncio.Event | None = None
     _claiming: bool = True
     _groups_due: float = 0.0  # loop time of the next look at open groups' deadlines
+    _reserved: int = 0  # slots held for runs being committed already claimed (`_take`)
 
     @property
     def running(self) -> bool:
@@ -128,6 +135,7 @@ class Worker:
         if task is not None and not task.done() and task.get_loop() is loop:
             return
         self._active = {}
+        self._reserved = 0
         self._wake = asyncio.Event()
         self._claiming = True
         self._groups_due = 0.0  # at once: groups a stopped process left may be due
@@ -249,9 +257,15 @@ class Worker:
         active.task = task
 
         def done(_: asyncio.Task[None]) -> None:
+            full = len(self._active) + self._reserved >= self.settings.concurrency
             if self._active.get(run_id) is active:
                 del self._active[run_id]
-            self.wake()
+            if active.handed_on:
+                return  # the run it handed on holds its slot
+            # The claim loop waits for a free slot only when all were taken; otherwise a
+            # run's end matters to it only if it leaves something to claim or a cap room.
+            if full or not active.quiet:
+                self.wake()
 
         task.add_done_callback(done)
 
@@ -269,6 +283,7 @@ class Worker:
             stats.count_queue_wait(run.agent, (run.started_at - run.created_at).total_seconds())
         active.started = time.monotonic()
         renewer = asyncio.get_running_loop().create_task(self._renew(active))
+        busy = False  # the correlation is known to be still busy after this run's commit
         try:
             failure = self._unrunnable(claimed)
             if failure is not None:
@@ -315,21 +330,30 @@ class Worker:
                 await self._fail(active, describe_failure(exc), retryable=retryable, usage=ctx)
                 return
             triggered = flock.triggered_by(outputs, principal=run.principal)
-            committed = await store.complete_run(
-                run.id,
-                active.fence,
-                outputs,
-                triggered.runs,
-                parts=triggered.parts,
-                usage=ctx.usage,
-                max_runs=flock.max_runs_per_correlation,
-            )
-            if committed:
+            taken = self.take(triggered.runs)
+            try:
+                commit = await store.complete_run(
+                    run.id,
+                    active.fence,
+                    outputs,
+                    triggered.runs,
+                    parts=triggered.parts,
+                    usage=ctx.usage,
+                    max_runs=flock.max_runs_per_correlation,
+                )
+            finally:
+                self.untake(taken)
+            if commit is not None:
                 self.note_deadline(triggered.next_deadline())
-            if committed:
                 stats.agent_runs += 1
                 stats.artifacts_published += len(outputs)
                 stats.count_run(run.agent, "succeeded", seconds=active.elapsed())
+                own = [r for r in triggered.runs if r.id in commit.created]
+                # Its correlation got a run: still busy, its waiters need not look.
+                busy = any(r.correlation_id == run.correlation_id for r in own)
+                handed = self.hand_on(taken, commit.created, outputs)
+                active.handed_on = bool(handed)
+                active.quiet = run.agent not in flock.caps() and len(handed) == len(commit.created)
             else:
                 stats.runs_fenced += 1
                 stats.count_run(run.agent, "fenced")
@@ -344,10 +368,51 @@ class Worker:
             )
         finally:
             renewer.cancel()
-            flock.watch.changed(run.correlation_id)
+            if not busy:
+                flock.watch.changed(run.correlation_id)
             for item in claimed.inputs:  # a join's or batch's other correlations
                 if item.correlation_id != run.correlation_id:
                     flock.watch.changed(item.correlation_id)
+
+    def take(self, runs: Sequence[Run]) -> list[Run]:
+        """Of runs about to be stored, those this worker executes itself: marked claimed by
+        it before they are stored, so the write that creates them is their claim and a
+        cascade's next stage starts with no claim query and no wait. Only while this worker
+        has slots free (one whose slots are all taken leaves runs queued, for the fair claim
+        to order against other callers' runs), and only of uncapped agents (a cap counts
+        runs across every worker: those are claimed under it). Their slots stay reserved
+        until `untake`; `hand_on` then starts the ones the store created."""
+        free = self.settings.concurrency - len(self._active) - self._reserved
+        if free <= 0 or not runs or not self._claiming or not self.running:
+            return []
+        caps = self.flock.caps()
+        now = datetime.now(UTC)
+        taken: list[Run] = []
+        for run in runs:
+            if len(taken) == free:
+                break
+            if run.agent in caps or run.attempt or run.state != RunState.QUEUED:
+                continue
+            start_attempt(run, self.name, now, self.settings.lease_seconds, recovered=False)
+            taken.append(run)
+        self._reserved += len(taken)
+        return taken
+
+    def untake(self, taken: Sequence[Run]) -> None:
+        """The write that was to store `taken` is over: their reserved slots are free."""
+        self._reserved -= len(taken)
+
+    def hand_on(
+        self, taken: Sequence[Run], created: Collection[str], inputs: Sequence[Artifact]
+    ) -> list[Run]:
+        """Start those of `taken` that the store created (the others it had already, or
+        refused: they are not this worker's); `inputs` holds their input artifacts."""
+        handed = [run for run in taken if run.id in created]
+        by_id = {a.id: a for a in inputs}
+        for run in handed:
+            found = tuple(by_id[i] for i in run.input_ids if i in by_id)
+            self._spawn(ClaimedRun(run.copy(), found))
+        return handed
 
     def _unrunnable(self, claimed: ClaimedRun) -> str | None:
         run = claimed.run

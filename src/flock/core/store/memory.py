@@ -20,6 +20,7 @@ from flock.core.groups import (
 from flock.core.runs import Run, RunState, Usage, lease_until
 from flock.core.store.protocol import (
     ClaimedRun,
+    Commit,
     CorrelationRecord,
     FilterConfig,
     InvalidRunStateError,
@@ -94,14 +95,17 @@ class InMemoryBlackboardStore:
         *,
         parts: Sequence[GroupPart] = (),
         max_runs: int | None = None,
+        created: set[str] | None = None,
     ) -> Artifact:
         stored = self._by_id.get(artifact.id)
         if stored is not None:
             return replace(stored)  # never the caller's object: it was not stored now
         self._add(artifact)
-        self._create_runs(runs, max_runs)
+        ids = self._create_runs(runs, max_runs)
         if parts:
-            self._add_parts(parts, utcnow(), max_runs)
+            ids.extend(self._add_parts(parts, utcnow(), max_runs))
+        if created is not None:
+            created.update(ids)
         return artifact
 
     put = publish
@@ -124,7 +128,9 @@ class InMemoryBlackboardStore:
             record.started_at = at
         return record
 
-    def _create_runs(self, runs: Sequence[Run], max_runs: int | None) -> None:
+    def _create_runs(self, runs: Sequence[Run], max_runs: int | None) -> list[str]:
+        """Store the runs not stored yet, within each correlation's bound; their ids."""
+        created: list[str] = []
         for run in runs:
             if run.id in self._runs:
                 continue
@@ -141,9 +147,11 @@ class InMemoryBlackboardStore:
             for linked in run.linked:
                 self._touch(linked, run.created_at).linked_runs.append(run)
             self._runs[run.id] = run
+            created.append(run.id)
             if run.pending:
                 self._pending[run.id] = run
                 self._count_pending(run, 1)
+        return created
 
     def _count_pending(self, run: Run, change: int) -> None:
         """A run started or stopped being pending work of its correlations."""
@@ -152,7 +160,9 @@ class InMemoryBlackboardStore:
 
     # -- open groups ------------------------------------------------------------------------
 
-    def _add_parts(self, parts: Sequence[GroupPart], now: datetime, max_runs: int | None) -> None:
+    def _add_parts(
+        self, parts: Sequence[GroupPart], now: datetime, max_runs: int | None
+    ) -> list[str]:
         touched: dict[tuple[str, str], list[GroupPart]] = {}
         for part in parts:
             record = self._touch(part.correlation_id, part.arrived_at)
@@ -169,7 +179,7 @@ class InMemoryBlackboardStore:
             for complete in assemble(group):
                 self._take_parts(key, complete)
                 made.append(run_for(complete, now))
-        self._create_runs(made, max_runs)
+        return self._create_runs(made, max_runs)
 
     def _take_parts(self, key: tuple[str, str], taken: Sequence[GroupPart]) -> None:
         group = self._groups.get(key, [])
@@ -346,21 +356,21 @@ class InMemoryBlackboardStore:
         parts: Sequence[GroupPart] = (),
         usage: Usage | None = None,
         max_runs: int | None = None,
-    ) -> bool:
+    ) -> Commit | None:
         now = utcnow()
         run = self._owned(run_id, fence, now)
         if run is None:
-            return False
+            return None
         for artifact in outputs:
             self._add(artifact)
         self._consume(run, now)
         run.output_ids = tuple(a.id for a in outputs)
         run.error = None
         self._finish(run, SUCCEEDED, now, usage)
-        self._create_runs(triggered, max_runs)
+        created = self._create_runs(triggered, max_runs)
         if parts:
-            self._add_parts(parts, now, max_runs)
-        return True
+            created.extend(self._add_parts(parts, now, max_runs))
+        return Commit(frozenset(created))
 
     async def fail_run(
         self,

@@ -136,6 +136,18 @@ class ClaimedRun:
 
 
 @dataclass(frozen=True, slots=True)
+class Commit:
+    """What `complete_run` stored: the ids of the runs it created (the triggered runs not
+    stored already, within the correlation's bound, and the runs of groups it completed).
+
+    A triggered run handed in already claimed (state `running`, under the committing
+    worker's lease: see `Worker`) is the committing worker's to execute only if its id is
+    here; one stored earlier belongs to whoever claimed it."""
+
+    created: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
 class RunFilter:
     """What `query_runs` selects; empty fields match everything."""
 
@@ -165,8 +177,11 @@ class BlackboardStore(Protocol):
         *,
         parts: Sequence[GroupPart] = (),
         max_runs: int | None = None,
+        created: set[str] | None = None,
     ) -> Artifact:
         """Store the artifact and create the runs it triggers, together (one transaction).
+        The ids of the runs it created are added to `created` when given; a run may come
+        claimed already (by the publishing process's worker): it is stored as it is.
 
         `parts` join their open groups; a group they complete becomes a run at once
         (`flock.core.groups.assemble`), exactly once even when two writers complete it at
@@ -238,9 +253,11 @@ class BlackboardStore(Protocol):
         parts: Sequence[GroupPart] = (),
         usage: Usage | None = None,
         max_runs: int | None = None,
-    ) -> bool:
+    ) -> Commit | None:
         """Commit a run's effects in one step: outputs, the runs and group parts they
-        trigger (as `publish` does), its consumption records and the `succeeded` state."""
+        trigger (as `publish` does), its consumption records and the `succeeded` state.
+        None if the fence no longer holds (nothing is written). A triggered run may come
+        claimed already (its lease, fence and attempt set): it is stored as it is."""
 
     async def fail_run(
         self,
@@ -294,6 +311,7 @@ class BlackboardStore(Protocol):
 __all__ = [
     "BlackboardStore",
     "ClaimedRun",
+    "Commit",
     "CorrelationRecord",
     "CorrelationState",
     "CorrelationStatus",

@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
 from flock.core.artifacts import AgentError, Artifact, ArtifactEnvelope, ConsumptionRecord
 from flock.core.groups import GroupFlush, GroupPart
-from flock.core.runs import Run, Usage, lease_until
+from flock.core.runs import Run, RunState, Usage, lease_until
 from flock.core.store import notifications, sql_groups, sql_pg, sql_runs
 from flock.core.store import sql_statements as sql
 from flock.core.store.memory import InMemoryBlackboardStore
@@ -34,6 +34,7 @@ from flock.core.store.migrations import SchemaState, Upgrade, prepare_schema, re
 from flock.core.store.protocol import (
     BlackboardStore,
     ClaimedRun,
+    Commit,
     CorrelationRecord,
     FilterConfig,
     InvalidRunStateError,
@@ -75,7 +76,6 @@ _NOTIFY = text("SELECT pg_notify(:channel, :payload)")
 # lost in a database crash only lets the run be claimed again (its engine may run twice, as
 # after any lost lease); every commit of effects is synchronous and fenced, and flushing it
 # flushes the claims before it. This saves a WAL flush (~3 ms on our disk) per claim.
-_NO_FLUSH_WAIT = text("SET LOCAL synchronous_commit TO off")
 _CONFLICT_ATTEMPTS = 4  # a deadlock's victim is run again this many times in all
 _T = TypeVar("_T")
 _IN_CHUNK = 1000  # ids per `IN (...)`, far below SQLite's and asyncpg's parameter limits
@@ -143,17 +143,22 @@ class SQLBlackboardStore:
         *,
         parts: Sequence[GroupPart] = (),
         max_runs: int | None = None,
+        created: set[str] | None = None,
     ) -> Artifact:
-        async def write(conn: AsyncConnection) -> Artifact:
+        async def write(conn: AsyncConnection) -> tuple[Artifact, list[str]]:
             if parts:
                 await self._lock_groups(conn, parts)
             if not await self._insert_artifacts(conn, (artifact,)):
                 row = (await conn.execute(sql.GET_ARTIFACT, {"id": artifact.id})).mappings().one()
-                return artifact_from_row(row)
-            await self._trigger(conn, runs, parts, max_runs)
-            return artifact
+                return artifact_from_row(row), []
+            _, ids, queued = await self._trigger(conn, runs, parts, max_runs)
+            await self._notify(conn, queued, ())
+            return artifact, ids
 
-        return await self._write(write, retry=bool(parts))
+        stored, ids = await self._write(write, retry=bool(parts))
+        if created is not None:
+            created.update(ids)
+        return stored
 
     async def _write(
         self, body: Callable[[AsyncConnection], Awaitable[_T]], *, retry: bool = True
@@ -182,14 +187,16 @@ class SQLBlackboardStore:
         runs: Sequence[Run],
         parts: Sequence[GroupPart],
         max_runs: int | None,
-    ) -> None:
+    ) -> tuple[list[Run], list[str], bool]:
         """Create the runs, put the parts in their groups (and make runs of the groups they
-        complete), and tell workers when any was made."""
+        complete). Returns the runs of the groups completed, the ids of every run created,
+        and whether workers are to be told (a queued run was made)."""
         made: list[Run] = []
+        created: list[str] = []
         if parts:
             made = await sql_groups.add_parts(conn, parts, postgres=self._postgres, now=utcnow())
         if runs or made:
-            await sql_runs.insert_runs(
+            created = await sql_runs.insert_runs(
                 conn,
                 [*runs, *made],
                 postgres=self._postgres,
@@ -197,7 +204,9 @@ class SQLBlackboardStore:
                 max_runs=max_runs,
             )
             await sql_groups.link_runs(conn, made, postgres=self._postgres)
-            await self._notify(conn, True, ())
+        # A run stored already claimed (by the committing worker) is nobody else's to take.
+        queued = bool(made) or any(r.state == RunState.QUEUED for r in runs)
+        return made, created, queued and bool(created)
 
     put = publish
 
@@ -255,7 +264,7 @@ class SQLBlackboardStore:
         now = utcnow()
         async with self._transaction() as conn:
             if self._postgres:
-                await conn.execute(_NO_FLUSH_WAIT)
+                await conn.execute(sql_pg.NO_FLUSH_WAIT)
             claimed = await sql_runs.claim(
                 conn,
                 postgres=self._postgres,
@@ -298,7 +307,7 @@ class SQLBlackboardStore:
         }
         async with self._transaction() as conn:
             if self._postgres:
-                await conn.execute(_NO_FLUSH_WAIT)
+                await conn.execute(sql_pg.NO_FLUSH_WAIT)
             result = await conn.execute(sql_runs.RENEW, params)
         return bool(result.rowcount)
 
@@ -312,23 +321,30 @@ class SQLBlackboardStore:
         parts: Sequence[GroupPart] = (),
         usage: Usage | None = None,
         max_runs: int | None = None,
-    ) -> bool:
+    ) -> Commit | None:
         now = to_micros(utcnow())
         params = sql_runs.succeed_params(run_id, fence, now, [a.id for a in outputs], usage)
 
-        async def write(conn: AsyncConnection) -> bool:
+        async def write(conn: AsyncConnection) -> Commit | None:
             row = (await conn.execute(sql_runs.SUCCEED, params)).first()
             if row is None:
-                return False
+                return None
             if parts:
                 await self._lock_groups(conn, parts)
             # The outputs' correlation row and the consumption's moment: one touch.
             await self._insert_artifacts(conn, outputs, touch=(row.correlation_id, now))
             await self._consume(conn, row, now, touch=False)
-            if triggered or parts:
-                await self._trigger(conn, triggered, parts, max_runs)
-            await self._notify(conn, False, await self._correlations_of(conn, run_id, row))
-            return True
+            made, created, queued = await self._trigger(conn, triggered, parts, max_runs)
+            # A correlation that got a run here is still busy: its waiters need not look.
+            busy = {r.correlation_id for r in (*triggered, *made) if r.id in created}
+            changed = await self._correlations_of(conn, run_id, row)
+            await self._notify(conn, queued, [c for c in changed if c not in busy])
+            if self._postgres and row.correlation_id in busy:
+                # Mid-cascade: this commit need not wait for the disk. The commit that ends
+                # the cascade does, and its flush takes every earlier one with it; a database
+                # crash before that rolls the cascade back to a consistent earlier state.
+                await conn.execute(sql_pg.NO_FLUSH_WAIT)
+            return Commit(frozenset(created))
 
         return await self._write(write, retry=bool(parts))
 

@@ -344,13 +344,13 @@ _GIVE_BACK = (
 
 async def _insert_group(
     conn: AsyncConnection, group: Sequence[Run], *, postgres: bool, schema: str | None
-) -> int:
-    """Insert the runs not stored yet; how many were new."""
+) -> list[str]:
+    """Insert the runs not stored yet; the ids of those that were new."""
     if len(group) == 1:
         one = _insert_one_run(postgres, schema)
-        return len((await conn.execute(one, run_row(group[0]))).scalars().all())
+        return list((await conn.execute(one, run_row(group[0]))).scalars().all())
     result = await conn.execute(_INSERT_RUNS[postgres], [run_row(run) for run in group])
-    return len(result.scalars().all())
+    return list(result.scalars().all())
 
 
 async def insert_runs(
@@ -360,13 +360,15 @@ async def insert_runs(
     postgres: bool,
     schema: str | None,
     max_runs: int | None,
-) -> None:
+) -> list[str]:
     """Create runs not stored yet, within each correlation's run bound; none in a
     cancelled correlation. The correlation rows exist (their artifacts touched them).
+    Returns the ids of the runs created.
 
     Usually all of a correlation's runs fit: one UPDATE takes their room (it holds the row
     until commit, as FOR UPDATE would), then the INSERT; the count is given back for runs
     that were stored already. Otherwise (cancelled, or at the bound) the row is read."""
+    created: list[str] = []
     by_correlation: dict[str, list[Run]] = {}
     for run in new_runs:
         by_correlation.setdefault(run.correlation_id, []).append(run)
@@ -374,9 +376,10 @@ async def insert_runs(
         params = {"p_correlation_id": correlation_id}
         fast = {**params, "p_added": len(group), "p_max_runs": max_runs or 2**31 - 1}
         if (await conn.execute(_TAKE_ROOM, fast)).rowcount:
-            added = await _insert_group(conn, group, postgres=postgres, schema=schema)
-            if added < len(group):
-                await conn.execute(_GIVE_BACK, {**params, "p_unused": len(group) - added})
+            ids = await _insert_group(conn, group, postgres=postgres, schema=schema)
+            created.extend(ids)
+            if len(ids) < len(group):
+                await conn.execute(_GIVE_BACK, {**params, "p_unused": len(group) - len(ids)})
             continue
         statement = _CORRELATION_FOR_RUNS.with_for_update() if postgres else _CORRELATION_FOR_RUNS
         row = (await conn.execute(statement, params)).first()
@@ -384,7 +387,9 @@ async def insert_runs(
             continue
         room = len(group) if max_runs is None else max(max_runs - row.run_count, 0)
         taken = group[:room]
-        added = await _insert_group(conn, taken, postgres=postgres, schema=schema) if taken else 0
+        ids = await _insert_group(conn, taken, postgres=postgres, schema=schema) if taken else []
+        created.extend(ids)
+        added = len(ids)
         over = len(group) > room and not row.limit_reported
         if over:
             assert max_runs is not None
@@ -396,6 +401,7 @@ async def insert_runs(
                 _COUNT_RUNS,
                 {**params, "p_added": added, "p_limit_reported": 1 if over else row.limit_reported},
             )
+    return created
 
 
 def consumption_rows(

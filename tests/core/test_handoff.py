@@ -1,0 +1,206 @@
+"""Runs claimed by the write that creates them (publish, or the commit of the run before).
+
+While its worker has a slot free, a cascade's next run is stored already claimed by that
+worker and starts at once: no claim query and no wait. A worker whose slots are all taken,
+a capped agent and a run the store refuses (a correlation's run bound) go the usual way.
+Each test counts the claims that took runs, on every store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+
+from flock import Flock, flock_type
+from flock.core.runs import RunState
+from flock.core.store import BlackboardStore, FilterConfig
+from flock.core.worker import WorkerSettings
+
+pytestmark = pytest.mark.timeout(60)
+
+_SUFFIX = uuid.uuid4().hex[:8]
+
+
+@flock_type(name=f"HandA_{_SUFFIX}")
+class A(BaseModel):
+    n: int
+
+
+@flock_type(name=f"HandB_{_SUFFIX}")
+class B(BaseModel):
+    n: int
+
+
+@flock_type(name=f"HandC_{_SUFFIX}")
+class C(BaseModel):
+    n: int
+
+
+@flock_type(name=f"HandD_{_SUFFIX}")
+class D(BaseModel):
+    n: int
+
+
+def count_claims(store: BlackboardStore) -> list[str]:
+    """The ids of the runs the store's claims returned (claims that found none add none)."""
+    claimed: list[str] = []
+    original: Callable[..., Any] = store.claim_runs
+
+    async def claim_runs(*args: Any, **kwargs: Any) -> Any:
+        found = await original(*args, **kwargs)
+        claimed.extend(item.run.id for item in found)
+        return found
+
+    store.claim_runs = claim_runs  # type: ignore[method-assign]
+    return claimed
+
+
+def cascade(flock: Flock, *, capped: str | None = None) -> None:
+    for name, consumes, publishes in (("first", A, B), ("second", B, C), ("third", C, D)):
+        engine = _step(publishes)
+        agent = flock.agent(name).consumes(consumes).publishes(publishes).with_engines(engine)
+        if name == capped:
+            agent.max_concurrency(1)
+
+
+def _step(kind: type[BaseModel]) -> Callable[[Any], BaseModel]:
+    def step(item: Any) -> BaseModel:  # a plain def: it runs on an engine thread
+        return kind(n=item.n + 1)
+
+    return step
+
+
+async def finished(flock: Flock, correlation_id: str) -> list[Any]:
+    await flock.run_until_idle(correlation_id=correlation_id, timeout=20)
+    runs, _ = await flock.list_runs(limit=100)
+    return [run for run in runs if run.correlation_id == correlation_id]
+
+
+async def test_a_cascade_with_slots_free_needs_no_claim(store: BlackboardStore) -> None:
+    claimed = count_claims(store)
+    flock = Flock(store=store)
+    cascade(flock)
+    try:
+        artifact = await flock.publish(A(n=0))
+        runs = await finished(flock, artifact.correlation_id)
+        assert sorted(run.agent for run in runs) == ["first", "second", "third"]
+        for run in runs:
+            assert run.state == RunState.SUCCEEDED
+            assert run.attempt == 1 and run.worker == flock.worker.name
+        assert claimed == []  # each run was claimed by the write that stored it
+        status = await flock.correlation_status(artifact.correlation_id)
+        assert status is not None and status.state == "idle"
+        stored, _ = await store.query_artifacts(
+            FilterConfig(correlation_id=artifact.correlation_id)
+        )
+        assert sorted(a.payload["n"] for a in stored) == [0, 1, 2, 3]
+    finally:
+        await flock.close()
+
+
+async def test_a_worker_with_no_slot_free_leaves_the_next_run_queued(
+    store: BlackboardStore,
+) -> None:
+    claimed = count_claims(store)
+    flock = Flock(store=store, worker=WorkerSettings(concurrency=1))
+    cascade(flock)
+    try:
+        artifact = await flock.publish(A(n=0))
+        runs = await finished(flock, artifact.correlation_id)
+        by_agent = {run.agent: run for run in runs}
+        assert all(run.state == RunState.SUCCEEDED for run in runs)
+        # The publish took the one free slot; the runs after it waited for it, queued.
+        assert by_agent["first"].id not in claimed
+        assert {by_agent["second"].id, by_agent["third"].id} <= set(claimed)
+    finally:
+        await flock.close()
+
+
+async def test_a_capped_agent_is_claimed_under_its_cap(store: BlackboardStore) -> None:
+    claimed = count_claims(store)
+    flock = Flock(store=store)
+    cascade(flock, capped="second")
+    try:
+        artifact = await flock.publish(A(n=0))
+        runs = await finished(flock, artifact.correlation_id)
+        by_agent = {run.agent: run for run in runs}
+        assert all(run.state == RunState.SUCCEEDED for run in runs)
+        assert claimed == [by_agent["second"].id]  # the others were handed on
+    finally:
+        await flock.close()
+
+
+@flock_type(name=f"HandPing_{_SUFFIX}")
+class Ping(BaseModel):
+    n: int
+
+
+@flock_type(name=f"HandPong_{_SUFFIX}")
+class Pong(BaseModel):
+    n: int
+
+
+async def test_a_run_past_the_correlation_bound_is_neither_stored_nor_executed(
+    store: BlackboardStore,
+) -> None:
+    calls: list[int] = []
+
+    async def pong(item: Ping) -> Pong:
+        calls.append(item.n)
+        return Pong(n=item.n + 1)
+
+    async def ping(item: Pong) -> Ping:
+        calls.append(item.n)
+        return Ping(n=item.n + 1)
+
+    flock = Flock(store=store, max_runs_per_correlation=3)  # a loop of two agents
+    flock.agent("pong").consumes(Ping).publishes(Pong).with_engines(pong)
+    flock.agent("ping").consumes(Pong).publishes(Ping).with_engines(ping)
+    try:
+        artifact = await flock.publish(Ping(n=0))
+        runs = await finished(flock, artifact.correlation_id)
+        assert calls == [0, 1, 2]  # the fourth run was refused: nobody executed it
+        assert len(runs) == 3 and all(run.state == RunState.SUCCEEDED for run in runs)
+        status = await flock.correlation_status(artifact.correlation_id)
+        assert status is not None and status.state == "idle"
+        assert any("limit of 3 agent runs" in error.message for error in status.errors)
+    finally:
+        await flock.close()
+
+
+async def test_many_cascades_at_once_each_run_exactly_once(store: BlackboardStore) -> None:
+    """64 cascades published together on 8 slots: some runs are handed on, others
+    queue for a claim; every run executes once and every cascade ends with its D."""
+    executed: list[str] = []
+    flock = Flock(store=store, worker=WorkerSettings(concurrency=8))
+    for name, consumes, publishes in (("first", A, B), ("second", B, C), ("third", C, D)):
+
+        def make(kind: type[BaseModel], agent: str) -> Callable[..., Any]:
+            async def step(item: Any) -> BaseModel:
+                executed.append(f"{agent}:{item.n}")
+                return kind(n=item.n)
+
+            return step
+
+        flock.agent(name).consumes(consumes).publishes(publishes).with_engines(
+            make(publishes, name)
+        )
+    try:
+        published = await asyncio.gather(*(flock.publish(A(n=n)) for n in range(64)))
+        await flock.run_until_idle(timeout=60)
+        assert sorted(executed) == sorted(
+            f"{agent}:{n}" for agent in ("first", "second", "third") for n in range(64)
+        )
+        for artifact in published:
+            status = await flock.correlation_status(artifact.correlation_id)
+            assert status is not None and status.state == "idle"
+            filters = FilterConfig(correlation_id=artifact.correlation_id)
+            stored, _ = await store.query_artifacts(filters)
+            assert sorted(a.type for a in stored) == sorted(f"Hand{k}_{_SUFFIX}" for k in "ABCD")
+    finally:
+        await flock.close()
