@@ -449,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--stage-cap",
         metavar="N|none",
-        help="max_concurrency of each stage of the app (default: the app's, 64; none: "
+        help="max_concurrency of each stage of the app (default: the app's, none: "
         "uncapped, as agents are by default)",
     )
     parser.add_argument(

@@ -203,6 +203,12 @@ class Agent:
     def fits(self, inputs: Sequence[Artifact]) -> bool:
         """The inputs are what one of its subscriptions runs on: artifacts of a one-type or
         batch subscription's types, or exactly an AND gate's types."""
+        if len(inputs) == 1:  # the common case, without counting
+            kind = inputs[0].type
+            return any(
+                kind in sub.type_names and (sub.batch is not None or len(sub.types) <= 1)
+                for sub in self.subscriptions
+            )
         types = Counter(a.type for a in inputs)
         for sub in self.subscriptions:
             if sub.batch is not None or len(sub.types) <= 1:

@@ -35,7 +35,8 @@ class EngineThreads:
         self._max = max_threads
         self._name = name
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self._idle = threading.Semaphore(0)  # released by each thread waiting for a job
+        # One token per thread waiting for a job (a C queue: cheaper than a Semaphore).
+        self._idle: queue.SimpleQueue[None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._closed = False
@@ -47,7 +48,9 @@ class EngineThreads:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         self._jobs.put((loop, future, fn, args))
-        if not self._idle.acquire(blocking=False):
+        try:
+            self._idle.get_nowait()
+        except queue.Empty:
             self._start_thread()
         return await future
 
@@ -77,7 +80,7 @@ class EngineThreads:
             with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
                 loop.call_soon_threadsafe(_settle, future, result, error)
             del future, result, error
-            self._idle.release()
+            self._idle.put(None)
 
     def shutdown(self) -> None:
         """Queued calls are dropped (their callers get CancelledError); running ones finish

@@ -153,6 +153,8 @@ def visibility_problems(visibility: AnyVisibility, field: str = "visibility") ->
 
 
 def _members(members: Iterable[str], field: str) -> list[Problem]:
+    if not members:
+        return []
     members = sorted(members)
     if len(members) > MAX_VISIBILITY_MEMBERS:
         return [Problem(field, f"at most {MAX_VISIBILITY_MEMBERS} entries", "too_many")]
@@ -161,6 +163,8 @@ def _members(members: Iterable[str], field: str) -> list[Problem]:
 
 
 def tag_problems(tags: Iterable[str], field: str = "tags") -> list[Problem]:
+    if not tags:
+        return []
     tags = sorted(tags)
     if len(tags) > MAX_TAGS:
         return [Problem(field, f"at most {MAX_TAGS} tags", "too_many")]

@@ -86,6 +86,8 @@ class _Active:
     task: asyncio.Task[None] | None = None
     reason: StopReason | None = None
     started: float = 0.0  # time.monotonic() when the attempt began
+    renewed: float = 0.0  # time.monotonic() of the claim or of the last lease renewal
+    ending: bool = False  # its result is being written: a renewal that fails now is moot
     handed_on: bool = False  # its commit gave this worker a run it triggered
     # Its end frees nothing the claim loop waits for (see `_spawn`): it committed, its
     # agent is uncapped, and every run its commit created was handed on to this worker.
@@ -114,6 +116,7 @@ class Worker:
     name: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
     _active: dict[str, _Active] = field(default_factory=dict)
     _loop_task: asyncio.Task[None] | None = None
+    _keeper: asyncio.Task[None] | None = None  # renews the leases of every run it executes
     _wake: asyncio.Event | None = None
     _claiming: bool = True
     _groups_due: float = 0.0  # loop time of the next look at open groups' deadlines
@@ -140,6 +143,7 @@ class Worker:
         self._claiming = True
         self._groups_due = 0.0  # at once: groups a stopped process left may be due
         self._loop_task = loop.create_task(self._claim_loop(), name=f"flock-worker {self.name}")
+        self._keeper = loop.create_task(self._keep_leases(), name=f"flock-leases {self.name}")
 
     def wake(self) -> None:
         """Something may be due: look for runs now."""
@@ -192,9 +196,10 @@ class Worker:
         if left:
             logger.info("shutdown: releasing %d run(s) still running", len(left))
             await asyncio.gather(*(a.task for a in left if a.task), return_exceptions=True)
-        if self._loop_task is not None:
-            self._loop_task.cancel()
-            await asyncio.gather(self._loop_task, return_exceptions=True)
+        tasks = [t for t in (self._loop_task, self._keeper) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def cancel_local(self, correlation_id: str) -> None:
         """Cancel the engines this worker runs for the correlation (it was cancelled)."""
@@ -281,8 +286,7 @@ class Worker:
             stats.runs_recovered += 1
         if run.attempt == 1 and run.started_at is not None:
             stats.count_queue_wait(run.agent, (run.started_at - run.created_at).total_seconds())
-        active.started = time.monotonic()
-        renewer = asyncio.get_running_loop().create_task(self._renew(active))
+        active.started = active.renewed = time.monotonic()
         busy = False  # the correlation is known to be still busy after this run's commit
         try:
             failure = self._unrunnable(claimed)
@@ -331,6 +335,7 @@ class Worker:
                 return
             triggered = flock.triggered_by(outputs, principal=run.principal)
             taken = self.take(triggered.runs)
+            active.ending = True
             try:
                 commit = await store.complete_run(
                     run.id,
@@ -367,7 +372,6 @@ class Worker:
                 "run %s could not be recorded; it is retried once its lease ends", run.id
             )
         finally:
-            renewer.cancel()
             if not busy:
                 flock.watch.changed(run.correlation_id)
             for item in claimed.inputs:  # a join's or batch's other correlations
@@ -437,6 +441,7 @@ class Worker:
         if retryable and run.attempt < run.max_attempts:
             policy = self.flock.get_agent(run.agent).retry_policy
             retry_at = datetime.now(UTC) + timedelta(seconds=policy.delay(run.attempt))
+        active.ending = True
         recorded = await self.flock.store.fail_run(
             run.id,
             active.fence,
@@ -453,21 +458,35 @@ class Worker:
             outcome = "retried" if retry_at is not None else "dead"
             stats.count_run(run.agent, outcome, seconds=active.elapsed())
 
-    async def _renew(self, active: _Active) -> None:
-        """Renew the run's lease every third of it; stop the engine once it is lost."""
+    async def _keep_leases(self) -> None:
+        """Renew the lease of every run this worker executes about every third of it (at
+        most half of it after the last renewal); stop the engine of a run whose lease is
+        lost. One task for all runs: a run costs no timer or task of its own."""
         lease = self.settings.lease_seconds
-        run = active.claimed.run
         while True:
-            await asyncio.sleep(lease / 3)
-            try:
-                held = await self.flock.store.renew_lease(run.id, active.fence, lease)
-            except Exception as exc:
-                logger.warning("could not renew the lease of run %s: %s", run.id, exc)
-                continue
-            if not held:
-                logger.warning("run %s lost its lease (cancelled or taken over); stopping", run.id)
-                active.stop("lost")
-                return
+            await asyncio.sleep(lease / 6)
+            now = time.monotonic()
+            due = [
+                active
+                for active in self._active.values()
+                if now - active.renewed >= lease / 3 and active.reason is None and not active.ending
+            ]
+            if due:
+                await asyncio.gather(*(self._renew(active) for active in due))
+
+    async def _renew(self, active: _Active) -> None:
+        run = active.claimed.run
+        active.renewed = time.monotonic()
+        try:
+            held = await self.flock.store.renew_lease(
+                run.id, active.fence, self.settings.lease_seconds
+            )
+        except Exception as exc:
+            logger.warning("could not renew the lease of run %s: %s", run.id, exc)
+            return
+        if not held and not active.ending and active.reason is None:
+            logger.warning("run %s lost its lease (cancelled or taken over); stopping", run.id)
+            active.stop("lost")
 
 
 __all__ = ["NonRetryableError", "Worker", "WorkerSettings"]
