@@ -451,7 +451,7 @@ async def test_a_version_2_database_gets_the_group_tables(make_store: StoreFacto
     from sqlalchemy import select
 
     from flock.core.store.sql import SQLBlackboardStore
-    from flock.core.store.sql_schema import group_parts, run_links, schema_info
+    from flock.core.store.sql_schema import SCHEMA_VERSION, group_parts, run_links, schema_info
 
     old = make_store()
     assert isinstance(old, SQLBlackboardStore)
@@ -474,7 +474,7 @@ async def test_a_version_2_database_gets_the_group_tables(make_store: StoreFacto
         assert isinstance(store, SQLBlackboardStore)
         async with store._engine.connect() as conn:
             version = (await conn.execute(select(schema_info.c.version))).scalar()
-        assert version == 3
+        assert version == SCHEMA_VERSION
     finally:
         await flock.close()
 

@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 from flock.core.artifacts import AgentError, Artifact, ArtifactEnvelope, ConsumptionRecord
 from flock.core.groups import GroupFlush, GroupPart
 from flock.core.runs import Run, RunState, Usage, lease_until
-from flock.core.store import notifications, sql_groups, sql_pg, sql_runs
+from flock.core.store import notifications, sql_groups, sql_pg, sql_pg_write, sql_runs
 from flock.core.store import sql_statements as sql
 from flock.core.store.memory import InMemoryBlackboardStore
 from flock.core.store.migrations import SchemaState, Upgrade, prepare_schema, read_schema
@@ -115,6 +115,7 @@ class SQLBlackboardStore:
         self._schema = schema
         self._postgres = self._root_engine.dialect.name == "postgresql"
         self._upserts = sql.upserts(self._root_engine.dialect.name, schema)
+        self._write_call = sql_pg_write.call(schema)
         # PostgreSQL: statements run straight on asyncpg (sql_pg).
         self._pg = (
             sql_pg.PgStatements(self._root_engine.dialect, schema) if self._postgres else None
@@ -145,6 +146,25 @@ class SQLBlackboardStore:
         max_runs: int | None = None,
         created: set[str] | None = None,
     ) -> Artifact:
+        if self._pg is not None and not parts:
+            done = await self._write_in_one(
+                correlation_id=artifact.correlation_id,
+                artifacts=(artifact,),
+                runs=runs,
+                max_runs=max_runs,
+                moments=[to_micros(artifact.created_at)],
+            )
+            if done is not None:
+                if done.get("exists"):
+                    existing = await self.get(artifact.id)
+                    if existing is not None:
+                        return existing
+                    # (deleted meanwhile: the general path below stores it again)
+                else:
+                    if created is not None:
+                        created.update(done["created"])
+                    return artifact
+
         async def write(conn: AsyncConnection) -> tuple[Artifact, list[str]]:
             if parts:
                 await self._lock_groups(conn, parts)
@@ -176,6 +196,44 @@ class SQLBlackboardStore:
                     raise
                 await asyncio.sleep(random.uniform(0.002, 0.02) * attempt)
         raise AssertionError("unreachable")  # the last attempt returned or raised
+
+    async def _write_in_one(
+        self,
+        *,
+        correlation_id: str | None,
+        artifacts: Sequence[Artifact],
+        runs: Sequence[Run],
+        max_runs: int | None,
+        moments: Sequence[int],
+        run: dict[str, Any] | None = None,
+    ) -> dict[str, Any] | None:
+        """PostgreSQL: the write in one statement (`sql_pg_write`); None when the function
+        left it to the general path (nothing was written), which then does it."""
+        assert self._pg is not None
+        statement = self._write_call
+        body = sql_pg_write.params(
+            now=to_micros(utcnow()),
+            correlation_id=correlation_id,
+            artifacts=artifacts,
+            runs=runs,
+            max_runs=max_runs or 2**31 - 1,
+            first=min(moments),
+            last=max(moments),
+            channel=self._channel,
+            origin=f"{notifications.ORIGIN}{self._origin}",
+            run=run,
+        )
+        try:
+            async with self._reading() as conn:
+                value = (await conn.execute(statement, body)).scalar()
+        except Exception as exc:
+            cause = exc.__cause__ if isinstance(exc, StoreUnavailableError) else exc
+            if is_conflict(cause) or sql_pg_write.left_to_general_path(cause):
+                return None
+            raise
+        # (SQLAlchemy's asyncpg connections decode json themselves)
+        result: dict[str, Any] = value if isinstance(value, dict) else json.loads(str(value))
+        return result
 
     async def _lock_groups(self, conn: AsyncConnection, parts: Sequence[GroupPart]) -> None:
         keys = ((p.agent, p.group) for p in parts)
@@ -324,6 +382,23 @@ class SQLBlackboardStore:
     ) -> Commit | None:
         now = to_micros(utcnow())
         params = sql_runs.succeed_params(run_id, fence, now, [a.id for a in outputs], usage)
+        kinds = {a.correlation_id for a in outputs} | {r.correlation_id for r in triggered}
+        if self._pg is not None and not parts and len(kinds) <= 1:
+            done = await self._write_in_one(
+                correlation_id=next(iter(kinds), None),
+                artifacts=outputs,
+                runs=triggered,
+                max_runs=max_runs,
+                moments=[now, *(to_micros(a.created_at) for a in outputs)],
+                run={
+                    "run_id": run_id,
+                    "fence": fence,
+                    "output_ids": params["p_output_ids"],
+                    **{key[2:]: value for key, value in usage_params(usage).items()},
+                },
+            )
+            if done is not None:
+                return Commit(frozenset(done["created"])) if done["ok"] else None
 
         async def write(conn: AsyncConnection) -> Commit | None:
             row = (await conn.execute(sql_runs.SUCCEED, params)).first()

@@ -21,6 +21,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from flock.core.store.sql_backends import Watchdog, is_unavailable
+from flock.core.store.sql_pg_write import FALLBACK
 from flock.core.store.sql_thread import FastResult, _row_type
 
 _MAX_COMPILED = 512
@@ -179,7 +180,10 @@ async def _operation(
             try:
                 yield
             except BaseException as exc:
-                await _invalidate(engine, conn, driver, exc)  # a failed read is rare: start afresh
+                # A failed read is rare: start afresh. (`flock_write` handing a write to the
+                # general path leaves the connection as it was: the statement just failed.)
+                if getattr(exc, "sqlstate", None) != FALLBACK:
+                    await _invalidate(engine, conn, driver, exc)
                 raise
             return
         # BEGIN and COMMIT as plain statements (not asyncpg's Transaction): the COMMIT can

@@ -444,6 +444,13 @@ def _legacy_version(conn: Connection, schema: str | None) -> int | None:
 
 def _create(conn: Connection, schema: str | None) -> None:
     metadata.create_all(conn)
+    _write_function(conn, schema)
+
+
+def _write_function(conn: Connection, schema: str | None) -> None:
+    from flock.core.store.sql_pg_write import create_function  # it builds on this module
+
+    create_function(conn, schema)
 
 
 BLACKBOARD_STEPS = (
@@ -460,6 +467,11 @@ BLACKBOARD_STEPS = (
         3,
         "group_parts and run_links tables (AND gates, joins, batches)",
         create_tables(metadata, "group_parts", "run_links"),
+    ),
+    Step(
+        4,
+        "PostgreSQL: the flock_write function (a publish or a run's commit in one statement)",
+        _write_function,
     ),
 )
 
