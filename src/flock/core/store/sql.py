@@ -29,6 +29,7 @@ from flock.core.groups import GroupFlush, GroupPart
 from flock.core.runs import Run, RunState, Usage, lease_until
 from flock.core.store import notifications, sql_groups, sql_pg, sql_pg_write, sql_runs
 from flock.core.store import sql_statements as sql
+from flock.core.store.group_commit import GroupCommit
 from flock.core.store.memory import InMemoryBlackboardStore
 from flock.core.store.migrations import SchemaState, Upgrade, prepare_schema, read_schema
 from flock.core.store.protocol import (
@@ -134,6 +135,7 @@ class SQLBlackboardStore:
         self._origin = os.urandom(6).hex()  # names this store's notifications
         self._write_lock = None if self._postgres else asyncio.Lock()
         self._files: SQLiteFiles | None = None  # SQLite: statements in place (sql_thread)
+        self._group: GroupCommit | None = None  # SQLite files: writes share commits
 
     # -- writes -----------------------------------------------------------------------------
 
@@ -183,9 +185,12 @@ class SQLBlackboardStore:
     async def _write(
         self, body: Callable[[AsyncConnection], Awaitable[_T]], *, retry: bool = True
     ) -> _T:
-        """Run `body` in one write transaction. With `retry`, a transaction PostgreSQL
-        aborted as a deadlock or serialization failure is run again (it changed nothing):
-        group writes lock the correlations of several cascades, in no fixed order."""
+        """Run `body` in one write transaction: on SQLite files, one shared with the other
+        writes ready at the same moment (`group_commit`). With `retry`, a transaction
+        PostgreSQL aborted as a deadlock or serialization failure is run again (it changed
+        nothing): group writes lock the correlations of several cascades, in no fixed order."""
+        if self._group is not None:
+            return await self._group.run(body)
         attempts = _CONFLICT_ATTEMPTS if retry and self._postgres else 1
         for attempt in range(1, attempts + 1):
             try:
@@ -832,6 +837,7 @@ class SQLiteBlackboardStore(SQLBlackboardStore):
         # Every statement goes to the file through these connections (see sql_thread); the
         # aiosqlite engine above only names the dialect the statements are compiled for.
         self._files = SQLiteFiles(self.path, busy_timeout)
+        self._group = GroupCommit(self._transaction)
 
 
 class PostgresBlackboardStore(SQLBlackboardStore):

@@ -1,0 +1,116 @@
+"""Group commit on SQLite files: writes ready together share one transaction.
+
+Real stores throughout: the figures come from the store's own counters, the outcomes from
+reading the file again through a new store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel
+from sqlalchemy import text
+
+from flock import Flock, flock_type
+from flock.core.store import FilterConfig, SQLiteBlackboardStore
+from flock.core.store.group_commit import GroupCommit
+
+pytestmark = pytest.mark.timeout(60)
+
+_SUFFIX = uuid.uuid4().hex[:8]
+
+
+@flock_type(name=f"GroupIn_{_SUFFIX}")
+class In(BaseModel):
+    n: int
+
+
+@flock_type(name=f"GroupOut_{_SUFFIX}")
+class Out(BaseModel):
+    n: int
+
+
+def _group(store: SQLiteBlackboardStore) -> GroupCommit:
+    group = store._group
+    assert group is not None
+    return group
+
+
+async def test_writes_made_together_share_commits_and_all_land(tmp_path: Path) -> None:
+    path = tmp_path / "board.db"
+    store = SQLiteBlackboardStore(path)
+    flock = Flock(store=store)
+
+    async def double(item: In) -> Out:
+        return Out(n=item.n * 2)
+
+    flock.agent("doubler").consumes(In).publishes(Out).with_engines(double)
+    try:
+        await flock.publish(In(n=-1))  # the tables exist before the burst
+        await flock.run_until_idle(timeout=20)
+        before = _group(store).groups, _group(store).writes
+        await asyncio.gather(*(flock.publish(In(n=n)) for n in range(50)))
+        await flock.run_until_idle(timeout=20)
+        groups = _group(store).groups - before[0]
+        writes = _group(store).writes - before[1]
+        assert writes == 100  # 50 publishes and 50 runs' commits
+        assert groups < writes / 2  # most of them shared a transaction
+    finally:
+        await flock.close()
+
+    reopened = SQLiteBlackboardStore(path)
+    try:
+        outs, total = await reopened.query_artifacts(
+            FilterConfig(type_names={f"GroupOut_{_SUFFIX}"}), limit=100
+        )
+        ins, _ = await reopened.query_artifacts(
+            FilterConfig(type_names={f"GroupIn_{_SUFFIX}"}), limit=100
+        )
+        assert len(ins) == 51
+        assert sorted(a.payload["n"] for a in outs) == sorted(n * 2 for n in range(-1, 50))
+        assert total == 51
+    finally:
+        await reopened.close()
+
+
+async def test_a_write_that_fails_spoils_no_other_write_of_its_group(tmp_path: Path) -> None:
+    store = SQLiteBlackboardStore(tmp_path / "board.db")
+    group = _group(store)
+    try:
+        await store.ping()
+        await store._write(lambda conn: conn.execute(text("CREATE TABLE t (v INTEGER UNIQUE)")))
+
+        def insert(value: int) -> object:
+            async def body(conn: object) -> int:
+                await conn.execute(text("INSERT INTO t (v) VALUES (:v)"), {"v": value})  # type: ignore[attr-defined]
+                return value
+
+            return body
+
+        async def broken(conn: object) -> int:
+            raise ValueError("this write is wrong")
+
+        before = group.groups
+        results = await asyncio.gather(
+            store._write(insert(1)),  # type: ignore[arg-type]
+            store._write(broken),
+            store._write(insert(2)),  # type: ignore[arg-type]
+            store._write(insert(1)),  # type: ignore[arg-type]  # a duplicate: the database refuses it
+            return_exceptions=True,
+        )
+        assert results[0] == 1 and results[2] == 2
+        assert isinstance(results[1], ValueError)
+        assert isinstance(results[3], Exception) and "UNIQUE" in str(results[3])
+        # The group rolled back once, then each was written on its own.
+        assert group.groups - before == 2
+
+        async def values(conn: object) -> list[int]:
+            rows = await conn.execute(text("SELECT v FROM t ORDER BY v"))  # type: ignore[attr-defined]
+            return [row[0] for row in rows]
+
+        assert await store._write(values) == [1, 2]  # type: ignore[arg-type]
+    finally:
+        await store.close()
