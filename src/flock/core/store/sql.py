@@ -121,6 +121,8 @@ class SQLBlackboardStore:
         self._pg = (
             sql_pg.PgStatements(self._root_engine.dialect, schema) if self._postgres else None
         )
+        pool_size = getattr(self._root_engine.pool, "size", lambda: 5)()
+        self._held = sql_pg.HeldConnections(self._root_engine, pool_size)
         # Reads skip BEGIN/COMMIT on PostgreSQL: under READ COMMITTED every statement sees its
         # own snapshot anyway, so a read transaction only costs two round trips. (pysqlite
         # never opens a transaction for a SELECT, so SQLite reads need no such switch.)
@@ -695,6 +697,7 @@ class SQLBlackboardStore:
     async def close(self) -> None:
         if self._files is not None:
             await self._files.close()
+        await self._held.release_all()
         await self._root_engine.dispose()
 
     @asynccontextmanager
@@ -706,9 +709,7 @@ class SQLBlackboardStore:
         Other processes sharing the file still wait in the busy handler.
         """
         if self._pg is not None:
-            pg = sql_pg.connection(
-                self._root_engine, self._pg, transaction=True, timeout=self._timeout
-            )
+            pg = sql_pg.connection(self._held, self._pg, transaction=True, timeout=self._timeout)
             async with self._errors_mapped(), pg as conn:
                 yield conn
             return
@@ -739,9 +740,7 @@ class SQLBlackboardStore:
                 yield cast(AsyncConnection, conn)
             return
         if self._pg is not None:
-            pg = sql_pg.connection(
-                self._root_engine, self._pg, transaction=False, timeout=self._timeout
-            )
+            pg = sql_pg.connection(self._held, self._pg, transaction=False, timeout=self._timeout)
             async with self._errors_mapped(), pg as conn:
                 yield conn
             return

@@ -12,6 +12,7 @@ connection that failed mid-statement is invalidated, so the pool opens a new one
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -127,20 +128,65 @@ class PgConnection:
         return FastResult(-1, (), tuple, [])
 
 
+class HeldConnections:
+    """Pooled connections a store keeps checked out between its operations, up to `size`.
+
+    Checking a connection out of SQLAlchemy's async pool and back in costs two greenlet
+    switches and the pool's bookkeeping, at every operation; a held connection is taken
+    from a list. Connections are held by the event loop that opened them; one that failed
+    mid-operation is invalidated and never held again.
+    """
+
+    def __init__(self, engine: AsyncEngine, size: int) -> None:
+        self.engine = engine
+        self._size = size
+        self._idle: list[tuple[AsyncConnection, Any]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def take(self) -> tuple[AsyncConnection, Any]:
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # another loop's connections cannot serve this one
+            self._loop, self._idle = loop, []
+        while self._idle:
+            conn, driver = self._idle.pop()
+            if not driver.is_closed():
+                return conn, driver
+            await conn.invalidate()
+        conn = await self.engine.connect()
+        fairy = await conn.get_raw_connection()
+        return conn, fairy.driver_connection
+
+    async def give_back(self, conn: AsyncConnection, driver: Any) -> None:
+        if conn.invalidated or driver.is_closed() or driver.is_in_transaction():
+            await conn.close()
+        elif len(self._idle) < self._size and asyncio.get_running_loop() is self._loop:
+            self._idle.append((conn, driver))
+        else:
+            await conn.close()
+
+    async def release_all(self) -> None:
+        """Give every held connection back to the pool (closing the store, a disconnect)."""
+        idle, self._idle = self._idle, []
+        for conn, _ in idle:
+            with contextlib.suppress(Exception):
+                await conn.close()
+
+
 async def _invalidate(
-    engine: AsyncEngine, conn: AsyncConnection, driver: Any, exc: BaseException
+    held: HeldConnections, conn: AsyncConnection, driver: Any, exc: BaseException
 ) -> None:
     """Never reuse a connection whose state is unknown. If the database was out of reach
     (the server restarted, or terminated the connection), its pool-mates most likely were
     too: start a new pool, as SQLAlchemy does when it sees a disconnect."""
     await conn.invalidate()
     if driver.is_closed() or is_unavailable(exc):
-        await engine.dispose(close=False)
+        await held.release_all()
+        await held.engine.dispose(close=False)
 
 
 @asynccontextmanager
 async def connection(
-    engine: AsyncEngine,
+    held: HeldConnections,
     statements: PgStatements,
     *,
     transaction: bool,
@@ -151,24 +197,25 @@ async def connection(
     terminated, which fails whatever waits on it at once (a stalled server answers neither
     a statement nor its cancellation), and it is dropped from the pool."""
     loop = asyncio.get_running_loop()
-    async with engine.connect() as conn:
-        fairy = await conn.get_raw_connection()
-        driver: Any = fairy.driver_connection
+    conn, driver = await held.take()
+    try:
         proxy: Any = PgConnection(driver, statements)
         watchdog = Watchdog(driver)
         if timeout is not None:
             watchdog.handle = loop.call_later(timeout, watchdog.fire)
         try:
-            async with _operation(engine, conn, proxy, watchdog, transaction):
+            async with _operation(held, conn, proxy, watchdog, transaction):
                 yield proxy
         finally:
             if watchdog.handle is not None:
                 watchdog.handle.cancel()
+    finally:
+        await held.give_back(conn, driver)
 
 
 @asynccontextmanager
 async def _operation(
-    engine: AsyncEngine,
+    held: HeldConnections,
     conn: AsyncConnection,
     proxy: PgConnection,
     watchdog: Watchdog,
@@ -183,7 +230,7 @@ async def _operation(
                 # A failed read is rare: start afresh. (`flock_write` handing a write to the
                 # general path leaves the connection as it was: the statement just failed.)
                 if getattr(exc, "sqlstate", None) != FALLBACK:
-                    await _invalidate(engine, conn, driver, exc)
+                    await _invalidate(held, conn, driver, exc)
                 raise
             return
         # BEGIN and COMMIT as plain statements (not asyncpg's Transaction): the COMMIT can
@@ -191,7 +238,7 @@ async def _operation(
         try:
             await driver.execute("BEGIN")  # raises at once on a connection closed under us
         except BaseException as exc:
-            await _invalidate(engine, conn, driver, exc)
+            await _invalidate(held, conn, driver, exc)
             raise
         try:
             yield
@@ -199,12 +246,12 @@ async def _operation(
             try:
                 await driver.execute("ROLLBACK")  # fails at once on a terminated connection
             except BaseException as exc:
-                await _invalidate(engine, conn, driver, exc)
+                await _invalidate(held, conn, driver, exc)
             raise
         try:
             await driver.execute(_COMMIT_NO_FLUSH if proxy.no_flush else "COMMIT")
         except BaseException as exc:
-            await _invalidate(engine, conn, driver, exc)
+            await _invalidate(held, conn, driver, exc)
             raise
     except Exception as exc:
         if watchdog.fired:
@@ -212,4 +259,4 @@ async def _operation(
         raise
 
 
-__all__ = ["NO_FLUSH_WAIT", "PgConnection", "PgStatements", "connection"]
+__all__ = ["NO_FLUSH_WAIT", "HeldConnections", "PgConnection", "PgStatements", "connection"]
