@@ -641,15 +641,18 @@ class SQLBlackboardStore:
             row = (await conn.execute(sql.CORRELATION, params)).mappings().first()
             if row is None:
                 return None
-            errors = [
-                error_from_row(e)
-                for e in (await conn.execute(sql.CORRELATION_ERRORS, params)).mappings()
-            ]
-            dead = (
-                (await conn.execute(sql_runs.DEAD_RUNS, {"p_correlation_id": correlation_id}))
-                .mappings()
-                .all()
-            )
+            errors = []
+            dead: Sequence[Any] = []
+            if row["has_errors"]:
+                errors = [
+                    error_from_row(e)
+                    for e in (await conn.execute(sql.CORRELATION_ERRORS, params)).mappings()
+                ]
+                dead = (
+                    (await conn.execute(sql_runs.DEAD_RUNS, {"p_correlation_id": correlation_id}))
+                    .mappings()
+                    .all()
+                )
         errors.extend(dead_run_error(run_from_row(d)) for d in dead)
         errors.sort(key=lambda e: e.at)
         return CorrelationRecord(

@@ -27,6 +27,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.dml import Insert
 
+from flock.core.runs import RunState
 from flock.core.store.protocol import FilterConfig
 from flock.core.store.sql_groups import pending_linked, waiting_parts
 from flock.core.store.sql_schema import (
@@ -36,9 +37,12 @@ from flock.core.store.sql_schema import (
     artifacts,
     consumptions,
     correlations,
+    run_links,
     runs,
     to_micros,
 )
+
+_DEAD = RunState.DEAD.value
 
 Shape = tuple[str, ...]
 _ORDER = (artifacts.c.created_at, artifacts.c.id)
@@ -153,6 +157,16 @@ CORRELATION = select(
         + pending_linked(correlations.c.correlation_id)
     ).label("pending_runs"),
     waiting_parts(correlations.c.correlation_id).label("waiting_artifacts"),
+    # Whether there is any error to read (most correlations have none: two reads saved).
+    or_(
+        exists().where(agent_errors.c.correlation_id == correlations.c.correlation_id),
+        exists().where(
+            runs.c.correlation_id == correlations.c.correlation_id, runs.c.state == _DEAD
+        ),
+        exists()
+        .select_from(runs.join(run_links, run_links.c.run_id == runs.c.id))
+        .where(run_links.c.correlation_id == correlations.c.correlation_id, runs.c.state == _DEAD),
+    ).label("has_errors"),
 ).where(correlations.c.correlation_id == bindparam("correlation_id"))
 CORRELATION_ERRORS = (
     select(agent_errors)
