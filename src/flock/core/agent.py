@@ -205,10 +205,10 @@ class Agent:
         batch subscription's types, or exactly an AND gate's types."""
         if len(inputs) == 1:  # the common case, without counting
             kind = inputs[0].type
-            return any(
-                kind in sub.type_names and (sub.batch is not None or len(sub.types) <= 1)
-                for sub in self.subscriptions
-            )
+            for sub in self.subscriptions:
+                if kind in sub.type_names and (sub.batch is not None or len(sub.types) <= 1):
+                    return True
+            return False
         types = Counter(a.type for a in inputs)
         for sub in self.subscriptions:
             if sub.batch is not None or len(sub.types) <= 1:

@@ -423,12 +423,12 @@ class Worker:
         if run.attempt > run.max_attempts:
             return f"{LEASE_LOST}; no attempts left ({run.max_attempts} used)"
         try:
-            self.flock.get_agent(run.agent)
+            agent = self.flock.get_agent(run.agent)
         except KeyError:
             return f"this app has no agent named {run.agent!r}"
         if len(claimed.inputs) != len(run.input_ids):
             return "an input artifact of the run is missing from the store"
-        if not self.flock.get_agent(run.agent).fits(claimed.inputs):
+        if not agent.fits(claimed.inputs):
             kinds = ", ".join(a.type for a in claimed.inputs)
             return f"its inputs ({kinds}) fit none of the agent's subscriptions"
         return None
