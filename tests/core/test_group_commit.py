@@ -15,6 +15,7 @@ from pydantic import BaseModel
 from sqlalchemy import text
 
 from flock import Flock, flock_type
+from flock.core.runs import RunState
 from flock.core.store import FilterConfig, SQLiteBlackboardStore
 from flock.core.store.group_commit import GroupCommit
 
@@ -114,3 +115,64 @@ async def test_a_write_that_fails_spoils_no_other_write_of_its_group(tmp_path: P
         assert await store._write(values) == [1, 2]  # type: ignore[arg-type]
     finally:
         await store.close()
+
+
+async def test_a_writer_that_stops_waiting_fails_no_other_write(tmp_path: Path) -> None:
+    store = SQLiteBlackboardStore(tmp_path / "board.db")
+    try:
+        await store.ping()
+        await store._write(lambda conn: conn.execute(text("CREATE TABLE t (v INTEGER)")))
+
+        def insert(value: int) -> object:
+            async def body(conn: object) -> int:
+                await conn.execute(text("INSERT INTO t (v) VALUES (:v)"), {"v": value})  # type: ignore[attr-defined]
+                return value
+
+            return body
+
+        writes = [asyncio.ensure_future(store._write(insert(v))) for v in range(5)]  # type: ignore[arg-type]
+        writes[0].cancel()  # the group's first writer goes away before the group is written
+        results = await asyncio.gather(*writes, return_exceptions=True)
+        assert isinstance(results[0], asyncio.CancelledError)
+        assert results[1:] == [1, 2, 3, 4]
+
+        async def values(conn: object) -> list[int]:
+            rows = await conn.execute(text("SELECT v FROM t ORDER BY v"))  # type: ignore[attr-defined]
+            return [row[0] for row in rows]
+
+        assert await store._write(values) == [1, 2, 3, 4]  # type: ignore[arg-type]  # its write was dropped
+    finally:
+        await store.close()
+
+
+@flock_type(name=f"GroupNext_{_SUFFIX}")
+class Next(BaseModel):
+    n: int
+
+
+async def test_a_publish_whose_caller_goes_away_still_starts_its_runs(tmp_path: Path) -> None:
+    """The publish's runs are stored claimed by this worker: once written, they start even
+    though the caller was cancelled (nothing waits 30 s for a lease to run out)."""
+    store = SQLiteBlackboardStore(tmp_path / "board.db")
+    flock = Flock(store=store)
+
+    async def step(item: In) -> Next:
+        return Next(n=item.n)
+
+    flock.agent("stepper").consumes(In).publishes(Next).with_engines(step)
+    try:
+        await flock.publish(In(n=0))
+        await flock.run_until_idle(timeout=20)
+        calls = [asyncio.ensure_future(flock.publish(In(n=n))) for n in range(1, 9)]
+        await asyncio.sleep(0)  # the group has gathered; its task has not written it yet
+        for call in calls[::2]:
+            call.cancel()
+        await asyncio.gather(*calls, return_exceptions=True)
+        await flock.run_until_idle(timeout=20)
+        runs, _ = await flock.list_runs(limit=100)
+        assert all(run.state == RunState.SUCCEEDED and run.attempt == 1 for run in runs)
+        ins, _ = await store.query_artifacts(FilterConfig(type_names={f"GroupIn_{_SUFFIX}"}))
+        nexts, _ = await store.query_artifacts(FilterConfig(type_names={f"GroupNext_{_SUFFIX}"}))
+        assert len(ins) == len(nexts) == len(runs)  # every stored input's run ran
+    finally:
+        await flock.close()

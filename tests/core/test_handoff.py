@@ -9,6 +9,7 @@ Each test counts the claims that took runs, on every store.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -202,5 +203,75 @@ async def test_many_cascades_at_once_each_run_exactly_once(store: BlackboardStor
             filters = FilterConfig(correlation_id=artifact.correlation_id)
             stored, _ = await store.query_artifacts(filters)
             assert sorted(a.type for a in stored) == sorted(f"Hand{k}_{_SUFFIX}" for k in "ABCD")
+    finally:
+        await flock.close()
+
+
+@flock_type(name=f"HandNote_{_SUFFIX}")
+class Note(BaseModel):
+    text: str
+
+
+async def test_a_commit_that_creates_only_a_dead_run_still_wakes_its_waiters(
+    store: BlackboardStore,
+) -> None:
+    """A `where` that raises makes the run dead at once: the correlation is idle after
+    the commit that created it, and whoever waits for it must hear so (the memory store
+    has no polling to fall back on)."""
+
+    def broken(note: Note) -> bool:
+        raise ValueError("this predicate cannot read the note")
+
+    async def write(item: A) -> Note:
+        return Note(text=str(item.n))
+
+    async def review(note: Note) -> D:
+        return D(n=0)
+
+    flock = Flock(store=store, worker=WorkerSettings(poll_seconds=60))
+    flock.agent("writer").consumes(A).publishes(Note).with_engines(write)
+    flock.agent("reviewer").consumes(Note, where=broken).publishes(D).with_engines(review)
+    try:
+        artifact = await flock.publish(A(n=1))
+        # No timeout of its own: only a wake-up ends this wait (the memory store never
+        # polls), so a commit that told nobody would hang here.
+        await asyncio.wait_for(flock.run_until_idle(correlation_id=artifact.correlation_id), 10)
+        status = await flock.correlation_status(artifact.correlation_id)
+        assert status is not None and status.state == "idle"
+        assert [e.agent for e in status.errors] == ["reviewer"]
+    finally:
+        await flock.close()
+
+
+async def test_runs_a_commit_leaves_queued_beside_those_it_hands_on_start_at_once(
+    store: BlackboardStore,
+) -> None:
+    """A commit that hands on one run and leaves another queued (a capped agent's) wakes
+    the claim loop: the queued run does not wait for the poll (60 s here) or the claim
+    loop's next look at open groups (2 s). The bound below is a liveness check with a wide
+    margin: the claim takes milliseconds."""
+
+    async def write(item: A) -> B:
+        return B(n=item.n)
+
+    async def free(item: B) -> C:
+        return C(n=item.n)
+
+    async def capped(item: B) -> D:
+        return D(n=item.n)
+
+    flock = Flock(store=store, worker=WorkerSettings(poll_seconds=60))
+    flock.agent("writer").consumes(A).publishes(B).with_engines(write)
+    flock.agent("free").consumes(B).publishes(C).with_engines(free)
+    flock.agent("capped").consumes(B).publishes(D).with_engines(capped).max_concurrency(1)
+    try:
+        await flock.publish(A(n=0))  # the worker has started and settled once
+        await flock.run_until_idle(timeout=20)
+        started = time.monotonic()
+        artifact = await flock.publish(A(n=1))
+        runs = await finished(flock, artifact.correlation_id)
+        assert time.monotonic() - started < 1.5
+        assert sorted(run.agent for run in runs) == ["capped", "free", "writer"]
+        assert all(run.state == RunState.SUCCEEDED for run in runs)
     finally:
         await flock.close()

@@ -183,6 +183,18 @@ class Flock:
             await self._check_queue()
             if self._start_worker():
                 taken = self.worker.take(found.runs)  # the write is their claim
+        write = self._store_and_start(artifact, found, taken)
+        if not taken:
+            return await write
+        # Runs stored claimed by this worker must start (or be released), even if the caller
+        # stops waiting: the write goes on without it.
+        going = asyncio.ensure_future(write)
+        going.add_done_callback(_retrieved)
+        return await asyncio.shield(going)
+
+    async def _store_and_start(
+        self, artifact: Artifact, found: Triggers, taken: Sequence[Run]
+    ) -> Artifact:
         created: set[str] = set()
         try:
             stored = await self._store.publish(
@@ -312,7 +324,7 @@ class Flock:
         self._listen()
         if not self.worker_enabled:
             return False
-        if not self.worker.running and not self.watch.closed:
+        if not self.worker.running and not self.watch.closed and not self.worker.draining:
             self.worker.start()
         return self.worker.running
 
@@ -494,6 +506,12 @@ class Flock:
             self._engine_threads.shutdown()
             self._engine_threads = None
         await self._store.close()
+
+
+def _retrieved(task: asyncio.Future[Any]) -> None:
+    """Its caller may have gone: an error it raised is the caller's, not a loose end."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _as_list(result: Any) -> list[Any]:

@@ -86,7 +86,8 @@ class _Active:
     task: asyncio.Task[None] | None = None
     reason: StopReason | None = None
     started: float = 0.0  # time.monotonic() when the attempt began
-    renewed: float = 0.0  # time.monotonic() of the claim or of the last lease renewal
+    # time.monotonic() of the claim or of the last lease renewal
+    renewed: float = field(default_factory=time.monotonic)
     ending: bool = False  # its result is being written: a renewal that fails now is moot
     handed_on: bool = False  # its commit gave this worker a run it triggered
     # Its end frees nothing the claim loop waits for (see `_spawn`): it committed, its
@@ -103,7 +104,10 @@ class _Active:
     def stop(self, reason: StopReason) -> None:
         if self.reason is None:
             self.reason = reason
-        if self.task is not None:
+        # A run whose result is being written is left to finish: the write may land (it
+        # is fenced, so a run cancelled or taken over meanwhile writes nothing), and runs
+        # it creates claimed by this worker must be started or released, not stranded.
+        if self.task is not None and not self.ending:
             self.task.cancel()
 
 
@@ -117,10 +121,14 @@ class Worker:
     _active: dict[str, _Active] = field(default_factory=dict)
     _loop_task: asyncio.Task[None] | None = None
     _keeper: asyncio.Task[None] | None = None  # renews the leases of every run it executes
+    _releasing: set[asyncio.Task[None]] = field(default_factory=set)
     _wake: asyncio.Event | None = None
     _claiming: bool = True
     _groups_due: float = 0.0  # loop time of the next look at open groups' deadlines
-    _reserved: int = 0  # slots held for runs being committed already claimed (`_take`)
+    _reserved: int = 0  # slots held for runs being committed already claimed (`take`)
+    # Stopped claiming on purpose (shutdown): not started again by a publish, only by
+    # `start()` itself (`Flock.start`).
+    draining: bool = False
 
     @property
     def running(self) -> bool:
@@ -137,13 +145,17 @@ class Worker:
         task = self._loop_task
         if task is not None and not task.done() and task.get_loop() is loop:
             return
-        self._active = {}
-        self._reserved = 0
+        keeper = self._keeper
+        if keeper is None or keeper.done() or keeper.get_loop() is not loop:
+            # A new loop: what ran in the old one is gone with it.
+            self._active = {}
+            self._reserved = 0
+            self._keeper = loop.create_task(self._keep_leases(), name=f"flock-leases {self.name}")
         self._wake = asyncio.Event()
         self._claiming = True
+        self.draining = False
         self._groups_due = 0.0  # at once: groups a stopped process left may be due
         self._loop_task = loop.create_task(self._claim_loop(), name=f"flock-worker {self.name}")
-        self._keeper = loop.create_task(self._keep_leases(), name=f"flock-leases {self.name}")
 
     def wake(self) -> None:
         """Something may be due: look for runs now."""
@@ -181,6 +193,7 @@ class Worker:
 
     def stop_claiming(self) -> None:
         self._claiming = False
+        self.draining = True
         self.wake()
 
     async def stop(self, grace: float) -> None:
@@ -219,7 +232,7 @@ class Worker:
             if loop.time() >= self._groups_due:
                 await self._settle_groups()
             delay = min(settings.poll_seconds, max(self._groups_due - loop.time(), 0.0))
-            free = settings.concurrency - len(self._active)
+            free = settings.concurrency - len(self._active) - self._reserved
             if free > 0:
                 try:
                     claimed = await self.flock.store.claim_runs(
@@ -265,12 +278,11 @@ class Worker:
             full = len(self._active) + self._reserved >= self.settings.concurrency
             if self._active.get(run_id) is active:
                 del self._active[run_id]
-            if active.handed_on:
-                return  # the run it handed on holds its slot
-            # The claim loop waits for a free slot only when all were taken; otherwise a
-            # run's end matters to it only if it leaves something to claim or a cap room.
-            if full or not active.quiet:
-                self.wake()
+            if active.quiet and (active.handed_on or not full):
+                # Its commit left nothing to claim, and it frees no cap room: either the run
+                # it handed on holds its slot, or the loop was not waiting for one.
+                return
+            self.wake()
 
         task.add_done_callback(done)
 
@@ -353,7 +365,7 @@ class Worker:
                 stats.agent_runs += 1
                 stats.artifacts_published += len(outputs)
                 stats.count_run(run.agent, "succeeded", seconds=active.elapsed())
-                own = [r for r in triggered.runs if r.id in commit.created]
+                own = [r for r in triggered.runs if r.id in commit.created and r.pending]
                 # Its correlation got a run: still busy, its waiters need not look.
                 busy = any(r.correlation_id == run.correlation_id for r in own)
                 handed = self.hand_on(taken, commit.created, outputs)
@@ -412,11 +424,23 @@ class Worker:
         """Start those of `taken` that the store created (the others it had already, or
         refused: they are not this worker's); `inputs` holds their input artifacts."""
         handed = [run for run in taken if run.id in created]
+        if handed and not self._claiming:  # it stopped meanwhile: another worker's now
+            task = asyncio.get_running_loop().create_task(self._release(handed))
+            self._releasing.add(task)
+            task.add_done_callback(self._releasing.discard)
+            return []
         by_id = {a.id: a for a in inputs}
         for run in handed:
             found = tuple(by_id[i] for i in run.input_ids if i in by_id)
             self._spawn(ClaimedRun(run.copy(), found))
         return handed
+
+    async def _release(self, runs: Sequence[Run]) -> None:
+        for run in runs:
+            try:
+                await self.flock.store.release_run(run.id, run.fence)
+            except Exception as exc:  # its lease runs out instead
+                logger.warning("could not release run %s: %s", run.id, exc)
 
     def _unrunnable(self, claimed: ClaimedRun) -> str | None:
         run = claimed.run

@@ -3,12 +3,12 @@
 A SQLite file has one writer at a time, and most of a small write's cost is its commit
 (the changed pages appended to the WAL, about 0.1 ms here), not its statements. So a write
 (a publish, a run's commit) does not open a transaction of its own: it joins the group
-being gathered, and the first writer of a group gives the event loop one turn before it
-begins, so that every other writer that is ready joins too. The group's writes then run in
-order, in one transaction, each on what the ones before it wrote (as if they had taken
-turns), and every writer learns its result only once the group is committed: what a caller
-was answered is on disk as before, and a crash before the commit loses the whole group,
-none of which was answered yet.
+being gathered: the first writer of a group starts the task that writes it, which runs
+after the event loop's other ready callbacks, so every other writer that is ready joins.
+The group's writes then run in order, in one transaction, each on what the ones before it
+wrote (as if they had taken turns), and every writer learns its result only once the
+group is committed: what a caller was answered is on disk as before, and a crash before
+the commit loses the whole group, none of which was answered yet.
 
 A write that raises makes the group roll back; its members are then written one by one,
 each in its own transaction, so one bad write cannot fail the others. When the database
@@ -36,35 +36,39 @@ class GroupCommit:
     def __init__(self, transaction: Callable[[], AbstractAsyncContextManager[Any]]) -> None:
         self._transaction = transaction
         self._waiting: list[tuple[Body, asyncio.Future[Any]]] = []
-        self._gathering = False
+        self._leader: asyncio.Task[None] | None = None  # writes the groups, one at a time
         self._loop: asyncio.AbstractEventLoop | None = None
         self.groups = 0  # transactions committed (a figure for tests and benchmarks)
         self.writes = 0  # writes they carried
 
     async def run(self, body: Callable[[Any], Awaitable[T]]) -> T:
         """Run `body(conn)` in a transaction shared with the writes ready at the same time;
-        its result once that transaction is committed."""
+        its result once that transaction is committed. The group is written by a task of
+        its own: a writer that is cancelled stops waiting (its write is dropped if the
+        group has not begun, else it lands or not with the group), and never fails the
+        other writers of its group."""
         loop = asyncio.get_running_loop()
         if loop is not self._loop:  # a store used again under a new event loop
-            self._loop, self._waiting, self._gathering = loop, [], False
+            self._loop, self._waiting, self._leader = loop, [], None
         future: asyncio.Future[T] = loop.create_future()
         self._waiting.append((body, future))
-        if not self._gathering:  # this writer leads the group
-            await self._lead()
+        if self._leader is None:
+            self._leader = loop.create_task(self._lead())
         return await future
 
     async def _lead(self) -> None:
-        self._gathering = True
         try:
-            await asyncio.sleep(0)  # one turn of the loop: the writers that are ready join
-            group = self._waiting[:MAX_GROUP]
-            del self._waiting[:MAX_GROUP]
-            await self._commit([(b, f) for b, f in group if not f.done()])
+            # This task starts after the loop's other ready callbacks: the writers that are
+            # ready by then have joined. Those that join while a group is written, next.
+            while self._waiting:
+                group = self._waiting[:MAX_GROUP]
+                del self._waiting[:MAX_GROUP]
+                await self._commit([(b, f) for b, f in group if not f.done()])
         finally:
-            self._gathering = False
-            if self._waiting:  # they joined while this group was written: the next group
-                self._gathering = True
-                asyncio.get_running_loop().create_task(self._lead())
+            self._leader = None
+            for _, future in self._waiting:  # only if this task itself was cancelled
+                future.cancel()
+            self._waiting = []
 
     async def _commit(self, group: list[tuple[Body, asyncio.Future[Any]]]) -> None:
         if not group:

@@ -418,7 +418,7 @@ class SQLBlackboardStore:
             await self._consume(conn, row, now, touch=False)
             made, created, queued = await self._trigger(conn, triggered, parts, max_runs)
             # A correlation that got a run here is still busy: its waiters need not look.
-            busy = {r.correlation_id for r in (*triggered, *made) if r.id in created}
+            busy = {r.correlation_id for r in (*triggered, *made) if r.id in created and r.pending}
             changed = await self._correlations_of(conn, run_id, row)
             await self._notify(conn, queued, [c for c in changed if c not in busy])
             if self._postgres and row.correlation_id in busy:

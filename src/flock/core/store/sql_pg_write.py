@@ -99,6 +99,8 @@ DECLARE
     v_new text[];
     v_created text[] := '{{}}';
     v_wanted integer := json_array_length(p->'runs');
+    v_new_correlation boolean := false;
+    v_busy boolean := false;  -- a run made here keeps the correlation busy
     v_payload text;
 BEGIN
     IF v_wanted > 0 THEN
@@ -112,6 +114,7 @@ BEGIN
            OR (NOT FOUND AND v_wanted > (p->>'max_runs')::integer) THEN
             RAISE EXCEPTION 'flock: the general path' USING ERRCODE = '{FALLBACK}';
         END IF;
+        v_new_correlation := NOT FOUND;
     END IF;
     IF v_is_run THEN
         UPDATE runs SET state = 'succeeded', due_at = NULL, finished_at = v_now,
@@ -165,6 +168,16 @@ BEGIN
             ON CONFLICT (artifact_id, consumer) DO NOTHING;
     END IF;
     IF v_wanted > 0 THEN
+        IF v_new_correlation THEN
+            -- Made by the touch above, or by a concurrent first write that got there first:
+            -- its bound holds for both (the row is locked now).
+            SELECT cancelled, run_count INTO v_corr FROM correlations
+                WHERE correlation_id = v_cid FOR UPDATE;
+            IF v_corr.cancelled <> 0
+               OR v_corr.run_count + v_wanted > (p->>'max_runs')::integer THEN
+                RAISE EXCEPTION 'flock: the general path' USING ERRCODE = '{FALLBACK}';
+            END IF;
+        END IF;
         WITH ins AS (
             INSERT INTO runs ({runs})
                 SELECT {runs} FROM json_to_recordset(p->'runs') AS x({_typed(_RUN_COLUMNS)})
@@ -173,11 +186,16 @@ BEGIN
         IF cardinality(v_created) > 0 THEN
             UPDATE correlations SET run_count = run_count + cardinality(v_created)
                 WHERE correlation_id = v_cid;
+            SELECT EXISTS (
+                SELECT 1 FROM json_to_recordset(p->'runs') AS x(id text, state text)
+                WHERE x.id = ANY(v_created) AND x.state IN ('queued', 'running')
+            ) INTO v_busy;
         END IF;
     END IF;
     -- Other processes learn of queued runs (`r`), and of a correlation whose run ended
-    -- without making another in it (its waiters look again); see notifications.py.
-    IF cardinality(v_created) > 0 THEN
+    -- without making another pending one in it (its waiters look again); see
+    -- notifications.py.
+    IF v_busy THEN
         v_payload := CASE WHEN (p->>'queued')::boolean THEN 'r' END;
     ELSIF v_is_run THEN
         v_payload := v_cid;
@@ -185,7 +203,7 @@ BEGIN
     IF v_payload IS NOT NULL AND p->>'channel' IS NOT NULL THEN
         PERFORM pg_notify(p->>'channel', v_payload || '|' || (p->>'origin'));
     END IF;
-    IF v_is_run AND cardinality(v_created) > 0 THEN
+    IF v_is_run AND v_busy THEN
         -- Mid-cascade: see SQLBlackboardStore.complete_run.
         PERFORM set_config('synchronous_commit', 'off', true);
     END IF;
