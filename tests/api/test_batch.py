@@ -381,6 +381,11 @@ async def test_an_interrupted_keyed_batch_never_publishes_an_item_twice(api_clie
     try:
         task = asyncio.create_task(client.post(BATCH, json=body, headers=headers))
         await wait_for(gate.started)
+        # Both items are published and their answers recorded once the order's invoice is
+        # there: its run starts only when the batch, done with the items, waits for them.
+        async with asyncio.timeout(15):
+            while await count(flock, INVOICE) == 0:
+                await asyncio.sleep(0.01)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
