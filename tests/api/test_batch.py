@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field, model_validator
 from flock import FilterConfig, Flock, RunContext, flock_type
 from flock.api.models import ErrorResponse
 from flock.api.settings import ServiceSettings
+from support.polling import poll_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -381,11 +382,13 @@ async def test_an_interrupted_keyed_batch_never_publishes_an_item_twice(api_clie
     try:
         task = asyncio.create_task(client.post(BATCH, json=body, headers=headers))
         await wait_for(gate.started)
+
         # Both items are published and their answers recorded once the order's invoice is
         # there: its run starts only when the batch, done with the items, waits for them.
-        async with asyncio.timeout(15):
-            while await count(flock, INVOICE) == 0:
-                await asyncio.sleep(0.01)
+        async def invoiced() -> bool:
+            return await count(flock, INVOICE) > 0
+
+        await poll_until(invoiced, seconds=15, what="the order's invoice")
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
