@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import BaseModel
@@ -77,6 +78,21 @@ async def test_writes_made_together_share_commits_and_all_land(tmp_path: Path) -
         await reopened.close()
 
 
+def _insert(value: int) -> Any:
+    """A write of one row into the test's table `t`; its result is the value."""
+
+    async def body(conn: Any) -> int:
+        await conn.execute(text("INSERT INTO t (v) VALUES (:v)"), {"v": value})
+        return value
+
+    return body
+
+
+async def _values(conn: Any) -> list[int]:
+    rows = await conn.execute(text("SELECT v FROM t ORDER BY v"))
+    return [row[0] for row in rows]
+
+
 async def test_a_write_that_fails_spoils_no_other_write_of_its_group(tmp_path: Path) -> None:
     store = SQLiteBlackboardStore(tmp_path / "board.db")
     group = _group(store)
@@ -84,22 +100,15 @@ async def test_a_write_that_fails_spoils_no_other_write_of_its_group(tmp_path: P
         await store.ping()
         await store._write(lambda conn: conn.execute(text("CREATE TABLE t (v INTEGER UNIQUE)")))
 
-        def insert(value: int) -> object:
-            async def body(conn: object) -> int:
-                await conn.execute(text("INSERT INTO t (v) VALUES (:v)"), {"v": value})  # type: ignore[attr-defined]
-                return value
-
-            return body
-
         async def broken(conn: object) -> int:
             raise ValueError("this write is wrong")
 
         before = group.groups
         results = await asyncio.gather(
-            store._write(insert(1)),  # type: ignore[arg-type]
+            store._write(_insert(1)),
             store._write(broken),
-            store._write(insert(2)),  # type: ignore[arg-type]
-            store._write(insert(1)),  # type: ignore[arg-type]  # a duplicate: the database refuses it
+            store._write(_insert(2)),
+            store._write(_insert(1)),  # a duplicate: the database refuses it
             return_exceptions=True,
         )
         assert results[0] == 1 and results[2] == 2
@@ -108,11 +117,7 @@ async def test_a_write_that_fails_spoils_no_other_write_of_its_group(tmp_path: P
         # The group rolled back once, then each was written on its own.
         assert group.groups - before == 2
 
-        async def values(conn: object) -> list[int]:
-            rows = await conn.execute(text("SELECT v FROM t ORDER BY v"))  # type: ignore[attr-defined]
-            return [row[0] for row in rows]
-
-        assert await store._write(values) == [1, 2]  # type: ignore[arg-type]
+        assert await store._write(_values) == [1, 2]
     finally:
         await store.close()
 
@@ -123,24 +128,13 @@ async def test_a_writer_that_stops_waiting_fails_no_other_write(tmp_path: Path) 
         await store.ping()
         await store._write(lambda conn: conn.execute(text("CREATE TABLE t (v INTEGER)")))
 
-        def insert(value: int) -> object:
-            async def body(conn: object) -> int:
-                await conn.execute(text("INSERT INTO t (v) VALUES (:v)"), {"v": value})  # type: ignore[attr-defined]
-                return value
-
-            return body
-
-        writes = [asyncio.ensure_future(store._write(insert(v))) for v in range(5)]  # type: ignore[arg-type]
+        writes = [asyncio.ensure_future(store._write(_insert(v))) for v in range(5)]
         writes[0].cancel()  # the group's first writer goes away before the group is written
         results = await asyncio.gather(*writes, return_exceptions=True)
         assert isinstance(results[0], asyncio.CancelledError)
         assert results[1:] == [1, 2, 3, 4]
 
-        async def values(conn: object) -> list[int]:
-            rows = await conn.execute(text("SELECT v FROM t ORDER BY v"))  # type: ignore[attr-defined]
-            return [row[0] for row in rows]
-
-        assert await store._write(values) == [1, 2, 3, 4]  # type: ignore[arg-type]  # its write was dropped
+        assert await store._write(_values) == [1, 2, 3, 4]  # its write was dropped
     finally:
         await store.close()
 
