@@ -217,7 +217,6 @@ class SQLBlackboardStore:
         """PostgreSQL: the write in one statement (`sql_pg_write`); None when the function
         left it to the general path (nothing was written), which then does it."""
         assert self._pg is not None
-        statement = self._write_call
         body = sql_pg_write.params(
             now=to_micros(utcnow()),
             correlation_id=correlation_id,
@@ -231,8 +230,9 @@ class SQLBlackboardStore:
             run=run,
         )
         try:
+            # The call is its own transaction: the autocommit connection reads use.
             async with self._reading() as conn:
-                value = (await conn.execute(statement, body)).scalar()
+                value = (await conn.execute(self._write_call, body)).scalar()
         except Exception as exc:
             cause = exc.__cause__ if isinstance(exc, StoreUnavailableError) else exc
             if is_conflict(cause) or sql_pg_write.left_to_general_path(cause):

@@ -83,10 +83,33 @@ def function_name(schema: str | None) -> str:
     return _NAME if schema is None else f"{_quoted(schema)}.{_NAME}"
 
 
+# Leaves the write to the general path: the whole call is rolled back.
+_LEAVE = f"RAISE EXCEPTION 'flock: the general path' USING ERRCODE = '{FALLBACK}';"
+
+
+def _insert_new(table: str, columns: Sequence[tuple[str, str]], rows: str, into: str) -> str:
+    """Insert the rows of `p->rows` not stored yet (by id); their ids into `into`."""
+    names = _names(columns)
+    return f"""WITH ins AS (
+        INSERT INTO {table} ({names})
+            SELECT {names} FROM json_to_recordset(p->'{rows}') AS x({_typed(columns)})
+            ON CONFLICT (id) DO NOTHING RETURNING id
+    ) SELECT coalesce(array_agg(id), '{{}}') INTO {into} FROM ins;"""
+
+
+def _insert_members(table: str, column: str, rows: str) -> str:
+    """Insert the `(artifact_id, column)` rows of `p->rows` that belong to new artifacts."""
+    return f"""IF json_array_length(p->'{rows}') > 0 THEN
+        INSERT INTO {table} (artifact_id, {column})
+            SELECT m.artifact_id, m.{column}
+            FROM json_to_recordset(p->'{rows}') AS m(artifact_id text, {column} text)
+            WHERE m.artifact_id = ANY(v_new);
+    END IF;"""
+
+
 def function_ddl(schema: str | None) -> str:
     """`CREATE OR REPLACE FUNCTION flock_write(p json) RETURNS json` for the schema."""
     path = "" if schema is None else f"SET search_path = {_quoted(schema)}"
-    artifacts, runs = _names(_ARTIFACT_COLUMNS), _names(_RUN_COLUMNS)
     return f"""
 CREATE OR REPLACE FUNCTION {function_name(schema)}(p json) RETURNS json
 LANGUAGE plpgsql {path} AS $flock$
@@ -112,7 +135,7 @@ BEGIN
         IF (FOUND AND (v_corr.cancelled <> 0
                        OR v_corr.run_count + v_wanted > (p->>'max_runs')::integer))
            OR (NOT FOUND AND v_wanted > (p->>'max_runs')::integer) THEN
-            RAISE EXCEPTION 'flock: the general path' USING ERRCODE = '{FALLBACK}';
+            {_LEAVE}
         END IF;
         v_new_correlation := NOT FOUND;
     END IF;
@@ -130,30 +153,15 @@ BEGIN
         END IF;
         v_cid := coalesce(v_cid, v_done.correlation_id);  -- a run with no outputs names none
         IF v_done.correlation_id <> v_cid OR json_array_length(v_done.input_ids::json) <> 1 THEN
-            RAISE EXCEPTION 'flock: the general path' USING ERRCODE = '{FALLBACK}';
+            {_LEAVE}
         END IF;
     END IF;
-    WITH ins AS (
-        INSERT INTO artifacts ({artifacts})
-            SELECT {artifacts}
-            FROM json_to_recordset(p->'artifacts') AS a({_typed(_ARTIFACT_COLUMNS)})
-            ON CONFLICT (id) DO NOTHING RETURNING id
-    ) SELECT coalesce(array_agg(id), '{{}}') INTO v_new FROM ins;
+    {_insert_new("artifacts", _ARTIFACT_COLUMNS, "artifacts", "v_new")}
     IF NOT v_is_run AND cardinality(v_new) = 0 THEN
         RETURN json_build_object('ok', true, 'exists', true);
     END IF;
-    IF json_array_length(p->'tags') > 0 THEN
-        INSERT INTO artifact_tags (artifact_id, tag)
-            SELECT t.artifact_id, t.tag
-            FROM json_to_recordset(p->'tags') AS t(artifact_id text, tag text)
-            WHERE t.artifact_id = ANY(v_new);
-    END IF;
-    IF json_array_length(p->'audience') > 0 THEN
-        INSERT INTO artifact_audience (artifact_id, member)
-            SELECT m.artifact_id, m.member
-            FROM json_to_recordset(p->'audience') AS m(artifact_id text, member text)
-            WHERE m.artifact_id = ANY(v_new);
-    END IF;
+    {_insert_members("artifact_tags", "tag", "tags")}
+    {_insert_members("artifact_audience", "member", "audience")}
     INSERT INTO correlations AS c (correlation_id, state, seq, started_at, updated_at,
                                    cancelled, run_count, limit_reported)
         VALUES (v_cid, 'idle', -1, (p->>'first')::bigint, (p->>'last')::bigint, 0, 0, 0)
@@ -175,14 +183,10 @@ BEGIN
                 WHERE correlation_id = v_cid FOR UPDATE;
             IF v_corr.cancelled <> 0
                OR v_corr.run_count + v_wanted > (p->>'max_runs')::integer THEN
-                RAISE EXCEPTION 'flock: the general path' USING ERRCODE = '{FALLBACK}';
+                {_LEAVE}
             END IF;
         END IF;
-        WITH ins AS (
-            INSERT INTO runs ({runs})
-                SELECT {runs} FROM json_to_recordset(p->'runs') AS x({_typed(_RUN_COLUMNS)})
-                ON CONFLICT (id) DO NOTHING RETURNING id
-        ) SELECT coalesce(array_agg(id), '{{}}') INTO v_created FROM ins;
+        {_insert_new("runs", _RUN_COLUMNS, "runs", "v_created")}
         IF cardinality(v_created) > 0 THEN
             UPDATE correlations SET run_count = run_count + cardinality(v_created)
                 WHERE correlation_id = v_cid;
