@@ -20,12 +20,13 @@ from typing import Any
 import httpx
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, Phase, settings
+from hypothesis import HealthCheck, Phase, assume, settings
 
 from flock.api.errors import ERROR_CATALOG, ERROR_TYPE_BASE, ErrorCode
 from flock.api.service import BlackboardHTTPService
 from flock.api.settings import ServiceSettings
 from flock.cli import demo_flock
+from flock.registry import type_registry
 
 from .harness import PROBLEM_FIELDS, PROBLEM_JSON, assert_problem
 
@@ -50,6 +51,15 @@ def _aim(item: dict[str, Any], seed: int) -> None:
     item["type"] = type_name
     if seed % 2 == 0:
         item["payload"] = dict(VALID_PAYLOADS[type_name])
+
+
+def _foreign_types(body: Any) -> set[str]:
+    """Registered type names in a body that are not the demo's (other test modules')."""
+    if not isinstance(body, dict):
+        return set()
+    items = [body, *(body.get("items") or []), *(body.get("inputs") or [])]
+    named = {i.get("type") for i in items if isinstance(i, dict) and isinstance(i.get("type"), str)}
+    return {n for n in named if n not in DEMO_TYPES and type_registry.is_registered(n)}
 
 
 def quick(case: Any) -> None:
@@ -145,6 +155,10 @@ def assert_problem_document(response: Any, where: str) -> None:
     suppress_health_check=list(HealthCheck),
 )
 def test_every_route_answers_with_its_contract(case: Any) -> None:
+    # The schema lists every type registered in this process, and other test modules
+    # register some whose validators fail on purpose (an internal error is their point);
+    # the served app is the demo, so bodies naming those types are out of scope here.
+    assume(not _foreign_types(case.body))
     quick(case)
     response = case.call()
     where = f"{case.method} {case.formatted_path} -> {response.status_code}"
