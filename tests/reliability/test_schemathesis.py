@@ -57,7 +57,11 @@ def _foreign_types(body: Any) -> set[str]:
     """Registered type names in a body that are not the demo's (other test modules')."""
     if not isinstance(body, dict):
         return set()
-    items = [body, *(body.get("items") or []), *(body.get("inputs") or [])]
+    items: list[Any] = [body]
+    for key in ("items", "inputs"):
+        listed = body.get(key)
+        if isinstance(listed, list):
+            items.extend(listed)
     named = {i.get("type") for i in items if isinstance(i, dict) and isinstance(i.get("type"), str)}
     return {n for n in named if n not in DEMO_TYPES and type_registry.is_registered(n)}
 
