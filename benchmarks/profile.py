@@ -3,6 +3,10 @@
     uv run python -m benchmarks.profile sync [--requests 5000] [--concurrency 16]
     uv run --with pyinstrument python -m benchmarks.profile sync --pyinstrument
     uv run python -m benchmarks.profile sync --no-profile --gc   # time in garbage collection
+    uv run python -m benchmarks.profile sync --store postgresql://postgres@127.0.0.1/test
+
+`--store URL` serves the app on that store (default: memory); a PostgreSQL store gets a
+schema of its own, dropped at the end.
 
 Cases: baseline, async, sync, keyed, replay. cProfile gives deterministic call counts;
 pyinstrument (sampling) shows where the time goes across awaits. What uvicorn does (HTTP
@@ -13,16 +17,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import cProfile
 import gc
 import io
 import json
 import pstats
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+from benchmarks import services
 from benchmarks.apps.cascade import build
 from benchmarks.timing import new_loop_runner
 
@@ -37,14 +45,14 @@ PATHS = {
 }
 
 
-def make_app(case: str) -> Any:
+def make_app(case: str, store: Any = None) -> Any:
     if case == "baseline":
         from benchmarks.apps.baseline import app
 
         return app
     from flock.api.service import BlackboardHTTPService
 
-    flock = build()
+    flock = build(store)
     flock.agents  # noqa: B018 - validates the agents, as the lifespan would
     return BlackboardHTTPService(flock).app
 
@@ -158,8 +166,30 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=40)
     parser.add_argument("--no-profile", action="store_true", help="only the unprofiled rate")
     parser.add_argument("--gc", action="store_true", help="report the time spent collecting")
+    parser.add_argument("--store", help="a store URL (default: memory)")
     args = parser.parse_args()
-    app = make_app(args.case)
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as cleanup:
+        store = open_store(args.store, Path(tmp), cleanup)
+        profile(args, make_app(args.case, store))
+
+
+def open_store(url: str | None, tmp: Path, cleanup: contextlib.ExitStack) -> Any:
+    """The store named by `url` (None: memory); `sqlite:///` alone means a fresh file."""
+    if url is None:
+        return None
+    from flock.core.store.sql import store_from_url
+
+    if url == "sqlite:///":
+        url = f"sqlite:///{tmp / 'profile.db'}"
+    if url.startswith(("postgresql", "postgres:")):
+        schema = services.unique_name("profile")
+        sep = "&" if "?" in url else "?"
+        url = f"{url}{sep}schema={schema}"
+        cleanup.callback(asyncio.run, services.drop_schema(url, schema))
+    return store_from_url(url)
+
+
+def profile(args: argparse.Namespace, app: Any) -> None:
     make = request_factory(args.case)
     with new_loop_runner() as runner:
         runner.run(drive(app, make, 500, args.concurrency))  # warm up (and the replay's key)
@@ -179,12 +209,12 @@ def main() -> None:
             profiler.stop()
             print(profiler.output_text(unicode=False, color=False, show_all=False))
             return
-        profile = cProfile.Profile()
-        profile.enable()
+        profiler = cProfile.Profile()
+        profiler.enable()
         runner.run(drive(app, make, args.requests, args.concurrency))
-        profile.disable()
+        profiler.disable()
     out = io.StringIO()
-    stats = pstats.Stats(profile, stream=out).sort_stats(args.sort)
+    stats = pstats.Stats(profiler, stream=out).sort_stats(args.sort)
     stats.print_stats(args.limit)
     print(out.getvalue())
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from pydantic import BaseModel
@@ -341,3 +342,58 @@ async def test_stats_counters() -> None:
     assert flock.stats.agent_failures == 3
     _, total = await flock.store.query_artifacts()
     assert total == flock.stats.artifacts_published
+
+
+def count_progress_reads(flock: Flock, correlation_id: str) -> list[int]:
+    """The `pending` of each progress read of the correlation (a spy on the real store)."""
+    reads: list[int] = []
+    store = flock.store
+    original = store.progress
+
+    async def progress(cid: str | None = None) -> Any:
+        found = await original(cid)
+        if cid == correlation_id:
+            reads.append(found.pending)
+        return found
+
+    store.progress = progress  # type: ignore[method-assign]
+    return reads
+
+
+async def test_a_waiter_whose_run_executes_here_reads_the_store_once_it_ended() -> None:
+    gate = Gate()
+    flock = gated_flock(gate)
+    flock.agent("finisher").consumes(Result).publishes(Final).with_engines(
+        lambda result: Final(name=result.name)
+    )
+    job = await flock.publish(Job(name="slow", slow=True))
+    await gate.wait_entered()
+    reads = count_progress_reads(flock, job.correlation_id)
+
+    waiter = asyncio.create_task(flock.run_until_idle(job.correlation_id, timeout=10))
+    await asyncio.sleep(0.05)
+    assert not waiter.done()
+    assert reads == []  # its run executes here: pending for sure, and its end wakes it
+    gate.release.set()
+    await waiter
+    # The run's commit handed the finisher's run on (still busy: nobody woken); the
+    # finisher's end woke the waiter, which read once and found the correlation idle.
+    assert reads == [0]
+    assert gate.finished == ["slow"]
+    stored, _ = await flock.store.query_artifacts(FilterConfig(correlation_id=job.correlation_id))
+    assert sorted(a.type for a in stored) == sorted(
+        f"Wait{kind}_{_SUFFIX}" for kind in ("Job", "Result", "Final")
+    )
+    await flock.close()
+
+
+async def test_a_waiter_skipping_its_first_read_still_sees_a_cancel() -> None:
+    gate = Gate()
+    flock = gated_flock(gate)
+    job = await flock.publish(Job(name="slow", slow=True))
+    await gate.wait_entered()
+    waiter = asyncio.create_task(flock.wait_outcome(job.correlation_id, timeout=10))
+    await asyncio.sleep(0.02)
+    await flock.cancel(job.correlation_id)
+    assert (await waiter).value == "cancelled"
+    await flock.close()

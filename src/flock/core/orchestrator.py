@@ -76,6 +76,7 @@ class Flock:
         self.worker_enabled = worker is not False
         self.worker = Worker(self, settings)
         self.watch = CorrelationWatch(poll_seconds=self._poll_for(self._store))
+        self.watch.running_here = self.worker.runs_correlation
         self._engine_threads: EngineThreads | None = None
         self._listening: asyncio.Task[None] | None = None
         self._queued, self._queue_checked_at = 0, float("-inf")

@@ -4,11 +4,16 @@ A waiter re-reads the store's progress of its correlation whenever it may have c
 this process's own writes and, on PostgreSQL, other processes' notifications wake it (no
 polling). Where a store has no notifications (SQLite files shared by several processes) it
 also re-reads with a backoff up to 250 ms; with them, every 2 s as a fallback only.
+
+A waiter whose correlation has a run executing in this process skips its first read: that
+run is pending, and its end wakes the waiter (a sync call right after its publish, whose
+first run was started by the publish itself, reads the store once, when it is done).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from enum import StrEnum
 
 from flock.core.store.protocol import BlackboardStore
@@ -37,6 +42,9 @@ class CorrelationWatch:
         self.notified = False
         self._waiters: dict[str | None, set[asyncio.Event]] = {}
         self.closed = False
+        # True while a run of the correlation executes in this process and its end is still
+        # to come (that end wakes the correlation's waiters, or leaves it a pending run).
+        self.running_here: Callable[[str], bool] | None = None
 
     def changed(self, correlation_id: str) -> None:
         for key in (correlation_id, None):
@@ -65,14 +73,24 @@ class CorrelationWatch:
         waiters = self._waiters.setdefault(correlation_id, set())
         waiters.add(event)
         delay = 0.005
+        running_here = self.running_here
+        skip_read = (
+            correlation_id is not None
+            and running_here is not None
+            and not self.closed
+            and running_here(correlation_id)
+        )
         try:
             while True:
                 event.clear()
-                progress = await store.progress(correlation_id)
-                if progress.cancelled:
-                    return WaitOutcome.CANCELLED
-                if not progress.pending:
-                    return WaitOutcome.IDLE
+                if skip_read:
+                    skip_read = False  # pending, for sure: one of its runs executes here
+                else:
+                    progress = await store.progress(correlation_id)
+                    if progress.cancelled:
+                        return WaitOutcome.CANCELLED
+                    if not progress.pending:
+                        return WaitOutcome.IDLE
                 if self.closed:
                     return WaitOutcome.SHUTDOWN
                 wait = None if deadline is None else deadline - loop.time()

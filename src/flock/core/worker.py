@@ -214,6 +214,19 @@ class Worker:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
+    def runs_correlation(self, correlation_id: str) -> bool:
+        """True while a run of the correlation executes here and has not ended: its end (in
+        `_execute`) wakes the correlation's waiters, or leaves it a pending run."""
+        for active in self._active.values():
+            task = active.task
+            if (
+                task is not None
+                and not task.done()
+                and active.claimed.run.correlation_id == correlation_id
+            ):
+                return True
+        return False
+
     def cancel_local(self, correlation_id: str) -> None:
         """Cancel the engines this worker runs for the correlation (it was cancelled)."""
         for active in list(self._active.values()):

@@ -28,6 +28,30 @@ from flock.core.store.sql_thread import FastResult, _row_type
 _MAX_COMPILED = 512
 
 
+class _Plan:
+    """How one compiled statement's positional values are made from its parameters,
+    without SQLAlchemy's per-call expansion (for statements with no expanding list)."""
+
+    __slots__ = ("fixed", "names", "processors", "sql")
+
+    def __init__(
+        self, sql: str, names: list[str], processors: dict[str, Any], fixed: dict[str, Any]
+    ):
+        self.sql = sql
+        self.names = names
+        self.processors = processors
+        self.fixed = fixed
+
+    def values(self, params: dict[str, Any]) -> list[Any]:
+        processors, fixed = self.processors, self.fixed
+        out = []
+        for name in self.names:
+            value = params[name] if name in params else fixed[name]
+            processor = processors.get(name)
+            out.append(value if processor is None else processor(value))
+        return out
+
+
 class PgStatements:
     """Compiled statements for one dialect and schema."""
 
@@ -35,6 +59,7 @@ class PgStatements:
         self._dialect = dialect
         self._schema = schema
         self._compiled: dict[tuple[Any, tuple[str, ...]], Any] = {}
+        self._plans: dict[tuple[Any, tuple[str, ...]], _Plan | None] = {}
 
     def compiled(self, statement: Any, params: dict[str, Any]) -> Any:
         key = (statement, tuple(params))
@@ -55,6 +80,25 @@ class PgStatements:
 
     def bound(self, statement: Any, params: dict[str, Any]) -> tuple[str, list[Any]]:
         """The SQL (expanding lists rendered) and its positional values, converted."""
+        key = (statement, tuple(params))
+        try:
+            plan = self._plans[key]
+        except KeyError:
+            sql, values = self._expanded(statement, params)
+            plan = self._plan(statement, params)
+            # Checked once against SQLAlchemy's own expansion: a statement the plan does
+            # not reproduce exactly always takes SQLAlchemy's path.
+            if plan is not None and (plan.sql != sql or plan.values(params) != values):
+                plan = None
+            if len(self._plans) >= _MAX_COMPILED:
+                self._plans.clear()
+            self._plans[key] = plan
+            return sql, values
+        if plan is None:
+            return self._expanded(statement, params)
+        return plan.sql, plan.values(params)
+
+    def _expanded(self, statement: Any, params: dict[str, Any]) -> tuple[str, list[Any]]:
         state = self.compiled(statement, params).construct_expanded_state(params)
         processors = state.processors
         names = state.positiontup or ()
@@ -64,6 +108,22 @@ class PgStatements:
                 processors[n](values[n]) if n in processors else values[n] for n in names
             ]
         return state.statement, [values[n] for n in names]
+
+    def _plan(self, statement: Any, params: dict[str, Any]) -> _Plan | None:
+        compiled = self.compiled(statement, params)
+        if "POSTCOMPILE" in compiled.string or getattr(compiled, "escaped_bind_names", None):
+            return None
+        names = list(compiled.positiontup or ())
+        fixed: dict[str, Any] = {}
+        for name in names:
+            if name in params:
+                continue
+            bind = compiled.binds.get(name)
+            if bind is None or bind.callable is not None or bind.required:
+                return None
+            fixed[name] = bind.value
+        processors = dict(compiled._bind_processors)
+        return _Plan(compiled.string, names, processors, fixed)
 
 
 def _returns_rows(sql: str) -> bool:
