@@ -230,8 +230,7 @@ class SQLBlackboardStore:
             run=run,
         )
         try:
-            # The call is its own transaction: the autocommit connection reads use.
-            async with self._reading() as conn:
+            async with self._on_postgres(transaction=False) as conn:  # its own transaction
                 value = (await conn.execute(self._write_call, body)).scalar()
         except Exception as exc:
             cause = exc.__cause__ if isinstance(exc, StoreUnavailableError) else exc
@@ -712,8 +711,7 @@ class SQLBlackboardStore:
         Other processes sharing the file still wait in the busy handler.
         """
         if self._pg is not None:
-            pg = sql_pg.connection(self._held, self._pg, transaction=True, timeout=self._timeout)
-            async with self._errors_mapped(), pg as conn:
+            async with self._on_postgres(transaction=True) as conn:
                 yield conn
             return
         if self._write_lock is None:
@@ -743,14 +741,22 @@ class SQLBlackboardStore:
                 yield cast(AsyncConnection, conn)
             return
         if self._pg is not None:
-            pg = sql_pg.connection(self._held, self._pg, transaction=False, timeout=self._timeout)
-            async with self._errors_mapped(), pg as conn:
+            async with self._on_postgres(transaction=False) as conn:
                 yield conn
             return
         async with (
             self._errors_mapped(),
             connection(self._reader, timeout=self._timeout) as conn,
         ):
+            yield conn
+
+    @asynccontextmanager
+    async def _on_postgres(self, *, transaction: bool) -> AsyncIterator[AsyncConnection]:
+        """PostgreSQL: a held connection, in a transaction or in autocommit (each statement
+        its own transaction: reads, and `flock_write`, which commits what it did)."""
+        assert self._pg is not None
+        pg = sql_pg.connection(self._held, self._pg, transaction=transaction, timeout=self._timeout)
+        async with self._errors_mapped(), pg as conn:
             yield conn
 
     @asynccontextmanager

@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from flock.core.store.sql_backends import Watchdog, is_unavailable
 from flock.core.store.sql_pg_write import FALLBACK
-from flock.core.store.sql_thread import FastResult, _row_type
+from flock.core.store.sql_results import FastResult
 
 _MAX_COMPILED = 512
 
@@ -150,7 +150,7 @@ class PgConnection:
     async def execute(self, statement: Any, parameters: Any = None) -> FastResult:
         if statement is NO_FLUSH_WAIT:
             self.no_flush = True
-            return FastResult(0, (), tuple, [])
+            return FastResult.empty()
         if isinstance(parameters, list):
             if len(parameters) == 1:
                 return await self._one(statement, parameters[0])
@@ -162,30 +162,25 @@ class PgConnection:
         if _returns_rows(sql):
             records = await self._driver.fetch(sql, *values)
             if not records:
-                return FastResult(0, (), tuple, [])
+                return FastResult.empty()
             keys = tuple(records[0].keys())
-            return FastResult(len(records), keys, _row_type(keys), [tuple(r) for r in records])
+            return FastResult.of(len(records), keys, [tuple(r) for r in records])
         status = await self._driver.execute(sql, *values)
         count = status.rsplit(" ", 1)[-1]
-        return FastResult(int(count) if count.isdigit() else -1, (), tuple, [])
+        return FastResult.empty(int(count) if count.isdigit() else -1)
 
     async def _many(self, statement: Any, rows: list[dict[str, Any]]) -> FastResult:
         if not rows:
-            return FastResult(0, (), tuple, [])
+            return FastResult.empty()
         sql, _ = self._statements.bound(statement, rows[0])
         if (
             _returns_rows(sql)
             or "POSTCOMPILE" in self._statements.compiled(statement, rows[0]).string
         ):
-            results = [await self._one(statement, row) for row in rows]  # rare: fan-outs
-            found = [r for r in results if r.rowcount > 0]
-            if not found:
-                return FastResult(0, (), tuple, [])
-            keys = tuple(found[0]._keys)
-            merged = [row for r in found for row in r._rows]
-            return FastResult(len(merged), keys, _row_type(keys), merged)
+            # rare: fan-outs
+            return FastResult.merged([await self._one(statement, row) for row in rows])
         await self._driver.executemany(sql, [self._statements.bound(statement, r)[1] for r in rows])
-        return FastResult(-1, (), tuple, [])
+        return FastResult.empty(-1)
 
 
 class HeldConnections:

@@ -30,8 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-from collections import namedtuple
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -40,6 +39,8 @@ from sqlalchemy import Connection, CursorResult, Engine, Result, create_engine, 
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL
 from sqlalchemy.pool import NullPool, StaticPool
+
+from flock.core.store.sql_results import FastResult
 
 logger = logging.getLogger("flock.store")
 
@@ -74,70 +75,6 @@ def _is_busy(exc: BaseException) -> bool:
     orig = exc.orig if isinstance(exc, sa_exc.DBAPIError) else exc
     code = getattr(orig, "sqlite_errorcode", None)
     return isinstance(code, int) and code & 0xFF == _BUSY
-
-
-class _Rows:
-    """Scalars, tuples or mappings of a `FastResult` (what the store calls on them)."""
-
-    __slots__ = ("_items",)
-
-    def __init__(self, items: list[Any]) -> None:
-        self._items = items
-
-    def all(self) -> list[Any]:
-        return self._items
-
-    def first(self) -> Any:
-        return self._items[0] if self._items else None
-
-    def one(self) -> Any:
-        if len(self._items) != 1:
-            raise sa_exc.NoResultFound if not self._items else sa_exc.MultipleResultsFound
-        return self._items[0]
-
-    def __iter__(self) -> Iterator[Any]:
-        return iter(self._items)
-
-
-class FastResult:
-    """A statement's rows as the sqlite3 cursor gave them, with SQLAlchemy `Result`'s
-    accessors the store uses: rows with attribute access, mappings, scalars, tuples."""
-
-    __slots__ = ("_keys", "_make", "_rows", "rowcount")
-
-    def __init__(self, rowcount: int, keys: Sequence[str], make: Any, rows: list[Any]) -> None:
-        self.rowcount = rowcount
-        self._keys = keys
-        self._make = make
-        self._rows = rows
-
-    def all(self) -> list[Any]:
-        return [self._make(row) for row in self._rows]
-
-    def first(self) -> Any:
-        return self._make(self._rows[0]) if self._rows else None
-
-    def one(self) -> Any:
-        return _Rows(self.all()).one()
-
-    def scalar(self) -> Any:
-        return self._rows[0][0] if self._rows else None
-
-    def scalar_one(self) -> Any:
-        return _Rows(self._rows).one()[0]
-
-    def scalars(self) -> _Rows:
-        return _Rows([row[0] for row in self._rows])
-
-    def tuples(self) -> _Rows:
-        return _Rows(list(self._rows))
-
-    def mappings(self) -> _Rows:
-        keys = self._keys
-        return _Rows([dict(zip(keys, row, strict=True)) for row in self._rows])
-
-    def __iter__(self) -> Iterator[Any]:
-        return iter(self.all())
 
 
 class _Compiled:
@@ -179,16 +116,6 @@ class _NeedsSQLAlchemy(Exception):
 
 _SLOW = None  # a statement that takes SQLAlchemy's path
 _MAX_COMPILED = 512  # statements built per call are compiled again; the rest stay
-_row_types: dict[tuple[str, ...], Any] = {}
-_namedtuple: Any = namedtuple  # row types named at run time (the columns a statement returns)
-
-
-def _row_type(keys: tuple[str, ...]) -> Any:
-    made = _row_types.get(keys)
-    if made is None:
-        made = _namedtuple("Row", keys, rename=True)._make
-        _row_types[keys] = made
-    return made
 
 
 class InlineConnection:
@@ -360,7 +287,7 @@ class SQLiteFiles:
         finally:
             cursor.close()
         keys = tuple(d[0] for d in description) if description else ()
-        return FastResult(rowcount, keys, _row_type(keys) if keys else tuple, rows)
+        return FastResult.of(rowcount, keys, rows)
 
     def raw_many(self, conn: Connection, sql: str, values: list[tuple[Any, ...]]) -> FastResult:
         dbapi = conn.connection.dbapi_connection
@@ -373,7 +300,7 @@ class SQLiteFiles:
             raise sa_exc.DBAPIError.instance(sql, values, exc, sqlite3.Error) from exc
         finally:
             cursor.close()
-        return FastResult(rowcount, (), tuple, [])
+        return FastResult.empty(rowcount)
 
     # -- connections --------------------------------------------------------------------------
 
