@@ -502,3 +502,41 @@ async def test_a_raising_where_predicate_is_an_agent_failure_not_a_500(
     assert status["artifact_count"] == 2  # the input and the writer's draft
     (error,) = status["errors"]
     assert error["agent"] == "judge" and "KeyError" in error["message"]
+
+
+async def test_a_sync_answer_reads_its_correlation_once_when_the_cascade_ended(
+    api_client: Any,
+) -> None:
+    """The publish starts the first run here, so the wait skips its first look; the end of
+    the cascade wakes it, and the record it reads then is the one the answer reports (its
+    errors too): no progress read, no second read of the record."""
+
+    def explode(idea: Idea) -> Note:
+        raise RuntimeError("kaboom")
+
+    flock = writer_flock()
+    flock.agent("broken").consumes(Idea).publishes(Note).with_engines(explode).retry(max_attempts=1)
+    client = await api_client(flock)
+    await client.post(SYNC, json=sync_body())  # warm: the worker is running
+    reads: list[str] = []
+    store = flock.store
+    progress, get_correlation = store.progress, store.get_correlation
+
+    async def spy_progress(correlation_id: str | None = None) -> Any:
+        reads.append("progress")
+        return await progress(correlation_id)
+
+    async def spy_record(correlation_id: str) -> Any:
+        reads.append("record")
+        return await get_correlation(correlation_id)
+
+    store.progress = spy_progress  # type: ignore[method-assign]
+    store.get_correlation = spy_record  # type: ignore[method-assign]
+
+    response = await client.post(SYNC, json=sync_body())
+
+    body = response.json()
+    assert body["completed"] is True
+    assert sorted(types_of(body)) == sorted([IDEA, DRAFT, REVIEW])
+    assert [e["agent"] for e in body["errors"]] == ["broken"]
+    assert reads == ["record"]

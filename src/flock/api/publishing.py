@@ -13,8 +13,9 @@ from flock.api.errors import APIError, ErrorCode, validation_details
 from flock.api.models import PublishRequest, SyncPublishFilters
 from flock.core.artifacts import Artifact, new_id
 from flock.core.orchestrator import Flock
-from flock.core.store.protocol import FilterConfig
+from flock.core.store.protocol import CorrelationStatus, FilterConfig
 from flock.core.visibility import PUBLIC
+from flock.core.waiting import WaitOutcome
 from flock.registry import type_registry
 
 _NO_TAGS: frozenset[str] = frozenset()  # shared: a stored artifact keeps one object less
@@ -71,6 +72,16 @@ class CascadeResult:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class Waited:
+    """How waiting for a correlation ended: `completed` (idle), and its status as read by
+    the wait, when that is current (`fresh`: it was idle or cancelled then)."""
+
+    completed: bool
+    status: CorrelationStatus | None = None
+    fresh: bool = False
+
+
 class CascadeWaiter:
     """Waits for one correlation and reads its results, as a sync publish answers them."""
 
@@ -78,17 +89,19 @@ class CascadeWaiter:
         self.flock = flock
         self.max_artifacts = max_artifacts
 
-    async def wait(self, correlation_id: str, timeout: float) -> bool:
-        """True once the correlation is idle; False after `timeout` seconds, once it was
+    async def wait(self, correlation_id: str, timeout: float) -> Waited:
+        """Completed once the correlation is idle; not after `timeout` seconds, once it was
         cancelled, or once this process stopped executing runs (shutdown)."""
-        return await self.flock.wait_for_correlation(correlation_id, timeout)
+        outcome, status = await self.flock.wait_status(correlation_id, timeout)
+        fresh = outcome in (WaitOutcome.IDLE, WaitOutcome.CANCELLED)
+        return Waited(outcome.completed, status, fresh)
 
     async def collect(
         self,
         correlation_id: str,
         principal: Principal,
         *,
-        completed: bool,
+        waited: Waited,
         started: float,
         input_id: str | None,
         filters: SyncPublishFilters | None = None,
@@ -108,16 +121,18 @@ class CascadeWaiter:
                         artifacts.insert(0, artifacts.pop(i))
                     break
         truncated = len(artifacts) > self.max_artifacts
-        status = await self.flock.correlation_status(correlation_id)
+        status = waited.status
+        if not waited.fresh:  # the wait ended before the cascade: what it has so far
+            status = await self.flock.correlation_status(correlation_id)
         errors = [e.to_dict() for e in status.errors] if status is not None else []
         return CascadeResult(
             correlation_id=correlation_id,
             artifacts=[a.to_dict() for a in artifacts[: self.max_artifacts]],
-            completed=completed,
+            completed=waited.completed,
             duration_ms=round((time.perf_counter() - started) * 1000, 3),
             errors=errors,
             truncated=truncated,
         )
 
 
-__all__ = ["CascadeResult", "CascadeWaiter", "build_artifact"]
+__all__ = ["CascadeResult", "CascadeWaiter", "Waited", "build_artifact"]

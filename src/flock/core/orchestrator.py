@@ -391,6 +391,14 @@ class Flock:
         self._listen()
         return await self.watch.wait(self._store, correlation_id, timeout)
 
+    async def wait_status(
+        self, correlation_id: str, timeout: float | None
+    ) -> tuple[WaitOutcome, CorrelationStatus | None]:
+        """How waiting ended, and the correlation's status as read last (current unless
+        the wait timed out or this process stopped executing runs)."""
+        self._listen()
+        return await self.watch.wait_status(self._store, correlation_id, timeout)
+
     async def correlation_status(self, correlation_id: str) -> CorrelationStatus | None:
         """The correlation as the store derives it from its runs (None if unknown)."""
         return await self._store.get_correlation(correlation_id)

@@ -7,16 +7,18 @@ also re-reads with a backoff up to 250 ms; with them, every 2 s as a fallback on
 
 A waiter whose correlation has a run executing in this process skips its first read: that
 run is pending, and its end wakes the waiter (a sync call right after its publish, whose
-first run was started by the publish itself, reads the store once, when it is done).
+first run was started by the publish itself, reads the store once, when it is done). A
+sync answer waits with `wait_status`, which reads the correlation's whole record instead
+of its progress: the record read last is what the answer reports, not read again.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from enum import StrEnum
 
-from flock.core.store.protocol import BlackboardStore
+from flock.core.store.protocol import BlackboardStore, CorrelationStatus, Progress
 
 NOTIFIED_FALLBACK = 2.0  # seconds between re-reads when notifications wake waiters
 
@@ -67,6 +69,32 @@ class CorrelationWatch:
     async def wait(
         self, store: BlackboardStore, correlation_id: str | None, timeout: float | None
     ) -> WaitOutcome:
+        return await self._wait(lambda: store.progress(correlation_id), correlation_id, timeout)
+
+    async def wait_status(
+        self, store: BlackboardStore, correlation_id: str, timeout: float | None
+    ) -> tuple[WaitOutcome, CorrelationStatus | None]:
+        """The same wait, reading the correlation's record (None: unknown) at each look;
+        the record read last, which is current when the outcome is IDLE or CANCELLED."""
+        last: CorrelationStatus | None = None
+
+        async def read() -> Progress:
+            nonlocal last
+            last = await store.get_correlation(correlation_id)
+            if last is None:
+                return Progress(0, exists=False)
+            pending = last.pending_runs + last.waiting_artifacts
+            return Progress(pending, last.state == "cancelled")
+
+        outcome = await self._wait(read, correlation_id, timeout)
+        return outcome, last
+
+    async def _wait(
+        self,
+        read: Callable[[], Awaitable[Progress]],
+        correlation_id: str | None,
+        timeout: float | None,
+    ) -> WaitOutcome:
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         event = asyncio.Event()
@@ -86,7 +114,7 @@ class CorrelationWatch:
                 if skip_read:
                     skip_read = False  # pending, for sure: one of its runs executes here
                 else:
-                    progress = await store.progress(correlation_id)
+                    progress = await read()
                     if progress.cancelled:
                         return WaitOutcome.CANCELLED
                     if not progress.pending:

@@ -160,13 +160,13 @@ class SyncPublish:
     async def _answer(self, correlation_id: str, input_id: str | None) -> Response:
         service = self.service
         self.request.scope["state"]["correlation_id"] = correlation_id
-        completed = await service.waiter.wait(correlation_id, self.remaining())
-        service.metrics.count_sync(completed)
+        waited = await service.waiter.wait(correlation_id, self.remaining())
+        service.metrics.count_sync(waited.completed)
         headers = {
             "Content-Location": f"/api/v1/correlations/{correlation_id}",
             "X-Correlation-ID": correlation_id,
         }
-        if not completed and self.body.on_timeout == "error":
+        if not waited.completed and self.body.on_timeout == "error":
             return create_error_response(
                 ErrorCode.TIMEOUT,
                 f"the cascade did not finish within {self.body.timeout:g} s; it goes on, "
@@ -177,7 +177,7 @@ class SyncPublish:
         result = await service.waiter.collect(
             correlation_id,
             self.principal,
-            completed=completed,
+            waited=waited,
             started=self.started,
             input_id=input_id,
             filters=self.body.filters,

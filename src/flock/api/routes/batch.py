@@ -248,18 +248,18 @@ class BatchPublish:
         remaining = self.remaining()
         waiter = self.service.waiter
         finished = await asyncio.gather(*(waiter.wait(cid, remaining) for _, cid in live))
-        for (outcome, cid), completed in zip(live, finished, strict=True):
+        for (outcome, cid), waited in zip(live, finished, strict=True):
             result = await waiter.collect(
                 cid,
                 self.principal,
-                completed=completed,
+                waited=waited,
                 started=self.started,
                 input_id=outcome.artifact_id,
                 filters=self.body.filters,
             )
             outcome.cascade = {
                 "artifacts": result.artifacts,
-                "completed": completed,
+                "completed": waited.completed,
                 "errors": result.errors,
                 "truncated": result.truncated,
             }
