@@ -25,17 +25,19 @@ def succeed(run_id: str, fence: int) -> dict[str, Any]:
 def test_a_planned_statement_gives_sqlalchemys_sql_and_values(schema: str | None) -> None:
     statements = PgStatements(asyncpg_dialect(), schema)
     cases: list[tuple[Any, list[dict[str, Any]]]] = [
-        (sql_runs.SUCCEED, [succeed("a", 1), succeed("b", 7)]),
-        (sql_runs.PROGRESS, [{"p_correlation_id": "c1"}, {"p_correlation_id": "c2"}]),
+        (sql_runs.SUCCEED, [succeed("a", 1), succeed("b", 7), {**succeed("c", 2), "p_now": None}]),
+        (sql_runs.PROGRESS, [{"p_correlation_id": "c1"}, {"p_correlation_id": None}]),
         (sql_runs.GET_RUN, [{"p_run_id": "r1"}, {"p_run_id": "r2"}]),
     ]
-    for statement, params_list in cases:
-        for params in params_list:
-            fast = statements.bound(statement, params)
-            assert fast == statements._expanded(statement, params)
-        assert statements._plans[(statement, tuple(params_list[0]))] is not None
+    for statement, (first, *later) in cases:
+        statements.bound(statement, first)  # makes the plan (checked against SQLAlchemy)
+        assert statements._plans[(statement, tuple(first))] is not None
+        for params in later:  # from the plan now
+            planned = statements.bound(statement, params)
+            assert planned == statements._expanded(statement, params)
+            assert planned[1] != statements.bound(statement, first)[1]
         if schema is not None:
-            assert f'"{schema}".' in fast[0] or f"{schema}." in fast[0]
+            assert f"{schema}." in planned[0]
 
 
 def test_an_expanding_list_keeps_sqlalchemys_path() -> None:

@@ -15,6 +15,7 @@ import pytest
 from pydantic import BaseModel
 
 from flock import Artifact, FilterConfig, Flock, flock_type
+from flock.core.store import SQLiteBlackboardStore
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -396,4 +397,67 @@ async def test_a_waiter_skipping_its_first_read_still_sees_a_cancel() -> None:
     await asyncio.sleep(0.02)
     await flock.cancel(job.correlation_id)
     assert (await waiter).value == "cancelled"
+    await flock.close()
+
+
+async def test_a_run_cancelled_before_it_began_leaves_no_waiter_asleep() -> None:
+    """The claim loop spawns the run's task, and the correlation is cancelled before that
+    task took its first step (so none of its code, nor its end, ran): a waiter that
+    starts then must read the store and answer `cancelled`, not sleep until its timeout."""
+    flock = Flock()
+    # capped: the run is claimed by the claim loop, which spawns its task
+    flock.agent("worker").consumes(Job).publishes(Result).with_engines(
+        lambda job: Result(name=job.name)
+    ).max_concurrency(1)
+    flock.start()
+    outcomes = []
+    for n in range(20):  # some iterations catch the task spawned and not yet started
+        job = await flock.publish(Job(name=str(n)))
+        for _ in range(n % 4):
+            await asyncio.sleep(0)
+        await flock.cancel(job.correlation_id)
+        async with asyncio.timeout(5):  # a sleeping waiter would take the full 30 s
+            outcomes.append(await flock.wait_outcome(job.correlation_id, timeout=30))
+    assert {o.value for o in outcomes} <= {"cancelled", "idle"}
+    await flock.close()
+
+
+async def test_a_polling_sync_waiter_reads_progress_and_the_record_only_at_the_end(
+    tmp_path: Any,
+) -> None:
+    """A SQLite file may be shared by processes that cannot wake each other, so waiters
+    also poll: those looks read the light progress; the look after the run's end reads
+    the record the answer reports, and it is current."""
+    gate = Gate()
+    flock = Flock(store=SQLiteBlackboardStore(tmp_path / "polled.db"))
+    flock.agent("worker").consumes(Job).publishes(Result).with_engines(gate)
+    job = await flock.publish(Job(name="slow", slow=True))
+    await gate.wait_entered()
+    reads: list[str] = []
+    store = flock.store
+    progress, get_correlation = store.progress, store.get_correlation
+    polled = asyncio.Event()
+
+    async def spy_progress(correlation_id: str | None = None) -> Any:
+        reads.append("progress")
+        if len(reads) >= 3:  # polls at 5, 10, 20 ms...
+            polled.set()
+        return await progress(correlation_id)
+
+    async def spy_record(correlation_id: str) -> Any:
+        reads.append("record")
+        return await get_correlation(correlation_id)
+
+    store.progress = spy_progress  # type: ignore[method-assign]
+    store.get_correlation = spy_record  # type: ignore[method-assign]
+    waiter = asyncio.create_task(flock.wait_status(job.correlation_id, timeout=10))
+    async with asyncio.timeout(5):
+        await polled.wait()
+    gate.release.set()
+    outcome, status = await waiter
+
+    assert outcome.value == "idle"
+    assert status is not None and status.state == "idle" and status.artifact_count == 2
+    assert reads[-1] == "record" and "record" not in reads[:-1]
+    assert set(reads[:-1]) == {"progress"}
     await flock.close()

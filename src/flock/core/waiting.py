@@ -69,17 +69,26 @@ class CorrelationWatch:
     async def wait(
         self, store: BlackboardStore, correlation_id: str | None, timeout: float | None
     ) -> WaitOutcome:
-        return await self._wait(lambda: store.progress(correlation_id), correlation_id, timeout)
+        async def read(woken: bool) -> Progress:
+            return await store.progress(correlation_id)
+
+        return await self._wait(read, correlation_id, timeout)
 
     async def wait_status(
         self, store: BlackboardStore, correlation_id: str, timeout: float | None
     ) -> tuple[WaitOutcome, CorrelationStatus | None]:
-        """The same wait, reading the correlation's record (None: unknown) at each look;
-        the record read last, which is current when the outcome is IDLE or CANCELLED."""
+        """The same wait, returning the correlation's record (None: unknown) as read last,
+        which is current when the outcome is IDLE or CANCELLED. A look after a wake-up
+        (which most likely finds it done) reads the record itself; a look after a poll's
+        timeout reads the lighter progress, and the record only once that says done."""
         last: CorrelationStatus | None = None
 
-        async def read() -> Progress:
+        async def read(woken: bool) -> Progress:
             nonlocal last
+            if not woken:
+                progress = await store.progress(correlation_id)
+                if progress.pending and not progress.cancelled:
+                    return progress
             last = await store.get_correlation(correlation_id)
             if last is None:
                 return Progress(0, exists=False)
@@ -91,7 +100,7 @@ class CorrelationWatch:
 
     async def _wait(
         self,
-        read: Callable[[], Awaitable[Progress]],
+        read: Callable[[bool], Awaitable[Progress]],
         correlation_id: str | None,
         timeout: float | None,
     ) -> WaitOutcome:
@@ -108,13 +117,14 @@ class CorrelationWatch:
             and not self.closed
             and running_here(correlation_id)
         )
+        woken = True  # the first look, or one after a wake-up (not a poll's timeout)
         try:
             while True:
                 event.clear()
                 if skip_read:
                     skip_read = False  # pending, for sure: one of its runs executes here
                 else:
-                    progress = await read()
+                    progress = await read(woken)
                     if progress.cancelled:
                         return WaitOutcome.CANCELLED
                     if not progress.pending:
@@ -132,8 +142,9 @@ class CorrelationWatch:
                 try:
                     async with asyncio.timeout(wait):
                         await event.wait()
+                    woken = True
                 except TimeoutError:
-                    pass
+                    woken = False
         finally:
             waiters.discard(event)
             if not waiters:

@@ -215,12 +215,15 @@ class Worker:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     def runs_correlation(self, correlation_id: str) -> bool:
-        """True while a run of the correlation executes here and has not ended: its end (in
-        `_execute`) wakes the correlation's waiters, or leaves it a pending run."""
+        """True while a run of the correlation executes here, not stopped, and has not
+        ended: its end (in `_execute`) wakes the correlation's waiters, or leaves it a
+        pending run. A stopped run (cancelled, lost, shutdown) may end without a look at
+        the store's state, or never start: it does not count."""
         for active in self._active.values():
             task = active.task
             if (
                 task is not None
+                and active.reason is None
                 and not task.done()
                 and active.claimed.run.correlation_id == correlation_id
             ):
@@ -287,10 +290,14 @@ class Worker:
         task = asyncio.get_running_loop().create_task(self._execute(active))
         active.task = task
 
-        def done(_: asyncio.Task[None]) -> None:
+        def done(finished: asyncio.Task[None]) -> None:
             full = len(self._active) + self._reserved >= self.settings.concurrency
             if self._active.get(run_id) is active:
                 del self._active[run_id]
+            if finished.cancelled():
+                # Cancelled before it began, `_execute` (whose end wakes the waiters) never
+                # ran: its correlation's waiters look at the store themselves.
+                self.flock.watch.changed(claimed.run.correlation_id)
             if active.quiet and (active.handed_on or not full):
                 # Its commit left nothing to claim, and it frees no cap room: either the run
                 # it handed on holds its slot, or the loop was not waiting for one.
