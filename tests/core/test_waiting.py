@@ -422,42 +422,73 @@ async def test_a_run_cancelled_before_it_began_leaves_no_waiter_asleep() -> None
     await flock.close()
 
 
-async def test_a_polling_sync_waiter_reads_progress_and_the_record_only_at_the_end(
-    tmp_path: Any,
-) -> None:
-    """A SQLite file may be shared by processes that cannot wake each other, so waiters
-    also poll: those looks read the light progress; the look after the run's end reads
-    the record the answer reports, and it is current."""
-    gate = Gate()
-    flock = Flock(store=SQLiteBlackboardStore(tmp_path / "polled.db"))
-    flock.agent("worker").consumes(Job).publishes(Result).with_engines(gate)
-    job = await flock.publish(Job(name="slow", slow=True))
-    await gate.wait_entered()
+def spy_reads(store: Any) -> tuple[list[str], asyncio.Event]:
+    """Record the store's progress and record reads; the event is set at the third read."""
     reads: list[str] = []
-    store = flock.store
+    third = asyncio.Event()
     progress, get_correlation = store.progress, store.get_correlation
-    polled = asyncio.Event()
 
     async def spy_progress(correlation_id: str | None = None) -> Any:
         reads.append("progress")
-        if len(reads) >= 3:  # polls at 5, 10, 20 ms...
-            polled.set()
+        if len(reads) >= 3:
+            third.set()
         return await progress(correlation_id)
 
     async def spy_record(correlation_id: str) -> Any:
         reads.append("record")
         return await get_correlation(correlation_id)
 
-    store.progress = spy_progress  # type: ignore[method-assign]
-    store.get_correlation = spy_record  # type: ignore[method-assign]
+    store.progress = spy_progress
+    store.get_correlation = spy_record
+    return reads, third
+
+
+async def test_a_polling_waiter_skips_its_early_polls_while_its_run_executes_here(
+    tmp_path: Any,
+) -> None:
+    """A SQLite file may be shared by processes that cannot wake each other, so waiters
+    poll (5 ms, doubling up to 250 ms); while a run of the correlation executes here, the
+    early polls need not look: that run's end wakes the waiter, which reads the record
+    the answer reports, once."""
+    gate = Gate()
+    flock = Flock(store=SQLiteBlackboardStore(tmp_path / "polled.db"))
+    flock.agent("worker").consumes(Job).publishes(Result).with_engines(gate)
+    job = await flock.publish(Job(name="slow", slow=True))
+    await gate.wait_entered()
+    reads, _ = spy_reads(flock.store)
     waiter = asyncio.create_task(flock.wait_status(job.correlation_id, timeout=10))
-    async with asyncio.timeout(5):
-        await polled.wait()
+    await asyncio.sleep(0.2)  # the polls at 5, 10, 20, 40 and 80 ms have passed
+    assert reads == []
     gate.release.set()
     outcome, status = await waiter
-
     assert outcome.value == "idle"
     assert status is not None and status.state == "idle" and status.artifact_count == 2
-    assert reads[-1] == "record" and "record" not in reads[:-1]
-    assert set(reads[:-1]) == {"progress"}
+    assert reads == ["record"]
     await flock.close()
+
+
+async def test_a_polling_waiter_reads_progress_and_the_record_once_done(tmp_path: Any) -> None:
+    """The run executes in another flock on the same file (as another process would): only
+    polls can see it end. They read the light progress; the record, once that says done."""
+    path = tmp_path / "shared.db"
+    waiting_side = Flock(store=SQLiteBlackboardStore(path), worker=False)
+    working_side = Flock(store=SQLiteBlackboardStore(path))
+    for flock in (waiting_side, working_side):
+        flock.agent("worker").consumes(Job).publishes(Result).with_engines(
+            lambda job: Result(name=job.name)
+        )
+    job = await waiting_side.publish(Job(name="elsewhere"))
+    reads, third = spy_reads(waiting_side.store)
+    waiter = asyncio.create_task(waiting_side.wait_status(job.correlation_id, timeout=20))
+    async with asyncio.timeout(5):
+        await third.wait()
+    # The first look reads the record (it may find the correlation done); the polls after
+    # it, while the run is queued and nobody here executes it, the progress.
+    assert reads[0] == "record" and set(reads[1:]) == {"progress"}
+    working_side.start()
+    outcome, status = await waiter
+    assert outcome.value == "idle"
+    assert status is not None and status.state == "idle" and status.artifact_count == 2
+    assert reads[-2:] == ["progress", "record"] and "record" not in reads[1:-1]
+    await working_side.close()
+    await waiting_side.close()

@@ -5,11 +5,11 @@ this process's own writes and, on PostgreSQL, other processes' notifications wak
 polling). Where a store has no notifications (SQLite files shared by several processes) it
 also re-reads with a backoff up to 250 ms; with them, every 2 s as a fallback only.
 
-A waiter whose correlation has a run executing in this process skips its first read: that
-run is pending, and its end wakes the waiter (a sync call right after its publish, whose
-first run was started by the publish itself, reads the store once, when it is done). A
-sync answer waits with `wait_status`, which reads the correlation's whole record instead
-of its progress: the record read last is what the answer reports, not read again.
+A waiter whose correlation has a run executing in this process skips its first read, and
+its early polls: that run is pending, and its end wakes the waiter (a sync call right after
+its publish, whose first run was started by the publish itself, reads the store once, when
+it is done). A sync answer waits with `wait_status`, which reads the correlation's whole
+record instead of its progress: the record read last is what the answer reports.
 """
 
 from __future__ import annotations
@@ -98,6 +98,15 @@ class CorrelationWatch:
         outcome = await self._wait(read, correlation_id, timeout)
         return outcome, last
 
+    def _executing_here(self, correlation_id: str | None) -> bool:
+        running_here = self.running_here
+        return (
+            correlation_id is not None
+            and running_here is not None
+            and not self.closed
+            and running_here(correlation_id)
+        )
+
     async def _wait(
         self,
         read: Callable[[bool], Awaitable[Progress]],
@@ -110,13 +119,7 @@ class CorrelationWatch:
         waiters = self._waiters.setdefault(correlation_id, set())
         waiters.add(event)
         delay = 0.005
-        running_here = self.running_here
-        skip_read = (
-            correlation_id is not None
-            and running_here is not None
-            and not self.closed
-            and running_here(correlation_id)
-        )
+        skip_read = self._executing_here(correlation_id)
         woken = True  # the first look, or one after a wake-up (not a poll's timeout)
         try:
             while True:
@@ -145,6 +148,14 @@ class CorrelationWatch:
                     woken = True
                 except TimeoutError:
                     woken = False
+                    # The early polls (the backoff still short) skip their look while a
+                    # run of it executes here: that run's end wakes this waiter. Later
+                    # ones look, for what only the store tells (another process's cancel).
+                    skip_read = (
+                        self.poll_seconds is not None
+                        and delay < self.poll_seconds
+                        and self._executing_here(correlation_id)
+                    )
         finally:
             waiters.discard(event)
             if not waiters:
