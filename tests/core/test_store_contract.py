@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
@@ -546,6 +547,33 @@ async def test_a_locked_sqlite_file_is_unavailable(tmp_path: Path) -> None:
         other.execute("ROLLBACK")
         await store.publish(art(2))
         assert await ids(store) == ["art-001", "art-002"]
+    finally:
+        other.close()
+        await store.close()
+
+
+async def test_a_ping_waits_for_a_file_another_process_holds_for_a_moment(
+    tmp_path: Path,
+) -> None:
+    # As another process's last connection closes, SQLite checkpoints the WAL under an
+    # exclusive lock that even readers meet ("database is locked" at once, no busy handler
+    # in place): `flock worker` starting beside a server found it, in CI.
+    path = tmp_path / "board.db"
+    first = SQLiteBlackboardStore(path)
+    await first.publish(art(1))
+    await first.close()
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("PRAGMA locking_mode = EXCLUSIVE")
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("UPDATE artifacts SET type = type")
+    other.execute("COMMIT")  # the exclusive lock stays: readers are shut out
+    store = SQLiteBlackboardStore(path, busy_timeout=5.0)
+    try:
+        release = threading.Timer(0.3, other.close)  # gives the lock back
+        release.start()
+        await store.ping()  # waits instead of failing at once
+        release.join()
+        assert await ids(store) == ["art-001"]
     finally:
         other.close()
         await store.close()

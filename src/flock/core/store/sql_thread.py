@@ -214,9 +214,12 @@ class SQLiteFiles:
         @event.listens_for(self.engine, "connect")
         def _configure(dbapi_connection: Any, _record: Any) -> None:
             cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA busy_timeout = 0")  # waits happen on the thread
+            # Opening a file another process holds (its last connection checkpointing as
+            # it closes) waits, once per connection; later waits happen on the thread.
+            cursor.execute(f"PRAGMA busy_timeout = {self.busy_ms}")
             cursor.execute("PRAGMA synchronous = NORMAL")
             cursor.execute("PRAGMA wal_autocheckpoint = 0")  # ours run on the thread
+            cursor.execute("PRAGMA busy_timeout = 0")
             cursor.close()
 
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flock-sqlite")
@@ -443,11 +446,17 @@ class SQLiteFiles:
         return await asyncio.get_running_loop().run_in_executor(self._executor, run)
 
     async def ping(self) -> None:
-        conn = self.reader()
-        try:
-            conn.exec_driver_sql("SELECT 1")
-        finally:
-            conn.rollback()
+        """A `SELECT 1` on the thread, whose connection waits (up to the busy timeout) for a
+        file another process holds for a moment: its last connection checkpointing as it
+        closes, say, which shuts out even readers."""
+        if self.memory:
+            conn = self.writer()
+            try:
+                conn.exec_driver_sql("SELECT 1")
+            finally:
+                conn.rollback()
+            return
+        await self.on_thread(lambda own: own.exec_driver_sql("SELECT 1"))
 
     async def close(self) -> None:
         def close_all() -> None:
