@@ -60,6 +60,7 @@ async def test_a_group_becomes_one_run_when_its_last_part_is_stored(
     status = await store.get_correlation("c-1")
     assert status is not None and status.state == "running" and status.waiting_artifacts == 1
     assert (await store.progress("c-1")).pending == 1
+    assert status.progress.pending == 1 and status.progress.pending_runs == 0
     a = await publish(store, "A", "c-2", "k")  # another correlation
     assert await store.open_groups() == {}
     runs, total = await store.query_runs(RunFilter(agent="joiner"))

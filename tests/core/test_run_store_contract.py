@@ -43,6 +43,8 @@ async def test_publish_creates_the_runs_with_the_artifact_once(store: Blackboard
     assert (await store.progress("corr-a")).pending == 1
     record = await store.get_correlation("corr-a")
     assert record is not None and (record.state, record.pending_runs) == ("running", 1)
+    progress = await store.progress("corr-a")  # what waiters read, from either
+    assert (record.progress.pending, record.progress.cancelled) == (progress.pending, False)
 
 
 async def test_a_claim_holds_the_run_until_its_lease_runs_out(store: BlackboardStore) -> None:

@@ -24,7 +24,7 @@ def open_store(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> 
         return SQLiteBlackboardStore(tmp_path / "board.db")
     url = request.getfixturevalue("postgres_url")
     schema = request.getfixturevalue("pg_schema")
-    return PostgresBlackboardStore(url, schema=schema)
+    return PostgresBlackboardStore(url, schema=schema, timeout=30.0)  # a loaded CI machine
 
 
 __all__ = ["BACKENDS", "open_store"]

@@ -92,8 +92,7 @@ class CorrelationWatch:
             last = await store.get_correlation(correlation_id)
             if last is None:
                 return Progress(0, exists=False)
-            pending = last.pending_runs + last.waiting_artifacts
-            return Progress(pending, last.state == "cancelled")
+            return last.progress
 
         outcome = await self._wait(read, correlation_id, timeout)
         return outcome, last

@@ -87,6 +87,12 @@ class CorrelationRecord:
     pending_runs: int = 0
     waiting_artifacts: int = 0
 
+    @property
+    def progress(self) -> Progress:
+        """What `BlackboardStore.progress` tells of this correlation, from the record."""
+        pending = self.pending_runs + self.waiting_artifacts
+        return Progress(pending, self.state == "cancelled", runs=self.pending_runs)
+
     def to_dict(self) -> dict[str, Any]:
         """The correlation as `GET /correlations/{id}` shows it."""
         return {
