@@ -275,3 +275,39 @@ async def test_runs_a_commit_leaves_queued_beside_those_it_hands_on_start_at_onc
         assert all(run.state == RunState.SUCCEEDED for run in runs)
     finally:
         await flock.close()
+
+
+async def test_a_run_handed_on_and_stopped_before_it_began_is_released(
+    store: BlackboardStore,
+) -> None:
+    # `stop(0)` (a second SIGTERM, `Flock.close()`) from a task that runs between the
+    # commit that handed the next run on and that run's first step: the run never began,
+    # and must go back to the queue, not wait out its lease.
+    flock = Flock(store=store)
+    cascade(flock)
+    original: Callable[..., Any] = store.complete_run
+    stopping: list[asyncio.Task[None]] = []
+    stopped = asyncio.Event()
+
+    async def stop() -> None:
+        await flock.stop(0.0)
+        stopped.set()
+
+    async def complete_run(*args: Any, **kwargs: Any) -> Any:
+        commit = await original(*args, **kwargs)
+        if not stopping:  # scheduled before the handed-on run's first step
+            stopping.append(asyncio.get_running_loop().create_task(stop()))
+        return commit
+
+    store.complete_run = complete_run  # type: ignore[method-assign]
+    try:
+        artifact = await flock.publish(A(n=0))
+        await asyncio.wait_for(stopped.wait(), 20)
+        runs, _ = await flock.list_runs(limit=100)
+        by_agent = {run.agent: run for run in runs if run.correlation_id == artifact.correlation_id}
+        assert by_agent["first"].state == RunState.SUCCEEDED
+        second = by_agent["second"]
+        assert (second.state, second.attempt) == (RunState.QUEUED, 0)  # not counted
+        assert "third" not in by_agent
+    finally:
+        await flock.close()

@@ -209,6 +209,8 @@ class Worker:
         if left:
             logger.info("shutdown: releasing %d run(s) still running", len(left))
             await asyncio.gather(*(a.task for a in left if a.task), return_exceptions=True)
+        if self._releasing:  # runs that never began, handed back before the store closes
+            await asyncio.gather(*self._releasing, return_exceptions=True)
         tasks = [t for t in (self._loop_task, self._keeper) if t is not None]
         for task in tasks:
             task.cancel()
@@ -295,8 +297,10 @@ class Worker:
             if self._active.get(run_id) is active:
                 del self._active[run_id]
             if finished.cancelled():
-                # Cancelled before it began, `_execute` (whose end wakes the waiters) never
-                # ran: its correlation's waiters look at the store themselves.
+                # Cancelled before it began, `_execute` (whose end wakes the waiters and
+                # releases a run stopped by a shutdown) never ran: done here instead.
+                if active.reason == "shutdown":
+                    self._release_later([claimed.run])
                 self.flock.watch.changed(claimed.run.correlation_id)
             if active.quiet and (active.handed_on or not full):
                 # Its commit left nothing to claim, and it frees no cap room: either the run
@@ -445,15 +449,19 @@ class Worker:
         refused: they are not this worker's); `inputs` holds their input artifacts."""
         handed = [run for run in taken if run.id in created]
         if handed and not self._claiming:  # it stopped meanwhile: another worker's now
-            task = asyncio.get_running_loop().create_task(self._release(handed))
-            self._releasing.add(task)
-            task.add_done_callback(self._releasing.discard)
+            self._release_later(handed)
             return []
         by_id = {a.id: a for a in inputs}
         for run in handed:
             found = tuple(by_id[i] for i in run.input_ids if i in by_id)
             self._spawn(ClaimedRun(run.copy(), found))
         return handed
+
+    def _release_later(self, runs: Sequence[Run]) -> None:
+        """Give `runs` back to the queue in a task of their own (`stop` waits for it)."""
+        task = asyncio.get_running_loop().create_task(self._release(runs))
+        self._releasing.add(task)
+        task.add_done_callback(self._releasing.discard)
 
     async def _release(self, runs: Sequence[Run]) -> None:
         for run in runs:
