@@ -22,6 +22,8 @@ from flock.core.runs import RunState
 from flock.core.store import BlackboardStore, FilterConfig
 from flock.core.worker import WorkerSettings
 
+from .conftest import StoreFactory
+
 pytestmark = pytest.mark.timeout(60)
 
 _SUFFIX = uuid.uuid4().hex[:8]
@@ -311,3 +313,39 @@ async def test_a_run_handed_on_and_stopped_before_it_began_is_released(
         assert "third" not in by_agent
     finally:
         await flock.close()
+
+
+async def test_runs_a_claim_returns_while_the_worker_stops_are_released(
+    make_store: StoreFactory,
+) -> None:
+    publisher = Flock(store=make_store(), worker=False)  # queues, runs nothing
+    cascade(publisher)
+    store = make_store()
+    flock = Flock(store=store)
+    cascade(flock)
+    original: Callable[..., Any] = store.claim_runs
+    stopped = asyncio.Event()
+
+    async def stop() -> None:
+        await flock.stop(0.0)
+        stopped.set()
+
+    async def claim_runs(*args: Any, **kwargs: Any) -> Any:
+        found = await original(*args, **kwargs)
+        if found and not stopped.is_set():
+            asyncio.get_running_loop().create_task(stop())
+            await asyncio.sleep(0)  # the stop begins while this claim is in flight
+        return found
+
+    store.claim_runs = claim_runs  # type: ignore[method-assign]
+    try:
+        artifact = await publisher.publish(A(n=0))
+        flock.start()
+        await asyncio.wait_for(stopped.wait(), 20)
+        runs, _ = await store.query_runs()
+        (first,) = [run for run in runs if run.correlation_id == artifact.correlation_id]
+        assert (first.agent, first.state, first.attempt) == ("first", RunState.QUEUED, 0)
+        assert flock.stats.run_outcomes.get(("first", "released")) == 1
+    finally:
+        await flock.close()
+        await publisher.close()

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 
 from flock.core.artifacts import AgentError, Artifact, ArtifactEnvelope
 from flock.core.runs import Run
@@ -30,6 +31,7 @@ from flock.core.store import (
 )
 from flock.core.store.memory import summarize
 from flock.core.store.sql_backends import asyncpg_url
+from flock.core.store.sql_thread import SQLiteFiles
 from flock.core.visibility import (
     Identity,
     LabelledVisibility,
@@ -577,6 +579,43 @@ async def test_a_ping_waits_for_a_file_another_process_holds_for_a_moment(
     finally:
         other.close()
         await store.close()
+
+
+async def test_opening_a_connection_to_a_held_file_does_not_stall_the_loop(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "board.db"
+    first = SQLiteBlackboardStore(path)
+    await first.publish(art(1))
+    await first.close()
+    files = SQLiteFiles(str(path), busy_timeout=5.0)  # the store's connections
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("PRAGMA locking_mode = EXCLUSIVE")
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("UPDATE artifacts SET type = type")
+    other.execute("COMMIT")
+    gaps: list[float] = []
+
+    async def tick() -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            before = loop.time()
+            await asyncio.sleep(0.01)
+            gaps.append(loop.time() - before)
+
+    ticker = asyncio.create_task(tick())
+    release = threading.Timer(0.6, other.close)
+    try:
+        release.start()
+        async with files.reading() as conn:  # opens the reader, whose setup waits
+            result = await conn.execute(text("SELECT id FROM artifacts"))
+            assert [row[0] for row in result] == ["art-001"]
+        release.join()
+        assert gaps and max(gaps) < 0.4  # the wait for the file was on the store's thread
+    finally:
+        ticker.cancel()
+        other.close()
+        await files.close()
 
 
 # -- URLs ------------------------------------------------------------------------------------

@@ -39,6 +39,8 @@ StopReason = Literal["cancelled", "lost", "shutdown"]
 # any live worker settles them, whoever saw their first part. Its own parts' deadlines
 # wake it on time.
 GROUP_CHECK_SECONDS = 2.0
+# How long a stop waits for the claim loop to end by itself before cancelling it.
+LOOP_END_SECONDS = 10.0
 # What a run's outputs got wrong: another attempt of the same engine would repeat it.
 _BAD_OUTPUT = (AgentOutputError, ArtifactValidationError, VisibilityError)
 
@@ -209,7 +211,16 @@ class Worker:
         if left:
             logger.info("shutdown: releasing %d run(s) still running", len(left))
             await asyncio.gather(*(a.task for a in left if a.task), return_exceptions=True)
-        if self._releasing:  # runs that never began, handed back before the store closes
+        claiming = self._loop_task
+        if (
+            claiming is not None
+            and not claiming.done()
+            and claiming.get_loop() is asyncio.get_running_loop()
+        ):
+            # It ends by itself once it sees the stop (a claim in flight is released, not
+            # cut off with its runs claimed); its store calls are bounded by deadlines.
+            await asyncio.wait([claiming], timeout=LOOP_END_SECONDS)
+        while self._releasing:  # runs that never began, handed back before the store closes
             await asyncio.gather(*self._releasing, return_exceptions=True)
         tasks = [t for t in (self._loop_task, self._keeper) if t is not None]
         for task in tasks:
@@ -257,6 +268,9 @@ class Worker:
                         self.name, free, settings.lease_seconds, self.flock.caps()
                     )
                     failures = 0
+                    if not self._claiming:  # stopped meanwhile: another worker's now
+                        self._release_later([item.run for item in claimed])
+                        break
                     for item in claimed:
                         self._spawn(item)
                     if len(claimed) == free:
@@ -466,7 +480,8 @@ class Worker:
     async def _release(self, runs: Sequence[Run]) -> None:
         for run in runs:
             try:
-                await self.flock.store.release_run(run.id, run.fence)
+                if await self.flock.store.release_run(run.id, run.fence):
+                    self.flock.stats.count_run(run.agent, "released")
             except Exception as exc:  # its lease runs out instead
                 logger.warning("could not release run %s: %s", run.id, exc)
 

@@ -215,7 +215,7 @@ class SQLiteFiles:
         def _configure(dbapi_connection: Any, _record: Any) -> None:
             cursor = dbapi_connection.cursor()
             # Opening a file another process holds (its last connection checkpointing as
-            # it closes) waits, once per connection; later waits happen on the thread.
+            # it closes) waits, on the thread (`_open`); later waits happen there too.
             cursor.execute(f"PRAGMA busy_timeout = {self.busy_ms}")
             cursor.execute("PRAGMA synchronous = NORMAL")
             cursor.execute("PRAGMA wal_autocheckpoint = 0")  # ours run on the thread
@@ -359,6 +359,11 @@ class SQLiteFiles:
         except Exception as exc:  # the next one tries again
             logger.debug("SQLite checkpoint failed: %s", exc)
 
+    async def _open(self, connection: Callable[[], Connection]) -> Connection:
+        """The writer or reader, opened on the thread the first time: its configuration
+        may wait for a file another process holds, which must not stall the loop."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, connection)
+
     # -- what the store uses ------------------------------------------------------------------
 
     @asynccontextmanager
@@ -368,7 +373,7 @@ class SQLiteFiles:
         if self._waiting is not None and not self._waiting.done():
             await asyncio.wait([self._waiting])  # an abandoned wait still runs: let it end
         self._drop_stale()
-        conn = self.writer()
+        conn = self._writer or await self._open(self.writer)
         self._active = True
         try:
             try:
@@ -425,7 +430,7 @@ class SQLiteFiles:
         if many_rows and not self.memory:
             yield ThreadConnection(self)
             return
-        conn = self.reader()
+        conn = (self._writer if self.memory else self._reader) or await self._open(self.reader)
         try:
             yield ReadConnection(conn, self)
         finally:
@@ -434,9 +439,9 @@ class SQLiteFiles:
 
     async def run_sync(self, fn: Callable[[Connection], T]) -> T:
         """`fn` on the writer, on the thread (table creation: it may wait for the lock)."""
-        conn = self.writer()
 
         def run() -> T:
+            conn = self.writer()
             conn.exec_driver_sql(f"PRAGMA busy_timeout = {self.busy_ms}")
             try:
                 return fn(conn)
@@ -446,9 +451,10 @@ class SQLiteFiles:
         return await asyncio.get_running_loop().run_in_executor(self._executor, run)
 
     async def ping(self) -> None:
-        """A `SELECT 1` on the thread, whose connection waits (up to the busy timeout) for a
-        file another process holds for a moment: its last connection checkpointing as it
-        closes, say, which shuts out even readers."""
+        """A `SELECT 1` on the thread: opening the thread's connection, the first time, waits
+        (up to the busy timeout, off the loop) for a file another process holds for a
+        moment: its last connection checkpointing as it closes, say, which shuts out even
+        a new reader's configuration."""
         if self.memory:
             conn = self.writer()
             try:
