@@ -279,6 +279,26 @@ async def test_runs_a_commit_leaves_queued_beside_those_it_hands_on_start_at_onc
         await flock.close()
 
 
+class Stopper:
+    """`flock.stop(0.0)` in a task of its own, started once, from wherever a test needs it."""
+
+    def __init__(self, flock: Flock) -> None:
+        self.flock = flock
+        self.stopped = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> bool:
+        """Start the stop (True), unless it was started already (False)."""
+        if self._task is not None:
+            return False
+        self._task = asyncio.get_running_loop().create_task(self._stop())
+        return True
+
+    async def _stop(self) -> None:
+        await self.flock.stop(0.0)
+        self.stopped.set()
+
+
 async def test_a_run_handed_on_and_stopped_before_it_began_is_released(
     store: BlackboardStore,
 ) -> None:
@@ -288,23 +308,17 @@ async def test_a_run_handed_on_and_stopped_before_it_began_is_released(
     flock = Flock(store=store)
     cascade(flock)
     original: Callable[..., Any] = store.complete_run
-    stopping: list[asyncio.Task[None]] = []
-    stopped = asyncio.Event()
-
-    async def stop() -> None:
-        await flock.stop(0.0)
-        stopped.set()
+    stopper = Stopper(flock)
 
     async def complete_run(*args: Any, **kwargs: Any) -> Any:
         commit = await original(*args, **kwargs)
-        if not stopping:  # scheduled before the handed-on run's first step
-            stopping.append(asyncio.get_running_loop().create_task(stop()))
+        stopper.start()  # once, before the handed-on run's first step
         return commit
 
     store.complete_run = complete_run  # type: ignore[method-assign]
     try:
         artifact = await flock.publish(A(n=0))
-        await asyncio.wait_for(stopped.wait(), 20)
+        await asyncio.wait_for(stopper.stopped.wait(), 20)
         runs, _ = await flock.list_runs(limit=100)
         by_agent = {run.agent: run for run in runs if run.correlation_id == artifact.correlation_id}
         assert by_agent["first"].state == RunState.SUCCEEDED
@@ -324,16 +338,11 @@ async def test_runs_a_claim_returns_while_the_worker_stops_are_released(
     flock = Flock(store=store)
     cascade(flock)
     original: Callable[..., Any] = store.claim_runs
-    stopped = asyncio.Event()
-
-    async def stop() -> None:
-        await flock.stop(0.0)
-        stopped.set()
+    stopper = Stopper(flock)
 
     async def claim_runs(*args: Any, **kwargs: Any) -> Any:
         found = await original(*args, **kwargs)
-        if found and not stopped.is_set():
-            asyncio.get_running_loop().create_task(stop())
+        if found and stopper.start():
             await asyncio.sleep(0)  # the stop begins while this claim is in flight
         return found
 
@@ -341,7 +350,7 @@ async def test_runs_a_claim_returns_while_the_worker_stops_are_released(
     try:
         artifact = await publisher.publish(A(n=0))
         flock.start()
-        await asyncio.wait_for(stopped.wait(), 20)
+        await asyncio.wait_for(stopper.stopped.wait(), 20)
         runs, _ = await store.query_runs()
         (first,) = [run for run in runs if run.correlation_id == artifact.correlation_id]
         assert (first.agent, first.state, first.attempt) == ("first", RunState.QUEUED, 0)

@@ -554,13 +554,9 @@ async def test_a_locked_sqlite_file_is_unavailable(tmp_path: Path) -> None:
         await store.close()
 
 
-async def test_a_ping_waits_for_a_file_another_process_holds_for_a_moment(
-    tmp_path: Path,
-) -> None:
-    # As another process's last connection closes, SQLite checkpoints the WAL under an
-    # exclusive lock that even readers meet ("database is locked" at once, no busy handler
-    # in place): `flock worker` starting beside a server found it, in CI.
-    path = tmp_path / "board.db"
+async def held_file(path: Path) -> sqlite3.Connection:
+    """A store file holding one artifact, which another connection holds exclusively (until
+    it is closed): readers are shut out, as by a last connection checkpointing on close."""
     first = SQLiteBlackboardStore(path)
     await first.publish(art(1))
     await first.close()
@@ -568,7 +564,18 @@ async def test_a_ping_waits_for_a_file_another_process_holds_for_a_moment(
     other.execute("PRAGMA locking_mode = EXCLUSIVE")
     other.execute("BEGIN IMMEDIATE")
     other.execute("UPDATE artifacts SET type = type")
-    other.execute("COMMIT")  # the exclusive lock stays: readers are shut out
+    other.execute("COMMIT")  # the exclusive lock stays
+    return other
+
+
+async def test_a_ping_waits_for_a_file_another_process_holds_for_a_moment(
+    tmp_path: Path,
+) -> None:
+    # As another process's last connection closes, SQLite checkpoints the WAL under an
+    # exclusive lock that even readers meet ("database is locked" at once, no busy handler
+    # in place): `flock worker` starting beside a server found it, in CI.
+    path = tmp_path / "board.db"
+    other = await held_file(path)
     store = SQLiteBlackboardStore(path, busy_timeout=5.0)
     try:
         release = threading.Timer(0.3, other.close)  # gives the lock back
@@ -585,15 +592,8 @@ async def test_opening_a_connection_to_a_held_file_does_not_stall_the_loop(
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "board.db"
-    first = SQLiteBlackboardStore(path)
-    await first.publish(art(1))
-    await first.close()
+    other = await held_file(path)
     files = SQLiteFiles(str(path), busy_timeout=5.0)  # the store's connections
-    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    other.execute("PRAGMA locking_mode = EXCLUSIVE")
-    other.execute("BEGIN IMMEDIATE")
-    other.execute("UPDATE artifacts SET type = type")
-    other.execute("COMMIT")
     gaps: list[float] = []
 
     async def tick() -> None:
