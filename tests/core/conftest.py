@@ -13,11 +13,9 @@ from flock.core.store import (
     PostgresBlackboardStore,
     SQLiteBlackboardStore,
 )
+from support.stores import LOADED_MACHINE_TIMEOUT
 
 StoreFactory = Callable[[], BlackboardStore]
-
-
-LOADED_MACHINE_TIMEOUT = 30.0
 
 
 @pytest.fixture(params=["memory", "sqlite", "postgres"])
@@ -36,8 +34,6 @@ def make_store(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> 
         return lambda: SQLiteBlackboardStore(path)
     url = request.getfixturevalue("postgres_url")
     schema = request.getfixturevalue("pg_schema")
-    # The contract is about what stores do, not their deadline: a loaded CI machine once
-    # kept a statement past the default 5 s (tests of the deadline open their own stores).
     return lambda: PostgresBlackboardStore(url, schema=schema, timeout=LOADED_MACHINE_TIMEOUT)
 
 

@@ -356,8 +356,7 @@ class Worker:
                 if active.reason is None:
                     raise  # not ours: the loop is going away
                 if active.reason == "shutdown":
-                    await store.release_run(run.id, active.fence)
-                    stats.count_run(run.agent, "released")
+                    await self._release([run])
                 elif active.reason == "lost":
                     stats.runs_fenced += 1
                     stats.count_run(run.agent, "fenced")
